@@ -1,0 +1,41 @@
+"""sws: neural network compression by soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017)."""
+
+from sws.config import PRESETS
+from sws.config import PretrainConfig
+from sws.config import PriorConfig
+from sws.config import QuantizeConfig
+from sws.config import RetrainConfig
+from sws.config import retrain_config
+from sws.data import load_mnist
+from sws.errors import CheckpointError
+from sws.errors import ConfigError
+from sws.errors import DataError
+from sws.errors import RunDirError
+from sws.errors import SwsError
+from sws.models import build_model
+from sws.prior import GaussianMixturePrior
+from sws.quantize import quantize_weights
+from sws.train import evaluate
+from sws.train import pretrain
+from sws.train import retrain
+
+__all__ = [
+    "PRESETS",
+    "PretrainConfig",
+    "PriorConfig",
+    "QuantizeConfig",
+    "RetrainConfig",
+    "retrain_config",
+    "load_mnist",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "RunDirError",
+    "SwsError",
+    "build_model",
+    "GaussianMixturePrior",
+    "quantize_weights",
+    "evaluate",
+    "pretrain",
+    "retrain",
+]

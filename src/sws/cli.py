@@ -1,0 +1,234 @@
+"""Command-line interface: ``sws pretrain | retrain | quantize | evaluate | run``.
+
+Bad input gets a one-line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from sws.config import PRESETS, PretrainConfig, QuantizeConfig, retrain_config
+from sws.errors import SwsError
+from sws.models import MODELS
+from sws.pipeline import evaluate_path, run_pretrain, run_quantize, run_retrain
+from sws.runs import RunDir
+
+__all__ = ["main", "cli"]
+
+
+def _options(*decorators):
+    def wrap(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return wrap
+
+
+data_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                           help="Folder with the MNIST IDX files (default: $SWS_DATA_DIR, "
+                                "then the user cache, downloading there if online).")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing results.")
+
+pretrain_options = _options(
+    click.option("--model", type=click.Choice(list(MODELS)), default="tutorial-conv",
+                 show_default=True, help="Reference network."),
+    click.option("--pretrain-epochs", "epochs", type=int, default=PretrainConfig.epochs,
+                 show_default=True),
+    click.option("--pretrain-lr", "lr", type=float, default=PretrainConfig.lr, show_default=True),
+    click.option("--input-norm", type=click.Choice(["none", "standardize"]), default="none",
+                 show_default=True, help="'none': pixels/255 (tutorial); 'standardize': MNIST "
+                 "mean/std, applied inside the model."),
+    click.option("--train-subset", type=int, default=0, help="Use the first N training images."),
+    click.option("--val-size", type=int, default=0,
+                 help="Hold out N training images as a validation set."),
+)
+
+retrain_options = _options(
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="tutorial",
+                 show_default=True, help="Named settings: the tutorial's or the paper's."),
+    click.option("--epochs", type=int, default=None, help="Retraining epochs [preset]."),
+    click.option("--tau", type=float, default=None, help="Weight of the complexity term [0.003]."),
+    click.option("--lr-weights", type=float, default=None),
+    click.option("--lr-means", type=float, default=None),
+    click.option("--lr-log-precisions", type=float, default=None),
+    click.option("--lr-mixing", type=float, default=None),
+    click.option("--components", "n_components", type=int, default=None,
+                 help="Mixture components, the zero component included [16]."),
+    click.option("--pi0", type=float, default=None, help="Zero component's mixing proportion."),
+    click.option("--init", type=click.Choice(["linspace", "range"]), default=None,
+                 help="Means: linspace(-0.6, 0.6) or spread over the pretrained weights."),
+    click.option("--cover", type=click.Choice(["all", "weights"]), default=None,
+                 help="Prior over all parameters (tutorial) or weights only."),
+)
+
+merge_option = click.option("--merge-threshold", type=float, default=QuantizeConfig.merge_threshold,
+                            show_default=True, help="KL divergence below which components merge.")
+
+
+def _retrain_cfg(preset, batch_size, seed, **kw):
+    return retrain_config(preset, batch_size=batch_size, seed=seed, **kw)
+
+
+def _record_command(run: RunDir, stage: str, settings: dict):
+    run.update_json("config.json", stage, {"command": shlex.join(["sws", *sys.argv[1:]]),
+                                           "settings": settings})
+
+
+def _echo_metrics(title: str, metrics: dict):
+    keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and k != "layers"]
+    click.echo(f"{title}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sws")
+def cli():
+    """Compress neural networks by soft weight-sharing (Ullrich, Meeds & Welling, 2017)."""
+
+
+@cli.command("pretrain")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New run folder.")
+@pretrain_options
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_option
+@force_option
+@quiet_option
+def pretrain_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, batch_size, seed,
+                 data_dir, force, quiet):
+    """Train a reference network with plain cross-entropy."""
+    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+                         train_subset=train_subset, val_size=val_size, batch_size=batch_size,
+                         seed=seed)
+    cfg.validate()
+    run = RunDir.create(out, force)
+    _record_command(run, "pretrain", vars(cfg))
+    _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet))
+
+
+@cli.command("retrain")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write into a new run folder (the pretrained net is copied) instead of RUN_DIR.")
+@retrain_options
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@data_option
+@force_option
+@quiet_option
+def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, **kw):
+    """Retrain a pretrained run with the Gaussian-mixture prior."""
+    import dataclasses
+    cfg = _retrain_cfg(preset, batch_size, seed, **kw)
+    src = RunDir.open(run_dir)
+    src.require("pretrained", "run 'sws pretrain' first")
+    if out is not None:
+        run = RunDir.create(out, force)
+        tensors, meta = src.load("pretrained")
+        run.save("pretrained", tensors, meta)
+        if "pretrained" in src.read_json("metrics.json", {}):
+            run.update_json("metrics.json", "pretrained", src.read_json("metrics.json", {})["pretrained"])
+    else:
+        run = src
+        run.refuse_overwrite("retrained", force)
+    _record_command(run, "retrain", dataclasses.asdict(cfg))
+    _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet))
+
+
+@cli.command("quantize")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@merge_option
+@data_option
+@force_option
+def quantize_cmd(run_dir, merge_threshold, data_dir, force):
+    """Post-process a retrained run: merge components, snap weights to the codebook."""
+    cfg = QuantizeConfig(merge_threshold)
+    cfg.validate()
+    run = RunDir.open(run_dir)
+    run.require("retrained", "run 'sws retrain' first")
+    run.refuse_overwrite("quantized", force)
+    _record_command(run, "quantize", vars(cfg))
+    _print_report(run_quantize(run, cfg, data_dir))
+
+
+@cli.command("evaluate")
+@click.argument("path", type=click.Path(path_type=Path))
+@data_option
+def evaluate_cmd(path, data_dir):
+    """Test accuracy of a run folder's checkpoints or of one checkpoint file."""
+    if not path.exists():
+        raise SwsError(f"{path}: no such file or folder")
+    for stage, m in evaluate_path(path, data_dir).items():
+        click.echo(f"{stage:<11} accuracy {m['accuracy']:.4f}  error {100 * m['error']:.2f}%  "
+                   f"non-zero {100 * m['nonzero_share']:.2f}%  distinct values {m['distinct_values']}")
+
+
+@cli.command("run")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="New run folder.")
+@pretrain_options
+@retrain_options
+@merge_option
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_option
+@force_option
+@quiet_option
+def run_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, merge_threshold,
+            preset, batch_size, seed, data_dir, force, quiet, **kw):
+    """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
+    import dataclasses
+    pcfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+                          train_subset=train_subset, val_size=val_size, batch_size=batch_size,
+                          seed=seed)
+    pcfg.validate()
+    rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
+    qcfg = QuantizeConfig(merge_threshold)
+    qcfg.validate()
+    run = RunDir.create(out, force)
+    _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
+                                 "quantize": vars(qcfg)})
+    _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet))
+    _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet))
+    _print_report(run_quantize(run, qcfg, data_dir))
+
+
+def _print_report(m: dict):
+    click.echo(f"{'layer':<16}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
+    for name, row in m["layers"].items():
+        click.echo(f"{name:<16}{'x'.join(map(str, row['shape'])):>16}{row['nonzero']:>12}"
+                   f"{100 * row['nonzero_share']:>8.2f}%{row['distinct']:>8}")
+    click.echo(f"accuracy: pretrained {m.get('pretrained_test_accuracy', float('nan')):.4f}, "
+               f"retrained {m['retrained_test_accuracy']:.4f}, "
+               f"post-processed {m['test_accuracy']:.4f}")
+    click.echo(f"non-zero weights: {100 * m['nonzero_share']:.2f}% "
+               f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "
+               f"distinct values: {m['distinct_values']} "
+               f"({m['components_before_merge']} components -> {m['components_after_merge']})")
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning the project's errors into exit code 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SwsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

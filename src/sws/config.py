@@ -1,0 +1,152 @@
+"""Settings as dataclasses with the tutorial's defaults; presets are named overrides.
+
+Sources: SPEC sections 2-4 (``../shared/reference/SPEC.md``) and the authors'
+tutorial.  ``PRESETS["paper"]`` holds the paper's deviations from the tutorial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from sws.errors import ConfigError
+from sws.models import MODELS
+
+__all__ = ["PretrainConfig", "PriorConfig", "RetrainConfig", "QuantizeConfig", "PRESETS",
+           "retrain_config", "from_dict"]
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "tutorial-conv"     # the tutorial's 642k-parameter conv net
+    epochs: int = 20                 # tutorial runs 100; about 20 reach the same error
+    batch_size: int = 256            # tutorial
+    lr: float = 1e-3                 # Adam, tutorial
+    seed: int = 0
+    input_norm: str = "none"         # tutorial feeds pixels / 255 unchanged
+    train_subset: int = 0            # 0: all training images
+    val_size: int = 0                # held-out validation images (for tuning); 0: none
+
+    def validate(self):
+        if self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        _positive(self, "epochs", "batch_size", "lr")
+        if self.input_norm not in ("none", "standardize"):
+            raise ConfigError(f"input_norm must be 'none' or 'standardize', got {self.input_norm!r}")
+        if self.train_subset < 0 or self.val_size < 0:
+            raise ConfigError("train_subset and val_size must be >= 0")
+
+
+@dataclass
+class PriorConfig:
+    n_components: int = 16           # tutorial: zero component + 15 (paper: 17)
+    pi0: float = 0.99                # fixed mixing proportion of the zero component (paper: 0.999)
+    init: str = "linspace"           # tutorial: means linspace(-init_range, init_range); "range": spread over the pretrained weights
+    init_range: float = 0.6          # tutorial
+    init_sigma: float = 0.25         # tutorial: every component starts with sigma 0.25
+    zero_alpha: float = 5000.0       # Gamma hyper-prior on the zero precision (expected variance 4e-4)
+    zero_beta: float = 2.0
+    alpha: float = 250.0             # Gamma hyper-prior on the other precisions
+    beta: float = 0.1
+    cover: str = "all"               # tutorial covers every trainable tensor; "weights": skip biases
+
+    def validate(self):
+        if self.n_components < 2:
+            raise ConfigError(f"n_components must be at least 2 (a zero component and one more), "
+                              f"got {self.n_components}")
+        if self.n_components > 256:
+            raise ConfigError(f"n_components must be at most 256, got {self.n_components}")
+        if not 0.0 < self.pi0 < 1.0:
+            raise ConfigError(f"pi0 must lie strictly between 0 and 1, got {self.pi0}")
+        if self.init not in ("linspace", "range"):
+            raise ConfigError(f"init must be 'linspace' or 'range', got {self.init!r}")
+        if self.cover not in ("all", "weights"):
+            raise ConfigError(f"cover must be 'all' or 'weights', got {self.cover!r}")
+        _positive(self, "init_range", "init_sigma", "zero_alpha", "zero_beta", "alpha", "beta")
+
+
+@dataclass
+class RetrainConfig:
+    epochs: int = 30                 # tutorial
+    batch_size: int = 256            # tutorial
+    tau: float = 0.003               # tutorial: loss = CE + tau / N * complexity
+    lr_weights: float = 5e-4         # tutorial's four Adam learning rates
+    lr_means: float = 1e-4
+    lr_log_precisions: float = 3e-3
+    lr_mixing: float = 3e-3
+    seed: int = 0
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+    def validate(self):
+        _positive(self, "epochs", "batch_size", "lr_weights", "lr_means", "lr_log_precisions",
+                  "lr_mixing")
+        if not (self.tau >= 0 and math.isfinite(self.tau)):
+            raise ConfigError(f"tau must be a finite number >= 0, got {self.tau}")
+        self.prior.validate()
+
+
+@dataclass
+class QuantizeConfig:
+    merge_threshold: float = 1e-2    # merge components whose KL divergence (either way) is below this
+
+    def validate(self):
+        if not self.merge_threshold >= 0:
+            raise ConfigError(f"merge_threshold must be >= 0, got {self.merge_threshold}")
+
+
+PRESETS: dict[str, dict] = {
+    "tutorial": {},
+    # the paper (ICLR 2017, section 6.1): 2^4 + 1 components, pi0 0.999, mixture lr 5e-4, 100 epochs
+    "paper": {"epochs": 100, "lr_means": 5e-4, "lr_log_precisions": 5e-4, "lr_mixing": 5e-4,
+              "prior": {"n_components": 17, "pi0": 0.999, "init": "range"}},
+}
+
+
+def _positive(cfg, *names):
+    for name in names:
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def from_dict(cls, data: dict):
+    """Build a config dataclass from a dict, rejecting unknown or ill-typed keys."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {key!r} for {cls.__name__}; known: "
+                              f"{', '.join(fields)}")
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"setting {key!r} must be a mapping")
+            value = from_dict(type(default), value)
+        elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
+            pass
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif type(value) is not type(default):
+            raise ConfigError(f"setting {key!r} must be {type(default).__name__}, "
+                              f"got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def retrain_config(preset: str = "tutorial", **overrides) -> RetrainConfig:
+    """The named preset with overrides applied (keys of RetrainConfig or PriorConfig)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[preset].items()}
+    prior_keys = {f.name for f in dataclasses.fields(PriorConfig)}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in prior_keys:
+            data.setdefault("prior", {})[key] = value
+        else:
+            data[key] = value
+    cfg = from_dict(RetrainConfig, data)
+    cfg.validate()
+    return cfg

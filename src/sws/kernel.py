@@ -1,0 +1,208 @@
+"""The mixture prior's hot path: -log p(w) summed over many weights, with its gradient.
+
+One call evaluates C = -sum_i log sum_j pi_j N(w_i | mu_j, 1/lambda_j) over all
+weight tensors the prior covers and returns the closed-form gradients (SPEC
+section 1):
+
+    dC/dw_i       = sum_j r_ij lambda_j (w_i - mu_j)
+    dC/dmu_j      = -lambda_j S1_j
+    dC/dgamma_j   = -S0_j / 2 + lambda_j S2_j / 2          (gamma_j = log lambda_j)
+    dC/dlog pi_j  = -S0_j
+
+with responsibilities r_ij and S0_j = sum_i r_ij, S1_j = sum_i r_ij d_ij,
+S2_j = sum_i r_ij d_ij^2, d_ij = w_i - mu_j.  Autograd over the J x N matrix of
+log-densities costs about 17x a plain training step; this path makes one pass
+over the weights in C (``_kernel.c``), skipping components whose responsibility
+is below exp(-40) in the weight's neighbourhood.  Where the C module is not
+built, an exact chunked PyTorch implementation gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+__all__ = ["Workspace", "mixture_nll", "mixture_nll_reference", "kernel_available"]
+
+_GRID = 8192  # cells in the active-component table; its cost is GRID x J per call
+_MAX_COMPONENTS = 256  # the C kernel's scratch size
+
+_f32p = ctypes.POINTER(ctypes.c_float)
+_f64p = ctypes.POINTER(ctypes.c_double)
+
+
+class _Table(ctypes.Structure):
+    _fields_ = [("J", ctypes.c_int), ("G", ctypes.c_int), ("lo", ctypes.c_double),
+                ("h", ctypes.c_double)] + [
+        (name, ctypes.c_void_p) for name in
+        ("mu", "lam", "logc", "ptr", "idx", "smooth", "L", "L1", "L2", "r", "r1", "r2",
+         "m0", "m1", "m2")]
+
+
+def _load():
+    try:
+        from sws import _kernel  # built by setup.py
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(_kernel.__file__)
+    table_p = ctypes.POINTER(_Table)
+    lib.sws_build_table.restype = None
+    lib.sws_build_table.argtypes = [table_p]
+    lib.sws_eval.restype = None
+    lib.sws_eval.argtypes = [table_p, _f32p, ctypes.c_int64, _f32p, _f64p, _f64p]
+    lib.sws_finish.restype = None
+    lib.sws_finish.argtypes = [table_p, _f64p]
+    return lib
+
+
+_LIB = _load()
+
+
+def kernel_available() -> bool:
+    """Whether the compiled C kernel is in use (else the PyTorch fallback)."""
+    return _LIB is not None
+
+
+def _ptr(t: torch.Tensor, kind):
+    return ctypes.cast(t.data_ptr(), kind)
+
+
+def _log_norm_const(gamma: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
+    return log_pi + 0.5 * gamma - 0.5 * math.log(2 * math.pi)
+
+
+class Workspace:
+    """State kept between calls: the covered weights' last range (to place the
+    grid) and the C kernel's buffers.  Pass one per prior to ``mixture_nll``."""
+
+    def __init__(self):
+        self.lo, self.hi = -1.0, 1.0
+        self.J = None
+
+    def buffers(self, J: int):
+        if self.J != J:
+            self.J = J
+            f64 = dict(dtype=torch.float64)
+            self.bufs = {
+                "ptr": torch.empty(_GRID + 1, dtype=torch.int32),
+                "idx": torch.empty(_GRID * J, dtype=torch.int32),
+                "smooth": torch.empty(_GRID, dtype=torch.int8),
+                **{k: torch.empty(_GRID, **f64) for k in ("L", "L1", "L2", "m0", "m1", "m2")},
+                **{k: torch.empty(_GRID * J, **f64) for k in ("r", "r1", "r2")},
+            }
+        return self.bufs
+
+
+def _stats_c(mu, gamma, log_pi, weights, want_grad, ws):
+    J = mu.numel()
+    mu64, lam64 = mu.detach().double().contiguous(), gamma.detach().double().exp().contiguous()
+    logc64 = _log_norm_const(gamma.detach().double(), log_pi.detach().double()).contiguous()
+    margin = 0.05 * (ws.hi - ws.lo) + 1e-6
+    lo, hi = ws.lo - margin, ws.hi + margin
+    bufs = ws.buffers(J)
+    table = _Table(J=J, G=_GRID, lo=lo, h=(hi - lo) / _GRID, mu=mu64.data_ptr(),
+                   lam=lam64.data_ptr(), logc=logc64.data_ptr(),
+                   **{k: v.data_ptr() for k, v in bufs.items()})
+    tp = ctypes.byref(table)
+    _LIB.sws_build_table(tp)
+    out = torch.zeros(1 + 3 * J, dtype=torch.float64)
+    rng = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
+    grads = []
+    for w in weights:
+        w = w.detach()
+        if w.dtype != torch.float32 or not w.is_contiguous() or w.device.type != "cpu":
+            w = w.to("cpu", torch.float32).contiguous()
+        g = torch.empty_like(w) if want_grad else None
+        _LIB.sws_eval(tp, _ptr(w, _f32p), w.numel(), _ptr(g, _f32p) if g is not None else None,
+                      _ptr(out, _f64p), _ptr(rng, _f64p))
+        grads.append(g)
+    _LIB.sws_finish(tp, _ptr(out, _f64p))
+    if math.isfinite(rng[0].item()):
+        ws.lo, ws.hi = rng[0].item(), rng[1].item()
+    return out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:], grads
+
+
+def _stats_torch(mu, gamma, log_pi, weights, want_grad, chunk=1 << 16):
+    """Exact dense evaluation in float64, chunked to bound memory."""
+    mu64, gamma64 = mu.detach().double(), gamma.detach().double()
+    lam = gamma64.exp()
+    logc = _log_norm_const(gamma64, log_pi.detach().double())
+    J = mu.numel()
+    logp = torch.zeros((), dtype=torch.float64)
+    S0, S1, S2 = (torch.zeros(J, dtype=torch.float64) for _ in range(3))
+    grads = []
+    for w in weights:
+        flat = w.detach().reshape(-1).double()
+        g = torch.empty(flat.shape, dtype=torch.float64) if want_grad else None
+        for start in range(0, flat.numel(), chunk):
+            x = flat[start:start + chunk, None]
+            d = x - mu64
+            lj = logc - 0.5 * lam * d * d
+            lse = torch.logsumexp(lj, dim=1, keepdim=True)
+            r = (lj - lse).exp()
+            logp += lse.sum()
+            S0 += r.sum(0)
+            S1 += (r * d).sum(0)
+            S2 += (r * d * d).sum(0)
+            if g is not None:
+                g[start:start + chunk] = (r * lam * d).sum(1)
+        grads.append(g.to(w.dtype).reshape(w.shape) if g is not None else None)
+    return logp, S0, S1, S2, grads
+
+
+class _MixtureNLL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ws, use_c, mu, gamma, log_pi, *weights):
+        want = [w.requires_grad for w in weights]
+        if use_c:
+            logp, S0, S1, S2, grads = _stats_c(mu, gamma, log_pi, weights, any(want), ws)
+        else:
+            logp, S0, S1, S2, grads = _stats_torch(mu, gamma, log_pi, weights, any(want))
+        lam = gamma.detach().double().exp()
+        ctx.param_grads = [(-lam * S1).to(mu.dtype), (0.5 * lam * S2 - 0.5 * S0).to(gamma.dtype),
+                           (-S0).to(log_pi.dtype)]
+        ctx.weight_grads = [g if needed else None for g, needed in zip(grads, want)]
+        return (-logp).to(mu.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        params = [grad_out * g for g in ctx.param_grads]
+        weights = [None if g is None else (g.mul_(grad_out) if g.dtype == grad_out.dtype
+                                           else g * grad_out) for g in ctx.weight_grads]
+        ctx.weight_grads = None
+        return (None, None, *params, *weights)
+
+
+def mixture_nll(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
+                weights: list[torch.Tensor], workspace: Workspace | None = None,
+                use_kernel: bool | None = None) -> torch.Tensor:
+    """C = -sum_i log sum_j pi_j N(w_i | mu_j, exp(-gamma_j)) over all tensors in ``weights``.
+
+    Differentiable with respect to ``mu``, ``gamma`` (log-precisions), ``log_pi``
+    and every weight tensor; the gradients are the closed forms above.
+
+    Args:
+      mu, gamma, log_pi: the J component means, log-precisions, log mixing proportions.
+      weights: tensors whose entries the prior covers (any shapes).
+      workspace: optional state reused across steps (the grid follows the
+        weights' range, buffers are allocated once).
+      use_kernel: force the C kernel (True) or the PyTorch path (False);
+        default: the C kernel where built.
+    Returns:
+      A scalar tensor.
+    """
+    if mu.numel() > _MAX_COMPONENTS:
+        raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
+    use_c = kernel_available() if use_kernel is None else use_kernel
+    if use_c and not kernel_available():
+        raise RuntimeError("the C kernel sws._kernel is not built; reinstall the package")
+    return _MixtureNLL.apply(workspace or Workspace(), use_c, mu, gamma, log_pi, *weights)
+
+
+def mixture_nll_reference(mu, gamma, log_pi, weights) -> torch.Tensor:
+    """Plain autograd over the full J x N matrix (the slow path), for tests and timing."""
+    x = torch.cat([w.reshape(-1) for w in weights])[:, None]
+    lj = log_pi + 0.5 * gamma - 0.5 * math.log(2 * math.pi) - 0.5 * gamma.exp() * (x - mu) ** 2
+    return -torch.logsumexp(lj, dim=1).sum()

@@ -1,0 +1,178 @@
+"""The pipeline's stages on a run folder: pretrain, retrain, quantize, evaluate.
+
+Each stage reads its input checkpoint from the run folder, does its work with
+the pure functions of ``train``/``prior``/``quantize``, and writes its
+checkpoint, its history records and its metrics back.  The CLI is a thin layer
+over these functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
+from sws.data import load_mnist
+from sws.errors import CheckpointError
+from sws.models import build_model, covered_parameters
+from sws.prior import GaussianMixturePrior
+from sws.quantize import Mixture, layer_stats, quantize_weights
+from sws.runs import RunDir
+from sws.train import evaluate, pretrain, retrain
+
+__all__ = ["run_pretrain", "run_retrain", "run_quantize", "evaluate_path", "model_from_checkpoint",
+           "load_data"]
+
+PRIOR_PREFIX = "prior."
+
+
+def load_data(data: dict, data_dir=None):
+    """(train, val, test) for the data settings recorded in a checkpoint."""
+    return load_mnist(data_dir, train_subset=data.get("train_subset") or None,
+                      val_size=data.get("val_size", 0), seed=data.get("seed", 0))
+
+
+def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") -> torch.nn.Module:
+    """Rebuild the named model and load its tensors; a mismatch raises CheckpointError."""
+    model = build_model(meta["model"], meta.get("input_norm", "none"))
+    state = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CheckpointError(f"{where}: tensors do not match model {meta['model']!r} ({detail})") from None
+    return model
+
+
+def _history_writer(run: RunDir, stage: str):
+    records = []
+
+    def on_epoch(rec):
+        records.append(rec)
+        run.set_history(stage, records)
+    return on_epoch
+
+
+def run_pretrain(run: RunDir, cfg: PretrainConfig, data_dir=None, quiet=False) -> dict:
+    cfg.validate()
+    data = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "seed": cfg.seed}
+    train, val, test = load_data(data, data_dir)
+    model = build_model(cfg.model, cfg.input_norm, seed=cfg.seed)
+    t0 = time.perf_counter()
+    history = pretrain(model, train, cfg, val, test, quiet, _history_writer(run, "pretrain"))
+    metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
+               **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))}}
+    meta = {"model": cfg.model, "input_norm": cfg.input_norm, "data": data,
+            "pretrain": dataclasses.asdict(cfg), "metrics": metrics}
+    run.save("pretrained", model.state_dict(), meta)
+    run.update_json("metrics.json", "pretrained", metrics)
+    return metrics
+
+
+def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False) -> dict:
+    cfg.validate()
+    run.require("pretrained", "run 'sws pretrain' first")
+    tensors, meta = run.load("pretrained")
+    model = model_from_checkpoint(tensors, meta, str(run.path / "pretrained.safetensors"))
+    train, val, test = load_data(meta["data"], data_dir)
+    covered = covered_parameters(model, cfg.prior.cover)
+    prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
+    t0 = time.perf_counter()
+    history = retrain(model, prior, train, cfg, val, test, quiet, _history_writer(run, "retrain"))
+    metrics = {"seconds": time.perf_counter() - t0,
+               **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
+               **{"nonzero_share_within_2sd": history[-1]["share_within_2sd_of_zero"]}}
+    out = dict(model.state_dict())
+    out.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
+    run.save("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
+                                "retrain": dataclasses.asdict(cfg), "metrics": metrics})
+    run.update_json("metrics.json", "retrained", metrics)
+    return metrics
+
+
+def _prior_from_checkpoint(tensors: dict, meta: dict) -> GaussianMixturePrior:
+    from sws.config import PriorConfig
+    pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
+    prior = GaussianMixturePrior(dataclasses.replace(pcfg, init="linspace"))
+    state = {k[len(PRIOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PRIOR_PREFIX)}
+    try:
+        prior.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"prior tensors do not match the recorded prior settings ({e})") from None
+    return prior
+
+
+def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
+    """Merge, snap to zero, assign; evaluate and record every stage's figures."""
+    cfg.validate()
+    run.require("retrained", "run 'sws retrain' first")
+    tensors, meta = run.load("retrained")
+    model = model_from_checkpoint(tensors, meta, str(run.path / "retrained.safetensors"))
+    prior = _prior_from_checkpoint(tensors, meta)
+    cover = meta["retrain"]["prior"]["cover"]
+    covered = covered_parameters(model, cover)
+    quantized, _, codebook, merged = quantize_weights(
+        {k: v.detach() for k, v in covered.items()}, Mixture.from_prior(prior), cfg.merge_threshold)
+    _, _, test = load_data(meta["data"], data_dir)
+    retrained_eval = evaluate(model, test)
+    with torch.no_grad():
+        for name, value in quantized.items():
+            model.get_parameter(name).copy_(value)
+    quantized_eval = evaluate(model, test)
+    stats = layer_stats(quantized)
+    metrics = {"test_accuracy": quantized_eval["accuracy"], "test_error": quantized_eval["error"],
+               "retrained_test_accuracy": retrained_eval["accuracy"],
+               "codebook": codebook.tolist(), "merge_threshold": cfg.merge_threshold,
+               "components_before_merge": prior.n_components,
+               "components_after_merge": int(codebook.numel()),
+               "nonzero_share": stats["total"]["nonzero_share"],
+               "distinct_values": stats["total"]["distinct"], "layers": stats["layers"],
+               "covered": list(covered), "cover": cover}
+    pre = run.read_json("metrics.json", {}).get("pretrained", {})
+    if run.has("pretrained"):
+        ptensors, pmeta = run.load("pretrained")
+        pmodel = model_from_checkpoint(ptensors, pmeta)
+        pstats = layer_stats({k: v for k, v in covered_parameters(pmodel, cover).items()})
+        metrics["pretrained_test_accuracy"] = pre.get("test_accuracy", evaluate(pmodel, test)["accuracy"])
+        metrics["pretrained_nonzero_share"] = pstats["total"]["nonzero_share"]
+        metrics["pretrained_distinct_values"] = pstats["total"]["distinct"]
+    run.save("quantized", model.state_dict(),
+             {**{k: meta[k] for k in ("model", "input_norm", "data")}, "quantize": dataclasses.asdict(cfg),
+              "codebook": codebook.tolist(), "covered": list(covered),
+              "merged_mixture": {"means": merged.mu.tolist(), "log_precisions": merged.gamma.tolist(),
+                                 "log_pis": merged.log_pi.tolist()},
+              "metrics": {k: metrics[k] for k in ("test_accuracy", "nonzero_share", "distinct_values")}})
+    run.update_json("metrics.json", "quantized", metrics)
+    return metrics
+
+
+def evaluate_path(path: str | Path, data_dir=None) -> dict:
+    """Test accuracy of every stage in a run folder, or of one checkpoint file."""
+    path = Path(path)
+    if path.is_dir():
+        run = RunDir.open(path)
+        targets = [(s, run.path / s) for s in ("pretrained", "retrained", "quantized") if run.has(s)]
+        if not targets:
+            raise CheckpointError(f"{path}: run folder holds no checkpoint")
+    elif path.suffix in (".safetensors", ".json"):
+        targets = [(path.stem, path.with_suffix(""))]
+    else:
+        raise CheckpointError(f"{path}: not a run folder or a .safetensors checkpoint")
+    results, test = {}, None
+    from sws.runs import load_checkpoint
+    for stage, ckpt in targets:
+        tensors, meta = load_checkpoint(ckpt)
+        model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
+        if test is None:
+            _, _, test = load_data(meta.get("data", {}), data_dir)
+        covered = covered_parameters(model, "all")
+        stats = layer_stats(covered)
+        results[stage] = {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
+                          "distinct_values": stats["total"]["distinct"]}
+    if path.is_dir():
+        RunDir(path).update_json("metrics.json", "evaluate", results)
+    return results
