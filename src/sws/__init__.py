@@ -12,6 +12,8 @@ from sws.errors import ConfigError
 from sws.errors import DataError
 from sws.errors import RunDirError
 from sws.errors import SwsError
+from sws.fileformat import load
+from sws.fileformat import save
 from sws.models import build_model
 from sws.prior import GaussianMixturePrior
 from sws.quantize import quantize_weights
@@ -32,6 +34,8 @@ __all__ = [
     "DataError",
     "RunDirError",
     "SwsError",
+    "load",
+    "save",
     "build_model",
     "GaussianMixturePrior",
     "quantize_weights",

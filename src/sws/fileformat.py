@@ -1,0 +1,357 @@
+"""The compressed model file (``.sws``): writing, reading, ``save`` and ``load``.
+
+The layout is specified in ``docs/FORMAT.md``::
+
+    magic (8) | version u32 | header length u32 | payload length u64
+    | JSON header | payloads, one per tensor in header order | CRC32 u32
+
+Quantised tensors use the sparse Huffman layout of ``sws.sparsecode``; every
+other tensor is stored exactly as raw little-endian bytes.  No pickle.
+Every way a file can be bad raises its own subclass of ``FormatError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sws import huffman, sparsecode
+from sws.errors import SwsError
+
+__all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError",
+           "UnsupportedVersionError", "HeaderTooLargeError", "MalformedHeaderError",
+           "TruncatedFileError", "TrailingDataError", "ChecksumError", "InconsistentPayloadError",
+           "Decoded", "encode", "decode", "save", "load", "read", "compress_run"]
+
+MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
+VERSION = 1
+MAX_HEADER_BYTES = 1 << 20     # 1 MiB; a LeNet header is about 1 kB
+MAX_ELEMENTS = 1 << 31         # per tensor
+MAX_CODEBOOK = 1 << 12
+_PREAMBLE = struct.Struct("<8sIIQ")
+_RAW_DTYPES = {"float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"),
+               "float16": (torch.float16, "<f2"), "int64": (torch.int64, "<i8"),
+               "int32": (torch.int32, "<i4")}
+_DTYPE_NAMES = {t: name for name, (t, _) in _RAW_DTYPES.items()}
+
+
+class FormatError(SwsError):
+    """A ``.sws`` file that cannot be read; each failure mode has a subclass."""
+
+
+class BadMagicError(FormatError):
+    """The file does not start with the ``.sws`` magic number."""
+
+
+class UnsupportedVersionError(FormatError):
+    """The file's format version is not one this reader knows."""
+
+
+class HeaderTooLargeError(FormatError):
+    """The declared JSON header exceeds ``MAX_HEADER_BYTES``."""
+
+
+class MalformedHeaderError(FormatError):
+    """The header is not valid JSON or breaks the header schema."""
+
+
+class TruncatedFileError(FormatError):
+    """The file is shorter than its preamble and declared lengths."""
+
+
+class TrailingDataError(FormatError):
+    """The file has bytes after its checksum."""
+
+
+class ChecksumError(FormatError):
+    """The CRC32 of the file does not match its stored checksum."""
+
+
+class InconsistentPayloadError(FormatError):
+    """Payloads that do not match the header: sizes, shapes, codes or positions."""
+
+
+@dataclass
+class Decoded:
+    """A decoded file: its header, codebook and tensors (in file order)."""
+
+    header: dict
+    codebook: np.ndarray
+    tensors: dict[str, torch.Tensor]
+
+
+def _f32_json(x: np.float32) -> float | str:
+    """A float32 as the shortest JSON number that reads back to the same float32."""
+    s = min(np.format_float_positional(np.float32(x), unique=True, trim="-"),
+            np.format_float_scientific(np.float32(x), unique=True, trim="-"), key=len)
+    if np.float32(float(s)) != np.float32(x):   # never seen; guards against double rounding
+        s = repr(float(x))
+    return float(s) if "." in s or "e" in s else int(s)
+
+
+def _codebook_indices(name: str, t: torch.Tensor, codebook: np.ndarray) -> np.ndarray:
+    """Codebook index of every element, matched on the exact float32 bit pattern."""
+    if t.dtype != torch.float32:
+        raise ValueError(f"{name}: quantised tensors must be float32, not {t.dtype}")
+    bits = t.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint32)
+    cb = codebook.view(np.uint32)
+    order = np.argsort(cb, kind="stable")
+    where = np.clip(np.searchsorted(cb[order], bits), 0, len(cb) - 1)
+    idx = order[where]
+    bad = cb[idx] != bits
+    if bad.any():
+        v = t.reshape(-1)[int(np.flatnonzero(bad)[0])].item()
+        raise ValueError(f"{name}: value {v!r} is not a codebook entry")
+    return idx
+
+
+def encode(tensors: dict[str, torch.Tensor], codebook, quantized, model: dict) -> bytes:
+    """The bytes of a ``.sws`` file.
+
+    Args:
+      tensors: state dict, in the order to store.
+      codebook: float32 values; entry 0 must be exactly 0.0 and values distinct.
+      quantized: names of the tensors whose every value is a codebook entry; they
+        are stored sparse and Huffman coded, all others exactly.
+      model: JSON-serialisable description, at least ``{"name": ...}``.
+    """
+    cb = np.asarray(codebook, dtype=np.float32).reshape(-1)
+    if not 1 <= cb.size <= MAX_CODEBOOK or cb.view(np.uint32)[0] != 0:
+        raise ValueError("codebook needs 1..4096 entries, entry 0 exactly +0.0")
+    if (len(set(cb.view(np.uint32).tolist())) != cb.size or not np.isfinite(cb).all()
+            or (cb[1:] == 0).any()):
+        raise ValueError("codebook entries must be finite and distinct, only entry 0 zero")
+    quantized = set(quantized)
+    missing = quantized - set(tensors)
+    if missing:
+        raise ValueError(f"quantised tensors not in the state dict: {sorted(missing)}")
+    entries, payloads = [], []
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        h = {"name": name, "shape": list(t.shape)}
+        if name in quantized:
+            code = sparsecode.encode_layer(_codebook_indices(name, t, cb), cb.size)
+            h.update({"dtype": "float32", "coding": "sparse-huffman", **code.header()})
+            payloads.append(code.payload())
+        else:
+            if t.dtype not in _DTYPE_NAMES:
+                raise ValueError(f"{name}: dtype {t.dtype} cannot be stored")
+            h.update({"dtype": _DTYPE_NAMES[t.dtype], "coding": "raw"})
+            payloads.append(t.numpy().astype(_RAW_DTYPES[h["dtype"]][1]).tobytes())
+        entries.append(h)
+    header = {"model": model, "codebook": [_f32_json(x) for x in cb], "tensors": entries}
+    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(hb) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(hb)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    body = _PREAMBLE.pack(MAGIC, VERSION, len(hb), sum(map(len, payloads))) + hb + b"".join(payloads)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _no_duplicates(pairs):
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise MalformedHeaderError("header has a duplicate key")
+    return dict(pairs)
+
+
+def _int(h: dict, key: str, lo: int, hi: int) -> int:
+    v = h.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise MalformedHeaderError(f"tensor field {key!r} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _check_header(header) -> np.ndarray:
+    """Validate the header schema; return the codebook as float32."""
+    if not isinstance(header, dict) or set(header) != {"model", "codebook", "tensors"}:
+        raise MalformedHeaderError("header must hold exactly 'model', 'codebook' and 'tensors'")
+    if not isinstance(header["model"], dict) or not isinstance(header["model"].get("name"), str):
+        raise MalformedHeaderError("header 'model' must be an object with a 'name'")
+    cbl = header["codebook"]
+    if (not isinstance(cbl, list) or not 1 <= len(cbl) <= MAX_CODEBOOK
+            or not all(type(x) in (int, float) and math.isfinite(x) for x in cbl)):
+        raise MalformedHeaderError("header 'codebook' must be a list of 1..4096 finite numbers")
+    cb = np.asarray(cbl, dtype=np.float64).astype(np.float32)
+    if cb.view(np.uint32)[0] != 0:
+        raise MalformedHeaderError("codebook entry 0 must be exactly 0")
+    if not isinstance(header["tensors"], list):
+        raise MalformedHeaderError("header 'tensors' must be a list")
+    names = set()
+    for h in header["tensors"]:
+        if not isinstance(h, dict) or not isinstance(h.get("name"), str) or h["name"] in names:
+            raise MalformedHeaderError("each tensor needs a unique string 'name'")
+        names.add(h["name"])
+        shape = h.get("shape")
+        if (not isinstance(shape, list) or len(shape) > 8
+                or not all(type(d) is int and 0 <= d < MAX_ELEMENTS for d in shape)
+                or math.prod(shape) > MAX_ELEMENTS):
+            raise MalformedHeaderError(f"{h['name']}: 'shape' must be a list of at most 8 sizes")
+        coding = h.get("coding")
+        if coding == "raw":
+            keys = {"name", "shape", "dtype", "coding"}
+            if h.get("dtype") not in _RAW_DTYPES:
+                raise MalformedHeaderError(f"{h['name']}: unknown dtype {h.get('dtype')!r}")
+        elif coding == "sparse-huffman":
+            keys = {"name", "shape", "dtype", "coding", "gap_bits", "entries", "gap_symbols",
+                    "index_symbols", "gap_stream_bits", "index_stream_bits"}
+            if h.get("dtype") != "float32":
+                raise MalformedHeaderError(f"{h['name']}: quantised tensors must be float32")
+            gb = _int(h, "gap_bits", 1, sparsecode.MAX_GAP_BITS)
+            _int(h, "entries", 0, 1 << 40)
+            _int(h, "gap_symbols", 0, 1 << gb)
+            _int(h, "index_symbols", 0, len(cb))
+            _int(h, "gap_stream_bits", 0, 1 << 43)
+            _int(h, "index_stream_bits", 0, 1 << 43)
+        else:
+            raise MalformedHeaderError(f"{h['name']}: unknown coding {coding!r}")
+        if set(h) != keys:
+            raise MalformedHeaderError(f"{h['name']}: fields {sorted(set(h) ^ keys)} wrong")
+    return cb
+
+
+def _payload_size(h: dict) -> int:
+    if h["coding"] == "raw":
+        return math.prod(h["shape"]) * np.dtype(_RAW_DTYPES[h["dtype"]][1]).itemsize
+    return sparsecode.payload_size(h)
+
+
+def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
+    """Check preamble, lengths, checksum and header; return (header, codebook, payload)."""
+    data = memoryview(data)
+    if len(data) < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
+        raise BadMagicError("not an .sws file (bad magic number)")
+    if len(data) < _PREAMBLE.size:
+        raise TruncatedFileError(f"file of {len(data)} bytes ends inside the preamble")
+    _, version, hlen, plen = _PREAMBLE.unpack_from(data)
+    if version != VERSION:
+        raise UnsupportedVersionError(f"format version {version} not supported (this reader: {VERSION})")
+    if hlen > MAX_HEADER_BYTES:
+        raise HeaderTooLargeError(f"header of {hlen} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    need = _PREAMBLE.size + hlen + plen + 4
+    if len(data) < need:
+        raise TruncatedFileError(f"file of {len(data)} bytes is shorter than the {need} it declares")
+    if len(data) > need:
+        raise TrailingDataError(f"{len(data) - need} bytes after the checksum")
+    (crc,) = struct.unpack_from("<I", data, need - 4)
+    if zlib.crc32(data[:need - 4]) != crc:
+        raise ChecksumError("checksum mismatch: the file is corrupt")
+    try:
+        header = json.loads(bytes(data[_PREAMBLE.size:_PREAMBLE.size + hlen]).decode("utf-8"),
+                            object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise MalformedHeaderError(f"header is not valid JSON ({e})") from None
+    cb = _check_header(header)
+    sizes = [_payload_size(h) for h in header["tensors"]]
+    if sum(sizes) != plen:
+        raise InconsistentPayloadError(f"tensors declare {sum(sizes)} payload bytes, preamble {plen}")
+    return header, cb, data[_PREAMBLE.size + hlen:need - 4]
+
+
+def decode(data: bytes) -> Decoded:
+    """Decode a whole file; every failure raises a ``FormatError`` subclass."""
+    header, cb, payload = read_header(data)
+    tensors, offset = {}, 0
+    for h in header["tensors"]:
+        size = _payload_size(h)
+        part, offset = payload[offset:offset + size], offset + size
+        n = math.prod(h["shape"])
+        if h["coding"] == "raw":
+            torch_dtype, np_dtype = _RAW_DTYPES[h["dtype"]]
+            arr = np.frombuffer(part, dtype=np_dtype).astype(np_dtype[1:], copy=True)
+        else:
+            try:
+                pos, idx = sparsecode.decode_layer(part, h, n, len(cb))
+            except huffman.CodeError as e:
+                raise InconsistentPayloadError(f"{h['name']}: {e}") from None
+            arr = np.zeros(n, dtype=np.float32)
+            arr[pos] = cb[idx]
+        tensors[h["name"]] = torch.from_numpy(arr.reshape(h["shape"]))
+    return Decoded(header, cb, tensors)
+
+
+def _read_bytes(path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"{path}: no such file")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read(path) -> Decoded:
+    """Decode the file at ``path``; errors name the file."""
+    data = _read_bytes(path)
+    try:
+        return decode(data)
+    except FormatError as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def load(path) -> torch.nn.Module:
+    """The network stored at ``path``, ready for inference (eval mode).
+
+    It takes images as float tensors in [0, 1], shape (n, 1, 28, 28); any input
+    normalisation it was trained with is inside it.
+    """
+    from sws.models import build_model
+    d = read(path)
+    m = d.header["model"]
+    try:
+        model = build_model(m["name"], m.get("input_norm", "none"))
+    except SwsError as e:
+        raise MalformedHeaderError(f"{path}: {e}") from None
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in d.tensors.items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
+        raise InconsistentPayloadError(f"{path}: tensors do not match model {m['name']!r} "
+                                       f"(first differences: {diff})")
+    model.load_state_dict(d.tensors, strict=True)
+    return model.eval()
+
+
+def save(path, state, *, model: str, input_norm: str = "none", codebook=None,
+         quantized=None) -> int:
+    """Write a ``.sws`` file atomically; return its size in bytes.
+
+    Args:
+      path: output file.
+      state: an ``nn.Module`` or a state dict.
+      model, input_norm: the name and input normalisation ``build_model`` takes.
+      codebook: shared values, entry 0 = 0.0; default: the distinct values of the
+        quantised tensors.
+      quantized: names of the tensors stored with the codebook (the pipeline passes
+        the sidecar's 'covered'); default: every tensor named '*weight' or '*bias'.
+    """
+    from sws.runs import atomic_write
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    state = dict(state)
+    if quantized is None:
+        quantized = [k for k in state if k.endswith(("weight", "bias"))]
+    if codebook is None:
+        vals = torch.cat([state[k].detach().reshape(-1).float() for k in quantized]) if quantized \
+            else torch.zeros(0)
+        vals = np.unique(vals.numpy())
+        codebook = np.concatenate([[0.0], vals[vals != 0]]).astype(np.float32)
+    blob = encode(state, codebook, quantized, {"name": model, "input_norm": input_norm})
+    atomic_write(Path(path), blob)
+    return len(blob)
+
+
+def compress_run(run_dir, out) -> int:
+    """Write the post-processed network of a run folder as a ``.sws`` file; return its size."""
+    from sws.runs import RunDir
+    run = RunDir.open(run_dir)
+    run.require("quantized", "run 'sws quantize' first")
+    tensors, meta = run.load("quantized")
+    return save(out, tensors, model=meta["model"], input_norm=meta.get("input_norm", "none"),
+                codebook=meta["codebook"], quantized=meta["covered"])

@@ -1,0 +1,106 @@
+"""Canonical Huffman codes and bit streams (sws.huffman)."""
+
+import heapq
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sws import huffman
+
+
+def _optimal_bits(counts):
+    """Reference: the cost of an optimal prefix code is the sum of the merged weights."""
+    heap = [c for c in counts if c > 0]
+    if len(heap) == 1:
+        return heap[0]
+    heapq.heapify(heap)
+    total = 0
+    while len(heap) > 1:
+        s = heapq.heappop(heap) + heapq.heappop(heap)
+        total += s
+        heapq.heappush(heap, s)
+    return total
+
+
+counts_st = st.lists(st.integers(0, 1000), min_size=1, max_size=80).filter(lambda c: sum(c) > 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts_st)
+def test_lengths_are_optimal_and_complete(counts):
+    ln = huffman.code_lengths(counts)
+    assert all((ln[i] > 0) == (c > 0) for i, c in enumerate(counts))
+    used = [i for i, c in enumerate(counts) if c > 0]
+    if len(used) > 1:
+        # a Huffman code is complete: Kraft sum exactly 1
+        assert sum(2.0 ** -int(ln[i]) for i in used) == 1.0
+        assert huffman.coded_bits(counts, ln) == _optimal_bits(counts)
+
+
+def test_length_limit_holds_for_fibonacci_counts():
+    fib = [1, 1]
+    while len(fib) < 40:
+        fib.append(fib[-1] + fib[-2])
+    ln = huffman.code_lengths(fib)
+    assert ln.max() == huffman.MAX_CODE_LENGTH
+    assert sum(2.0 ** -int(x) for x in ln) <= 1.0
+    assert huffman.code_lengths(fib, max_length=32).max() > huffman.MAX_CODE_LENGTH  # needs the limit
+
+
+def test_canonical_codes_follow_length_then_symbol():
+    codes = huffman.canonical_codes([2, 1, 3, 3])
+    assert codes.tolist() == [0b10, 0b0, 0b110, 0b111]
+
+
+def test_oversubscribed_lengths_rejected():
+    with pytest.raises(huffman.CodeError):
+        huffman.canonical_codes([1, 1, 1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(counts_st, st.integers(0, 2**32 - 1))
+def test_stream_round_trip(counts, seed):
+    ln = huffman.code_lengths(counts)
+    rng = np.random.default_rng(seed)
+    p = np.asarray(counts, float) / sum(counts)
+    n = int(rng.integers(0, 3000))
+    sym = rng.choice(len(counts), size=n, p=p)
+    data, nbits = huffman.encode(sym, ln)
+    assert len(data) == (nbits + 7) // 8
+    assert nbits == int(ln[sym].astype(int).sum())
+    np.testing.assert_array_equal(huffman.decode(data, nbits, ln, n), sym)
+
+
+def test_single_symbol_stream_uses_one_bit_each():
+    ln = huffman.code_lengths([0, 7])
+    data, nbits = huffman.encode([1] * 7, ln)
+    assert (data, nbits) == (b"\x00", 7)
+    assert huffman.decode(data, nbits, ln, 7).tolist() == [1] * 7
+
+
+def test_known_bits():
+    ln = np.array([1, 2, 2])   # codes 0, 10, 11
+    data, nbits = huffman.encode([0, 1, 2, 0], ln)
+    assert nbits == 6 and data == bytes([0b01011000])
+
+
+@pytest.mark.parametrize("nbits,count", [(6, 5), (6, 3), (5, 4), (40, 4), (-1, 1)])
+def test_decode_rejects_wrong_lengths(nbits, count):
+    ln = np.array([1, 2, 2])
+    with pytest.raises(huffman.CodeError):
+        huffman.decode(bytes([0b01011000]), nbits, ln, count)
+
+
+def test_decode_rejects_invalid_code():
+    ln = np.array([0, 1])   # only code "0" exists
+    with pytest.raises(huffman.CodeError):
+        huffman.decode(b"\x80", 1, ln, 1)
+
+
+@given(st.lists(st.integers(0, 15), max_size=40))
+def test_nibble_tables_round_trip(lengths):
+    data = huffman.pack_lengths(lengths)
+    assert len(data) == (len(lengths) + 1) // 2
+    assert huffman.unpack_lengths(data, len(lengths)).tolist() == lengths
