@@ -33,6 +33,9 @@ data_option = click.option("--data-dir", type=click.Path(path_type=Path), defaul
                            help="Folder with the MNIST IDX files (default: $SWS_DATA_DIR, "
                                 "then the user cache, downloading there if online).")
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+figures_option = click.option("--figures", is_flag=True,
+                               help="Save per-epoch snapshots and draw the figures and the "
+                                    "animation into RUN/figures/.")
 force_option = click.option("--force", is_flag=True, help="Overwrite existing results.")
 
 pretrain_options = _options(
@@ -121,7 +124,8 @@ def pretrain_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, bat
 @data_option
 @force_option
 @quiet_option
-def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, **kw):
+@figures_option
+def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
     """Retrain a pretrained run with the Gaussian-mixture prior."""
     import dataclasses
     cfg = _retrain_cfg(preset, batch_size, seed, **kw)
@@ -137,7 +141,9 @@ def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, 
         run = src
         run.refuse_overwrite("retrained", force)
     _record_command(run, "retrain", dataclasses.asdict(cfg))
-    _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet))
+    _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures))
+    if figures:
+        _draw_figures(run)
 
 
 @cli.command("quantize")
@@ -178,8 +184,9 @@ def evaluate_cmd(path, data_dir):
 @data_option
 @force_option
 @quiet_option
+@figures_option
 def run_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, merge_threshold,
-            preset, batch_size, seed, data_dir, force, quiet, **kw):
+            preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
     pcfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
@@ -193,8 +200,28 @@ def run_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, merge_th
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
                                  "quantize": vars(qcfg)})
     _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet))
-    _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet))
+    _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures))
     _print_report(run_quantize(run, qcfg, data_dir))
+    if figures:
+        _draw_figures(run)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="HTML file to write [RUN_DIR/report.html].")
+@click.option("--redraw", is_flag=True, help="Redraw the per-epoch frames and the animation "
+              "even where they exist.")
+def report_cmd(run_dir, out, redraw):
+    """Write one self-contained HTML page: figures, metrics, command and settings."""
+    from sws.report import write_report
+    click.echo(f"report: {write_report(run_dir, out, redraw)}")
+
+
+def _draw_figures(run: RunDir):
+    from sws.figures import draw_run_figures
+    figs = draw_run_figures(run.path)
+    click.echo(f"figures: {len(figs)} files in {run.path / 'figures'}")
 
 
 def _print_report(m: dict):
