@@ -262,3 +262,70 @@ def test_load_refuses_tensors_of_another_model(tmp_path):
 def test_load_missing_file(tmp_path):
     with pytest.raises(ff.FormatError, match="no such file"):
         sws.load(tmp_path / "nope.sws")
+
+
+# --- CLI -------------------------------------------------------------------------
+
+def _quantized_run(tmp_path):
+    """A run folder holding only a quantised LeNet-300-100 (random weights on a codebook)."""
+    from sws.models import build_model
+    from sws.runs import RunDir
+    model = build_model("lenet-300-100", "standardize", seed=1)
+    cb = np.array([0.0, -0.08, 0.05, 0.12], np.float32)
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.from_numpy(cb[rng.choice(4, size=p.shape, p=[.95, .02, .02, .01])]))
+    run = RunDir.create(tmp_path / "run")
+    covered = [n for n, _ in model.named_parameters()]
+    run.save("quantized", model.state_dict(), {"model": "lenet-300-100", "input_norm": "standardize",
+                                               "codebook": cb.tolist(), "covered": covered})
+    return run.path, model
+
+
+def _cli(args, capsys):
+    from sws.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_cli_compress_and_inspect(tmp_path, capsys):
+    run, model = _quantized_run(tmp_path)
+    code, out, _ = _cli(["compress", run, "-o", tmp_path / "m.sws"], capsys)
+    assert code == 0 and "CR" in out
+    loaded = sws.load(tmp_path / "m.sws")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    code, out, _ = _cli(["inspect", tmp_path / "m.sws"], capsys)
+    assert code == 0
+    assert "2.weight" in out and "paper" in out and "entropy" in out
+    size = (tmp_path / "m.sws").stat().st_size
+    assert f"{32 * sum(v.numel() for v in model.state_dict().values()) / (8 * size):.1f}" in out
+
+
+@pytest.mark.parametrize("command", ["inspect", "evaluate"])
+@pytest.mark.parametrize("content", [None, b"garbage", "truncated"])
+def test_cli_missing_or_corrupt_file_exits_2(tmp_path, capsys, command, content):
+    f = tmp_path / "bad.sws"
+    if content == "truncated":
+        f.write_bytes(GOLDEN.read_bytes()[:100])
+    elif content is not None:
+        f.write_bytes(content)
+    code, out, err = _cli([command, f], capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+DATA = os.environ.get("SWS_DATA_DIR", "/work/shared/data/mnist")
+
+
+@pytest.mark.skipif(not Path(DATA, "t10k-images-idx3-ubyte").exists()
+                    and not Path(DATA, "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="MNIST test set not available")
+def test_cli_evaluate_sws_file(tmp_path, capsys):
+    run, _ = _quantized_run(tmp_path)
+    _cli(["compress", run, "-o", tmp_path / "m.sws"], capsys)
+    code, out, _ = _cli(["evaluate", tmp_path / "m.sws", "--data-dir", DATA], capsys)
+    assert code == 0 and out.startswith("m ") and "accuracy" in out

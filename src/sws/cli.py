@@ -169,7 +169,12 @@ def evaluate_cmd(path, data_dir):
     """Test accuracy of a run folder's checkpoints or of one checkpoint file."""
     if not path.exists():
         raise SwsError(f"{path}: no such file or folder")
-    for stage, m in evaluate_path(path, data_dir).items():
+    if path.suffix == ".sws":
+        from sws.fileformat import evaluate_file
+        results = evaluate_file(path, data_dir)
+    else:
+        results = evaluate_path(path, data_dir)
+    for stage, m in results.items():
         click.echo(f"{stage:<11} accuracy {m['accuracy']:.4f}  error {100 * m['error']:.2f}%  "
                    f"non-zero {100 * m['nonzero_share']:.2f}%  distinct values {m['distinct_values']}")
 
@@ -204,6 +209,7 @@ def run_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, merge_th
     _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
         _draw_figures(run)
+    _write_sws(run.path, run.path / "model.sws")
 
 
 @cli.command("report")
@@ -222,6 +228,37 @@ def _draw_figures(run: RunDir):
     from sws.figures import draw_run_figures
     figs = draw_run_figures(run.path)
     click.echo(f"figures: {len(figs)} files in {run.path / 'figures'}")
+
+
+@cli.command("compress")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
+              help="File to write [RUN_DIR/model.sws].")
+def compress_cmd(run_dir, out):
+    """Write a run's post-processed network as a compressed .sws file."""
+    _write_sws(run_dir, out or Path(run_dir) / "model.sws")
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect_cmd(path):
+    """Per-layer bits of a .sws file and its compression rate three ways."""
+    from sws.fileformat import FormatError, _read_bytes
+    from sws.filestats import file_stats, format_stats
+    data = _read_bytes(path)
+    try:
+        click.echo(format_stats(file_stats(data)))
+    except FormatError as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def _write_sws(run_dir, out: Path):
+    from sws.fileformat import compress_run
+    from sws.filestats import file_stats
+    size = compress_run(run_dir, out)
+    t = file_stats(out.read_bytes())["total"]
+    click.echo(f"wrote {out}: {size} bytes, CR {t['cr_file']:.1f} from the file's bytes "
+               f"({t['cr_paper']:.1f} by the paper's accounting, entropy bound {t['cr_entropy']:.1f})")
 
 
 def _print_report(m: dict):

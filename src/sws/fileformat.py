@@ -28,7 +28,7 @@ from sws.errors import SwsError
 __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError",
            "UnsupportedVersionError", "HeaderTooLargeError", "MalformedHeaderError",
            "TruncatedFileError", "TrailingDataError", "ChecksumError", "InconsistentPayloadError",
-           "Decoded", "encode", "decode", "save", "load", "read", "compress_run"]
+           "Decoded", "encode", "decode", "save", "load", "read", "compress_run", "evaluate_file"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
 VERSION = 1
@@ -355,3 +355,16 @@ def compress_run(run_dir, out) -> int:
     tensors, meta = run.load("quantized")
     return save(out, tensors, model=meta["model"], input_norm=meta.get("input_norm", "none"),
                 codebook=meta["codebook"], quantized=meta["covered"])
+
+
+def evaluate_file(path, data_dir=None) -> dict:
+    """Test accuracy of the network in a ``.sws`` file, keyed by the file's stem."""
+    from sws.models import covered_parameters
+    from sws.pipeline import load_data
+    from sws.quantize import layer_stats
+    from sws.train import evaluate
+    model = load(path)
+    _, _, test = load_data({}, data_dir)
+    stats = layer_stats(covered_parameters(model, "all"))
+    return {Path(path).stem: {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
+                              "distinct_values": stats["total"]["distinct"]}}

@@ -1,0 +1,115 @@
+"""What a ``.sws`` file spends its bits on, and three compression rates (SPEC section 5).
+
+* **file**: CR = 32 N / (8 * file bytes), N = number of stored values
+  (every tensor's elements): the rate this project reports.
+* **paper**: Han et al.'s accounting as the paper uses it: per quantised layer
+  the Huffman-coded gaps in a fixed width (8 bits for conv kernels, 5 for the
+  rest) with fillers, plus the Huffman-coded codebook indices; code tables,
+  header and checksum not counted; the codebook once in 32-bit floats; other
+  tensors at their raw size.
+* **entropy**: the file's own streams (its chosen gap widths) at their
+  empirical entropy, n * H(symbols), no tables or header; codebook and raw
+  tensors as in the paper's accounting.  No code over these symbols, taken
+  one at a time, is shorter.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sws import huffman, sparsecode
+from sws.fileformat import _PREAMBLE, _payload_size, read_header
+
+__all__ = ["file_stats", "format_stats"]
+
+PAPER_GAP_BITS = {"conv": 8, "fc": 5}
+
+
+def _entropy_bits(counts: np.ndarray) -> float:
+    c = counts[counts > 0].astype(np.float64)
+    n = c.sum()
+    return float(-(c * np.log2(c / n)).sum()) if n else 0.0
+
+
+def _flat_indices(part, h: dict, n_index: int) -> np.ndarray:
+    n = math.prod(h["shape"])
+    pos, idx = sparsecode.decode_layer(part, h, n, n_index)
+    flat = np.zeros(n, dtype=np.int64)
+    flat[pos] = idx
+    return flat
+
+
+def file_stats(data: bytes) -> dict:
+    """Per-tensor and total bit counts and compression rates of a ``.sws`` file's bytes."""
+    header, cb, payload = read_header(data)
+    k = len(cb)
+    rows, offset = [], 0
+    n_total = paper_bits = entropy_bits = 0
+    for h in header["tensors"]:
+        n = math.prod(h["shape"])
+        n_total += n
+        if h["coding"] == "raw":
+            size = _payload_size(h)
+            rows.append({"name": h["name"], "shape": h["shape"], "coding": "raw", "size": n,
+                         "nonzero": None, "gap_bits": None, "gap_stream_bits": 0,
+                         "index_stream_bits": 0, "table_bits": 0, "raw_bits": 8 * size,
+                         "bits": 8 * size, "cr": 32 * n / max(8 * size, 1)})
+            paper_bits += 8 * size
+            entropy_bits += 8 * size
+            offset += size
+            continue
+        size = sparsecode.payload_size(h)
+        flat = _flat_indices(payload[offset:offset + size], h, k)
+        offset += size
+        gc, ic = sparsecode.stream_counts(flat, h["gap_bits"], k)
+        entropy_bits += _entropy_bits(gc) + _entropy_bits(ic)
+        pb = PAPER_GAP_BITS["conv" if len(h["shape"]) == 4 else "fc"]
+        pgc, pic = sparsecode.stream_counts(flat, pb, k)
+        paper_bits += (huffman.coded_bits(pgc, huffman.code_lengths(pgc))
+                       + huffman.coded_bits(pic, huffman.code_lengths(pic)))
+        tables = 4 * (h["gap_symbols"] + (h["gap_symbols"] % 2)
+                      + h["index_symbols"] + (h["index_symbols"] % 2))
+        bits = 8 * size
+        rows.append({"name": h["name"], "shape": h["shape"], "coding": "sparse", "size": n,
+                     "nonzero": int(np.count_nonzero(flat)), "gap_bits": h["gap_bits"],
+                     "entries": h["entries"], "gap_stream_bits": h["gap_stream_bits"],
+                     "index_stream_bits": h["index_stream_bits"], "table_bits": tables,
+                     "raw_bits": 0, "bits": bits, "cr": 32 * n / max(bits, 1)})
+    paper_bits += 32 * k
+    entropy_bits += 32 * k
+    header_bytes = len(data) - len(payload) - 4
+    return {"model": header["model"], "codebook": cb.tolist(), "layers": rows,
+            "total": {"values": n_total, "file_bytes": len(data), "header_bytes": header_bytes,
+                      "preamble_and_checksum_bytes": _PREAMBLE.size + 4,
+                      "payload_bytes": len(payload), "paper_bytes": paper_bits / 8,
+                      "entropy_bytes": entropy_bits / 8,
+                      "cr_file": 32 * n_total / (8 * len(data)),
+                      "cr_paper": 32 * n_total / paper_bits,
+                      "cr_entropy": 32 * n_total / entropy_bits}}
+
+
+def format_stats(s: dict) -> str:
+    """The per-layer table and totals that ``sws inspect`` prints."""
+    lines = [f"model {s['model'].get('name')}  input_norm {s['model'].get('input_norm', 'none')}  "
+             f"codebook {len(s['codebook'])} values",
+             f"{'tensor':<12}{'shape':>12}{'non-zero':>10}{'gap w':>6}{'gap bits':>10}"
+             f"{'idx bits':>10}{'tables':>8}{'raw bits':>10}{'CR':>9}"]
+    for r in s["layers"]:
+        shape = "x".join(map(str, r["shape"])) or "scalar"
+        nz = "-" if r["nonzero"] is None else str(r["nonzero"])
+        gw = "-" if r["gap_bits"] is None else str(r["gap_bits"])
+        lines.append(f"{r['name']:<12}{shape:>12}{nz:>10}{gw:>6}{r['gap_stream_bits']:>10}"
+                     f"{r['index_stream_bits']:>10}{r['table_bits']:>8}{r['raw_bits']:>10}"
+                     f"{r['cr']:>9.1f}")
+    t = s["total"]
+    lines += [f"codebook: {len(s['codebook'])} x 32 bits in the header; header {t['header_bytes']} "
+              f"bytes (preamble and checksum {t['preamble_and_checksum_bytes']}), payload "
+              f"{t['payload_bytes']} bytes",
+              f"{'':<12}{'file':>12}{'paper':>12}{'entropy':>12}",
+              f"{'bytes':<12}{t['file_bytes']:>12}{t['paper_bytes']:>12.0f}{t['entropy_bytes']:>12.0f}",
+              f"{'CR':<12}{t['cr_file']:>12.1f}{t['cr_paper']:>12.1f}{t['cr_entropy']:>12.1f}",
+              f"(CR = 32 x {t['values']} values / bits; file: the file's bytes; paper: Deep "
+              "Compression accounting; entropy: the file's streams at their entropy)"]
+    return "\n".join(lines)
