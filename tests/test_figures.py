@@ -24,7 +24,8 @@ from PIL import Image
 
 from sws.cli import main
 from sws.config import PretrainConfig
-from sws.figures import draw_frame, make_animation, mixture_from_state, subsample
+from sws.figures import (draw_frame, draw_run_figures, make_animation, mixture_from_state,
+                         snapshots_are_current, subsample)
 from sws.pipeline import run_pretrain
 from sws.report import compression_ratio
 from sws.runs import RunDir
@@ -231,3 +232,23 @@ def test_frame_subsamples_scatter_and_animation_keeps_frames(tmp_path):
     written = make_animation(frames, tmp_path / "a.gif", fps=4)
     with Image.open(written[0]) as im:
         assert im.n_frames == 3
+
+
+def test_mp4_where_ffmpeg_is_installed(run, tmp_path):
+    if not shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg is not installed: the animation is written as GIF only")
+    frames = sorted((run / "figures" / "frames").glob("epoch_*.png"))
+    written = make_animation(frames, tmp_path / "a.gif", tmp_path / "a.mp4")
+    assert written == [tmp_path / "a.gif", tmp_path / "a.mp4"]
+    assert (tmp_path / "a.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+def test_stale_snapshots_draw_no_frames(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    last = sorted((copy / "snapshots").glob("epoch_*.safetensors"))[-1]
+    shutil.copy(copy / "snapshots" / "epoch_000.safetensors", last)
+    assert not snapshots_are_current(copy)
+    with pytest.warns(UserWarning, match="earlier retraining"):
+        figs = draw_run_figures(copy, tmp_path / "figs")
+    assert "final_frame" not in figs and "histograms" in figs

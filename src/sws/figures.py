@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from sws.runs import RunDir, load_checkpoint
 
 __all__ = ["MAX_POINTS", "mixture_from_state", "subsample", "draw_frame", "draw_frames",
+           "snapshot_paths", "snapshots_are_current",
            "make_animation", "stage_weights", "draw_histograms", "draw_layer_sparsity",
            "draw_training_curves", "draw_mixture_evolution", "draw_run_figures"]
 
@@ -146,6 +148,21 @@ def snapshot_paths(run_dir) -> list[Path]:
     return sorted(p.with_suffix("") for p in folder.glob("epoch_*.safetensors"))
 
 
+def snapshots_are_current(run_dir) -> bool:
+    """Whether the last snapshot holds the retrained checkpoint's weights (True if either is missing).
+
+    False means the snapshots come from an earlier retraining of the run folder.
+    """
+    run = RunDir.open(run_dir)
+    paths = snapshot_paths(run.path)
+    if not paths or not run.has("retrained"):
+        return True
+    last, _ = load_checkpoint(paths[-1])
+    retrained, _ = run.load("retrained")
+    return all(k in retrained and retrained[k].shape == v.shape and bool((retrained[k] == v).all())
+               for k, v in last.items())
+
+
 def draw_frames(run_dir, out_dir=None, max_points: int = MAX_POINTS) -> list[Path]:
     """One joint-plot PNG per snapshot (epoch 0 = before retraining), ``RUN/figures/frames/``.
 
@@ -157,6 +174,8 @@ def draw_frames(run_dir, out_dir=None, max_points: int = MAX_POINTS) -> list[Pat
         return []
     out = Path(out_dir) if out_dir else run.path / "figures" / "frames"
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("epoch_*.png"):   # frames of an earlier, longer retraining
+        old.unlink()
     snaps = []
     for p in paths:
         tensors, meta = load_checkpoint(p)
@@ -197,11 +216,11 @@ def make_animation(frames: list[Path], gif_path, mp4_path=None, fps: float = 2.0
     written = [gif_path]
     ffmpeg = shutil.which("ffmpeg")
     if mp4_path and ffmpeg:
-        pattern = str(Path(frames[0]).parent / "epoch_%03d.png")
-        cmd = [ffmpeg, "-y", "-loglevel", "error", "-framerate", str(fps), "-i", pattern,
-               "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p",
+        cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "image2pipe", "-framerate", str(fps),
+               "-i", "-", "-vf", "scale=trunc(iw/2)*2:trunc(ih/2)*2", "-pix_fmt", "yuv420p",
                "-c:v", "libx264", str(mp4_path)]
-        if subprocess.run(cmd, capture_output=True).returncode == 0:
+        pngs = b"".join(Path(f).read_bytes() for f in frames)
+        if subprocess.run(cmd, input=pngs, capture_output=True).returncode == 0:
             written.append(Path(mp4_path))
     return written
 
@@ -350,7 +369,10 @@ def draw_run_figures(run_dir, out_dir=None, frames: bool = True) -> dict[str, Pa
     out = Path(out_dir) if out_dir else run.path / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    if frames:
+    if frames and not snapshots_are_current(run.path):
+        warnings.warn(f"{run.path / 'snapshots'}: snapshots are from an earlier retraining; "
+                      "no per-epoch frames drawn (retrain with --figures to redraw them)")
+    elif frames:
         pngs = draw_frames(run.path, out / "frames")
         if pngs:
             written["final_frame"] = pngs[-1]

@@ -132,12 +132,12 @@ def write_report(run_dir, out=None, redraw: bool = False) -> Path:
     weights = stage_weights(run.path)
     parts = []
     if (figdir / "animation.gif").is_file():
+        last = _img(frames[-1], "final epoch", f"Last frame ({frames[-1].stem}).") if frames else ""
         parts.append('<div class="row">' + _img(
             figdir / "animation.gif", "animation of the weights during retraining",
             "Retraining, one frame per epoch: pretrained weight (x) against current weight (y), "
             "marginal histograms (right: log counts), mixture means with bands at ±2 sd "
-            "(zero component in red).") + _img(frames[-1], "final epoch", f"Last frame ({frames[-1].stem}).")
-            + "</div>")
+            "(zero component in red).") + last + "</div>")
     captions = {
         "histograms": "Weight histograms before retraining, after retraining and after "
                       "post-processing; linear (top) and log (bottom) counts.",
