@@ -7,42 +7,52 @@
  * and the per-component sums S0 = sum r, S1 = sum r d, S2 = sum r d^2
  * (d = w - mu_j) that give the gradients of C for the mixture parameters.
  *
- * A table over a grid of G cells covering the weights' range makes this cheap:
- *  - it lists, per cell, the components whose responsibility can exceed
- *    exp(-CUT) = 2e-9 of the best one anywhere in the cell (dropped terms
- *    change log p by less than J exp(-CUT), below float32 resolution);
- *  - a cell with one active component needs no exp(): it is exact and cheap;
- *  - a cell where several components are active but the responsibilities
- *    vary slowly across it ("smooth": the bound on the neglected third-order
- *    terms is <= SMOOTH) is handled by a second-order expansion about the
- *    cell centre: weights only add their offsets' moments to the cell, and
- *    the gradient is interpolated linearly;
- *  - other cells (sharp boundaries between components) are evaluated exactly.
+ * A table over a grid of G cells covering the weights' range makes this cheap.
+ * For each cell it lists the components whose responsibility can exceed
+ * exp(-cut) of the best one anywhere in the cell (kernel.py passes cut = 20
+ * plus a margin: dropped terms change log p by less than J exp(-20), below
+ * float32 resolution), and classifies it:
+ *  - EXPAND: log p is, across the cell, a quadratic in the offset delta from
+ *    the cell centre: exactly so when one component is active; to second
+ *    order when several are but the responsibilities vary slowly across the
+ *    cell (the bound on the neglected third-order terms is <= SMOOTH).  A
+ *    weight then costs a few flops: its gradient is -(L1 + L2 delta), and it
+ *    adds 1, delta, delta^2 to the cell's moments, from which sws_finish
+ *    forms log p and S0, S1, S2 for the whole cell.
+ *  - EXACT: near a sharp boundary between components each weight is
+ *    evaluated exactly over the cell's active components.
  * Weights outside the grid use every component, exactly.
  *
  * No Python API is used: the shared object is loaded with ctypes (kernel.py).
  */
 #include <math.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <Python.h>
 
-#define CUT 20.0
-#define SMOOTH 1e-6
+#define SMOOTH 1e-4
 #define MAXJ 256
+#define PARALLEL_MIN 32768     /* weights below which a second thread does not pay */
+
+typedef struct {        /* one grid cell, read for every weight in it; 32 bytes */
+    double L1, L2;      /* d log p / dw and d2 log p / dw2 at the centre (EXPAND) */
+    double centre;
+    int64_t exact;
+} cell_t;
 
 typedef struct {
     int J, G;
     double lo, h;
     const double *mu, *lam, *logc;
     int32_t *ptr, *idx;             /* active components, CSR over cells */
-    int8_t *smooth;                 /* per cell */
-    double *L, *L1, *L2;            /* per smooth cell: log p, its 1st, 2nd derivative at the centre */
-    double *r, *r1, *r2;            /* per active entry of a smooth cell: r_j and derivatives */
-    double *m0, *m1, *m2;           /* per cell: moments of offsets from the centre */
+    double *r, *r1, *r2;            /* per active entry of an EXPAND cell: r_j and derivatives */
+    cell_t *cells;
+    double *L0;                     /* per cell: log p at the centre */
+    double *mom;                    /* per cell: moments m0, m1, m2 of the weights' offsets */
+    double *mom2, *out2;            /* the second thread's moments and sums */
 } table_t;
 
-/* exp(x) for x <= 0 to about 1e-15 relative, branch-free so loops vectorise;
- * below -700 it returns 0 (then the term is negligible anyway). */
+/* exp(x) for x <= 0 to about 1e-15 relative, without a libm call. */
 static inline double exp_neg(double x)
 {
     x = x < -700.0 ? -700.0 : x;
@@ -57,8 +67,9 @@ static inline double exp_neg(double x)
     return u.d;
 }
 
-static void responsibilities(int k, const int32_t *idx, const double *mu, const double *lam,
-                             const double *logc, double x, double *l, double *lse)
+/* Normalised responsibilities l[a] of the k components idx at x; returns log p(x). */
+static double responsibilities(int k, const int32_t *idx, const double *mu, const double *lam,
+                               const double *logc, double x, double *l)
 {
     double m = -INFINITY, s = 0.0;
     for (int a = 0; a < k; a++) {
@@ -72,10 +83,11 @@ static void responsibilities(int k, const int32_t *idx, const double *mu, const 
     }
     double inv_s = 1.0 / s;
     for (int a = 0; a < k; a++) l[a] *= inv_s;
-    *lse = m + log(s);
+    return m + log(s);
 }
 
-void sws_build_table(table_t *t)
+/* List each cell's active components (cut: log-responsibility margin). */
+void sws_build_sets(table_t *t, double cut)
 {
     int J = t->J, n = 0;
     const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
@@ -85,25 +97,42 @@ void sws_build_table(table_t *t)
         for (int j = 0; j < J; j++) {
             double far = fmax(fabs(a - mu[j]), fabs(b - mu[j]));
             double lower = logc[j] - 0.5 * lam[j] * far * far;
-            if (lower > best_lower) best_lower = lower;
+            best_lower = lower > best_lower ? lower : best_lower;
         }
-        int first = n;
         for (int j = 0; j < J; j++) {
             double near = mu[j] < a ? a - mu[j] : (mu[j] > b ? mu[j] - b : 0.0);
-            double upper = logc[j] - 0.5 * lam[j] * near * near;
-            if (upper >= best_lower - CUT) t->idx[n++] = j;
+            if (logc[j] - 0.5 * lam[j] * near * near >= best_lower - cut) t->idx[n++] = j;
         }
         t->ptr[c + 1] = n;
-        int k = n - first;
-        t->smooth[c] = 0;
-        t->m0[c] = t->m1[c] = t->m2[c] = 0.0;
-        if (k == 1) continue;
-        /* Second-order expansion of r_j about the centre x: r_j' = r_j (a_j - abar),
-         * with a_j = dl_j/dw; the neglected third-order terms are bounded by err. */
-        double x = a + 0.5 * t->h, hh = 0.5 * t->h, l[MAXJ], lse;
-        double abar = 0.0, a2 = 0.0, lbar = 0.0, err = 0.0;
+    }
+}
+
+/* Per cell: EXPAND coefficients or the EXACT flag, for the current mixture. */
+void sws_build_table(table_t *t)
+{
+    const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
+    double hh = 0.5 * t->h;
+    for (int c = 0; c < t->G; c++) {
+        cell_t *cell = t->cells + c;
+        double x = t->lo + c * t->h + hh;
+        int first = t->ptr[c], k = t->ptr[c + 1] - first;
         const int32_t *ix = t->idx + first;
-        responsibilities(k, ix, mu, lam, logc, x, l, &lse);
+        t->mom[3 * c] = t->mom[3 * c + 1] = t->mom[3 * c + 2] = 0.0;
+        t->mom2[3 * c] = t->mom2[3 * c + 1] = t->mom2[3 * c + 2] = 0.0;
+        cell->centre = x;
+        cell->exact = 0;
+        if (k == 1) {               /* log p is exactly quadratic here */
+            int j = ix[0];
+            double d = x - mu[j];
+            t->L0[c] = logc[j] - 0.5 * lam[j] * d * d;
+            cell->L1 = -lam[j] * d;
+            cell->L2 = -lam[j];
+            t->r[first] = 1.0;
+            t->r1[first] = t->r2[first] = 0.0;
+            continue;
+        }
+        double l[MAXJ], abar = 0.0, a2 = 0.0, lbar = 0.0, err = 0.0;
+        double lse = responsibilities(k, ix, mu, lam, logc, x, l);
         for (int q = 0; q < k; q++) {
             double aj = -lam[ix[q]] * (x - mu[ix[q]]);
             abar += l[q] * aj;
@@ -113,16 +142,20 @@ void sws_build_table(table_t *t)
         for (int q = 0; q < k; q++) {
             double dev = fabs(-lam[ix[q]] * (x - mu[ix[q]]) - abar) * hh;
             double lh2 = lam[ix[q]] * hh * hh;
-            err += l[q] * exp(dev) * (dev * dev * dev + 3.0 * lh2 * dev + lh2 * lh2) / 6.0;
+            /* r_j varies by at most a factor exp(dev) over the half cell */
+            double grow = dev < 1.0 ? 1.0 + 1.72 * dev : 1e300;
+            err += l[q] * grow * (dev * dev * dev + 3.0 * lh2 * dev + lh2 * lh2) / 6.0;
         }
-        if (err > SMOOTH) continue;
-        t->smooth[c] = 1;
+        if (err > SMOOTH) {
+            cell->exact = 1;
+            continue;
+        }
         double abar1 = (a2 - abar * abar) - lbar;   /* (log p)'' */
-        t->L[c] = lse;
-        t->L1[c] = abar;
-        t->L2[c] = abar1;
+        t->L0[c] = lse;
+        cell->L1 = abar;
+        cell->L2 = abar1;
         for (int q = 0; q < k; q++) {
-            double aj = -lam[ix[q]] * (x - mu[ix[q]]), dev = aj - abar;
+            double dev = -lam[ix[q]] * (x - mu[ix[q]]) - abar;
             t->r[first + q] = l[q];
             t->r1[first + q] = l[q] * dev;
             t->r2[first + q] = l[q] * (dev * dev - lam[ix[q]] - abar1);
@@ -130,75 +163,133 @@ void sws_build_table(table_t *t)
     }
 }
 
-/* Evaluate n float32 weights; grad may be NULL.  Adds sum log p to out[0] and
- * S0, S1, S2 to out[1..J], out[J+1..2J], out[2J+1..3J] (smooth cells are
- * added by sws_finish); widens range[0..1] to the weights' min and max. */
-void sws_eval(table_t *t, const float *w, int64_t n, float *grad, double *out, double *range)
-{
-    int J = t->J, G = t->G;
-    const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
-    double logp_sum = 0.0, wmin = range[0], wmax = range[1], inv_h = 1.0 / t->h;
-    double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J, l[MAXJ], lse;
-    int32_t all[MAXJ];
-    for (int j = 0; j < J; j++) all[j] = j;
-    for (int64_t i = 0; i < n; i++) {
-        double x = w[i];
-        if (x < wmin) wmin = x;
-        if (x > wmax) wmax = x;
-        double u = (x - t->lo) * inv_h;
-        const int32_t *idx = all;
-        int k = J;
-        if (u >= 0.0 && u < (double)G) {
-            int c = (int)u;
-            idx = t->idx + t->ptr[c];
-            k = t->ptr[c + 1] - t->ptr[c];
-            if (t->smooth[c]) {
-                double delta = x - (t->lo + (c + 0.5) * t->h);
-                t->m0[c] += 1.0;
-                t->m1[c] += delta;
-                t->m2[c] += delta * delta;
-                if (grad) grad[i] = (float)(-(t->L1[c] + t->L2[c] * delta));
-                continue;
-            }
-        }
-        if (k == 1) {
-            int j = idx[0];
-            double d = x - mu[j];
-            logp_sum += logc[j] - 0.5 * lam[j] * d * d;
-            if (grad) grad[i] = (float)(lam[j] * d);
-            S0[j] += 1.0;
-            S1[j] += d;
-            S2[j] += d * d;
-            continue;
-        }
-        responsibilities(k, idx, mu, lam, logc, x, l, &lse);
-        logp_sum += lse;
-        double g = 0.0;
-        for (int a = 0; a < k; a++) {
-            int j = idx[a];
-            double r = l[a], d = x - mu[j];
-            g += r * lam[j] * d;
-            S0[j] += r;
-            S1[j] += r * d;
-            S2[j] += r * d * d;
-        }
-        if (grad) grad[i] = (float)g;
-    }
-    out[0] += logp_sum;
-    range[0] = wmin;
-    range[1] = wmax;
-}
-
-/* Add the smooth cells' contributions, from their moments, to out. */
-void sws_finish(table_t *t, double *out)
+/* One weight evaluated exactly over components idx[0..k-1]: adds log p to
+ * out[0] and its S0, S1, S2 terms; returns dC/dw. */
+static __attribute__((noinline)) double exact_one(const table_t *t, double x, const int32_t *idx,
+                                                  int k, double *out)
 {
     int J = t->J;
+    double l[MAXJ], g = 0.0;
+    out[0] += responsibilities(k, idx, t->mu, t->lam, t->logc, x, l);
+    for (int a = 0; a < k; a++) {
+        int j = idx[a];
+        double d = x - t->mu[j];
+        g += l[a] * t->lam[j] * d;
+        out[1 + j] += l[a];
+        out[1 + J + j] += l[a] * d;
+        out[1 + 2 * J + j] += l[a] * d * d;
+    }
+    return g;
+}
+
+enum { NO_GRAD, SET_GRAD, ADD_GRAD };
+
+static inline __attribute__((always_inline)) void
+eval_loop(const table_t *t, const float *w, int64_t n, float *grad, const int mode, float scale,
+          double *out, double *mom, double *range, const int32_t *all)
+{
+    const cell_t *cells = t->cells;
+    double lo = t->lo, inv_h = 1.0 / t->h;
+    unsigned G = (unsigned)t->G;
+    for (int64_t i = 0; i < n; i++) {
+        double x = w[i], u = (x - lo) * inv_h, g;
+        unsigned c = (unsigned)(int)u;      /* u < 0 or huge or NaN: off the grid */
+        if (u >= 0.0 && c < G && !cells[c].exact) {
+            const cell_t *cell = cells + c;
+            double delta = x - cell->centre;
+            double *m = mom + 3 * c;
+            m[0] += 1.0;
+            m[1] += delta;
+            m[2] += delta * delta;
+            g = -(cell->L1 + cell->L2 * delta);
+        } else if (u >= 0.0 && c < G) {
+            g = exact_one(t, x, t->idx + t->ptr[c], t->ptr[c + 1] - t->ptr[c], out);
+            range[0] = x < range[0] ? x : range[0];
+            range[1] = x > range[1] ? x : range[1];
+        } else {
+            g = exact_one(t, x, all, t->J, out);
+            range[0] = x < range[0] ? x : range[0];
+            range[1] = x > range[1] ? x : range[1];
+        }
+        if (mode == SET_GRAD) grad[i] = (float)g;
+        if (mode == ADD_GRAD) grad[i] += scale * (float)g;
+    }
+}
+
+typedef struct {
+    const table_t *t;
+    const float *w;
+    int64_t n;
+    float *grad;
+    int mode;
+    float scale;
+    double *out, *mom, range[2];
+} job_t;
+
+static void run_job(job_t *j)
+{
+    int32_t all[MAXJ];
+    for (int q = 0; q < j->t->J; q++) all[q] = q;
+    if (j->mode == NO_GRAD) eval_loop(j->t, j->w, j->n, j->grad, NO_GRAD, j->scale, j->out, j->mom, j->range, all);
+    else if (j->mode == ADD_GRAD) eval_loop(j->t, j->w, j->n, j->grad, ADD_GRAD, j->scale, j->out, j->mom, j->range, all);
+    else eval_loop(j->t, j->w, j->n, j->grad, SET_GRAD, j->scale, j->out, j->mom, j->range, all);
+}
+
+static void *thread_main(void *arg)
+{
+    run_job((job_t *)arg);
+    return NULL;
+}
+
+/* Evaluate n float32 weights, split over two threads when threads > 1.
+ * grad: NULL, or receives dC/dw (accumulate = 0), or gets scale * dC/dw added
+ * (accumulate = 1).  Adds sum log p to out[0] and S0, S1, S2 to out[1..J],
+ * out[J+1..2J], out[2J+1..3J] for weights in EXACT cells or off the grid
+ * (EXPAND cells are summed by sws_finish), and widens range[0..1] to those
+ * weights. */
+void sws_eval(table_t *t, const float *w, int64_t n, float *grad, int accumulate, float scale,
+              double *out, double *range, int threads)
+{
+    int mode = !grad ? NO_GRAD : accumulate ? ADD_GRAD : SET_GRAD;
+    job_t main_job = {t, w, n, grad, mode, scale, out, t->mom, {range[0], range[1]}};
+    pthread_t th;
+    if (threads > 1 && n >= PARALLEL_MIN) {
+        int64_t half = n / 2;
+        job_t other = {t, w + half, n - half, grad ? grad + half : NULL, mode, scale, t->out2, t->mom2,
+                       {range[0], range[1]}};
+        main_job.n = half;
+        if (pthread_create(&th, NULL, thread_main, &other) == 0) {
+            run_job(&main_job);
+            pthread_join(th, NULL);
+            main_job.range[0] = fmin(main_job.range[0], other.range[0]);
+            main_job.range[1] = fmax(main_job.range[1], other.range[1]);
+        } else {
+            main_job.n = n;
+            run_job(&main_job);
+        }
+    } else {
+        run_job(&main_job);
+    }
+    range[0] = main_job.range[0];
+    range[1] = main_job.range[1];
+}
+
+/* Add the second thread's sums, and the EXPAND cells' contributions from
+ * their moments, to out; widen range[0..1] to the occupied cells. */
+void sws_finish(table_t *t, double *out, double *range)
+{
+    int J = t->J;
+    for (int q = 0; q < 3 * t->G; q++) t->mom[q] += t->mom2[q];
+    for (int q = 0; q < 1 + 3 * J; q++) out[q] += t->out2[q];
     double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J;
     for (int c = 0; c < t->G; c++) {
-        if (!t->smooth[c] || t->m0[c] == 0.0) continue;
-        double m0 = t->m0[c], m1 = t->m1[c], m2 = t->m2[c];
-        double x = t->lo + (c + 0.5) * t->h;
-        out[0] += t->L[c] * m0 + t->L1[c] * m1 + 0.5 * t->L2[c] * m2;
+        cell_t *cell = t->cells + c;
+        double m0 = t->mom[3 * c], m1 = t->mom[3 * c + 1], m2 = t->mom[3 * c + 2];
+        if (cell->exact || m0 == 0.0) continue;
+        double x = cell->centre;
+        range[0] = fmin(range[0], x - 0.5 * t->h);
+        range[1] = fmax(range[1], x + 0.5 * t->h);
+        out[0] += t->L0[c] * m0 + cell->L1 * m1 + 0.5 * cell->L2 * m2;
         for (int e = t->ptr[c]; e < t->ptr[c + 1]; e++) {
             int j = t->idx[e];
             double r = t->r[e], r1 = t->r1[e], r2 = t->r2[e], d0 = x - t->mu[j];

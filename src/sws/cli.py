@@ -41,9 +41,9 @@ force_option = click.option("--force", is_flag=True, help="Overwrite existing re
 pretrain_options = _options(
     click.option("--model", type=click.Choice(list(MODELS)), default="tutorial-conv",
                  show_default=True, help="Reference network."),
-    click.option("--pretrain-epochs", "epochs", type=int, default=PretrainConfig.epochs,
+    click.option("--pretrain-epochs", "pretrain_epochs", type=int, default=PretrainConfig.epochs,
                  show_default=True),
-    click.option("--pretrain-lr", "lr", type=float, default=PretrainConfig.lr, show_default=True),
+    click.option("--pretrain-lr", "pretrain_lr", type=float, default=PretrainConfig.lr, show_default=True),
     click.option("--input-norm", type=click.Choice(["none", "standardize"]), default="none",
                  show_default=True, help="'none': pixels/255 (tutorial); 'standardize': MNIST "
                  "mean/std, applied inside the model."),
@@ -102,10 +102,10 @@ def cli():
 @data_option
 @force_option
 @quiet_option
-def pretrain_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, batch_size, seed,
+def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, train_subset, val_size, batch_size, seed,
                  data_dir, force, quiet):
     """Train a reference network with plain cross-entropy."""
-    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+    cfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
                          train_subset=train_subset, val_size=val_size, batch_size=batch_size,
                          seed=seed)
     cfg.validate()
@@ -190,11 +190,11 @@ def evaluate_cmd(path, data_dir):
 @force_option
 @quiet_option
 @figures_option
-def run_cmd(out, model, epochs, lr, input_norm, train_subset, val_size, merge_threshold,
+def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, train_subset, val_size, merge_threshold,
             preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
-    pcfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+    pcfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
                           train_subset=train_subset, val_size=val_size, batch_size=batch_size,
                           seed=seed)
     pcfg.validate()

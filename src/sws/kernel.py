@@ -24,10 +24,12 @@ import math
 
 import torch
 
-__all__ = ["Workspace", "mixture_nll", "mixture_nll_reference", "kernel_available"]
+__all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_reference",
+           "kernel_available"]
 
 _GRID = 8192  # cells in the active-component table; its cost is GRID x J per call
 _MAX_COMPONENTS = 256  # the C kernel's scratch size
+_CUT = 20.0  # components below exp(-CUT) relative responsibility are dropped (as in _kernel.c)
 
 _f32p = ctypes.POINTER(ctypes.c_float)
 _f64p = ctypes.POINTER(ctypes.c_double)
@@ -37,8 +39,7 @@ class _Table(ctypes.Structure):
     _fields_ = [("J", ctypes.c_int), ("G", ctypes.c_int), ("lo", ctypes.c_double),
                 ("h", ctypes.c_double)] + [
         (name, ctypes.c_void_p) for name in
-        ("mu", "lam", "logc", "ptr", "idx", "smooth", "L", "L1", "L2", "r", "r1", "r2",
-         "m0", "m1", "m2")]
+        ("mu", "lam", "logc", "ptr", "idx", "r", "r1", "r2", "cells", "L0", "mom", "mom2", "out2")]
 
 
 def _load():
@@ -48,12 +49,15 @@ def _load():
         return None
     lib = ctypes.CDLL(_kernel.__file__)
     table_p = ctypes.POINTER(_Table)
+    lib.sws_build_sets.restype = None
+    lib.sws_build_sets.argtypes = [table_p, ctypes.c_double]
     lib.sws_build_table.restype = None
     lib.sws_build_table.argtypes = [table_p]
     lib.sws_eval.restype = None
-    lib.sws_eval.argtypes = [table_p, _f32p, ctypes.c_int64, _f32p, _f64p, _f64p]
+    lib.sws_eval.argtypes = [table_p, _f32p, ctypes.c_int64, _f32p, ctypes.c_int, ctypes.c_float,
+                             _f64p, _f64p, ctypes.c_int]
     lib.sws_finish.restype = None
-    lib.sws_finish.argtypes = [table_p, _f64p]
+    lib.sws_finish.argtypes = [table_p, _f64p, _f64p]
     return lib
 
 
@@ -74,54 +78,84 @@ def _log_norm_const(gamma: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
 
 
 class Workspace:
-    """State kept between calls: the covered weights' last range (to place the
-    grid) and the C kernel's buffers.  Pass one per prior to ``mixture_nll``."""
+    """State kept between calls: the grid's placement, the cells' active
+    components (recomputed every ``SETS_EVERY`` calls with a safety margin, as
+    the mixture moves slowly), and the C kernel's buffers.  Pass one per prior
+    to ``mixture_nll``."""
+
+    SETS_EVERY = 8     # calls between recomputations of the active sets
+    SETS_MARGIN = 4.0  # extra log-responsibility margin covering the mixture's drift meanwhile
 
     def __init__(self):
         self.lo, self.hi = -1.0, 1.0
         self.J = None
+        self.calls = 0
 
     def buffers(self, J: int):
         if self.J != J:
             self.J = J
+            self.calls = 0
             f64 = dict(dtype=torch.float64)
             self.bufs = {
                 "ptr": torch.empty(_GRID + 1, dtype=torch.int32),
                 "idx": torch.empty(_GRID * J, dtype=torch.int32),
-                "smooth": torch.empty(_GRID, dtype=torch.int8),
-                **{k: torch.empty(_GRID, **f64) for k in ("L", "L1", "L2", "m0", "m1", "m2")},
                 **{k: torch.empty(_GRID * J, **f64) for k in ("r", "r1", "r2")},
+                "cells": torch.empty(_GRID * 4, **f64),  # 32-byte cell_t
+                "L0": torch.empty(_GRID, **f64),
+                "mom": torch.empty(_GRID * 3, **f64),
+                "mom2": torch.empty(_GRID * 3, **f64),
+                "out2": torch.zeros(1 + 3 * J, **f64),
             }
         return self.bufs
 
 
-def _stats_c(mu, gamma, log_pi, weights, want_grad, ws):
+def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
+    """Run the C kernel.  ``grads``: None (value and statistics only), "new"
+    (return dC/dw per tensor) or "accumulate" (add scale * dC/dw to each w.grad)."""
     J = mu.numel()
-    mu64, lam64 = mu.detach().double().contiguous(), gamma.detach().double().exp().contiguous()
-    logc64 = _log_norm_const(gamma.detach().double(), log_pi.detach().double()).contiguous()
-    margin = 0.05 * (ws.hi - ws.lo) + 1e-6
-    lo, hi = ws.lo - margin, ws.hi + margin
+    with torch.no_grad():
+        mu64, gamma64 = mu.detach().double().contiguous(), gamma.detach().double()
+        lam64 = gamma64.exp().contiguous()
+        logc64 = _log_norm_const(gamma64, log_pi.detach().double()).contiguous()
     bufs = ws.buffers(J)
-    table = _Table(J=J, G=_GRID, lo=lo, h=(hi - lo) / _GRID, mu=mu64.data_ptr(),
+    new_sets = ws.calls % ws.SETS_EVERY == 0
+    if new_sets:  # the grid moves only when the active sets are recomputed
+        margin = 0.05 * (ws.hi - ws.lo) + 1e-6
+        ws.grid = (ws.lo - margin, (ws.hi - ws.lo + 2 * margin) / _GRID)
+    ws.calls += 1
+    table = _Table(J=J, G=_GRID, lo=ws.grid[0], h=ws.grid[1], mu=mu64.data_ptr(),
                    lam=lam64.data_ptr(), logc=logc64.data_ptr(),
                    **{k: v.data_ptr() for k, v in bufs.items()})
     tp = ctypes.byref(table)
+    if new_sets:
+        _LIB.sws_build_sets(tp, _CUT + ws.SETS_MARGIN)
     _LIB.sws_build_table(tp)
+    bufs["out2"].zero_()
+    threads = 2 if torch.get_num_threads() > 1 else 1
     out = torch.zeros(1 + 3 * J, dtype=torch.float64)
     rng = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
-    grads = []
+    new_grads = []
     for w in weights:
-        w = w.detach()
-        if w.dtype != torch.float32 or not w.is_contiguous() or w.device.type != "cpu":
-            w = w.to("cpu", torch.float32).contiguous()
-        g = torch.empty_like(w) if want_grad else None
-        _LIB.sws_eval(tp, _ptr(w, _f32p), w.numel(), _ptr(g, _f32p) if g is not None else None,
-                      _ptr(out, _f64p), _ptr(rng, _f64p))
-        grads.append(g)
-    _LIB.sws_finish(tp, _ptr(out, _f64p))
-    if math.isfinite(rng[0].item()):
-        ws.lo, ws.hi = rng[0].item(), rng[1].item()
-    return out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:], grads
+        if grads == "accumulate" and (w.dtype != torch.float32 or not w.is_contiguous()
+                                      or w.device.type != "cpu"):
+            raise ValueError("the fused prior gradient needs contiguous float32 CPU tensors")
+        w_ = w.detach()
+        if w_.dtype != torch.float32 or not w_.is_contiguous() or w_.device.type != "cpu":
+            w_ = w_.to("cpu", torch.float32).contiguous()
+        if grads == "accumulate":
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+            g, acc = w.grad, 1
+        else:
+            g, acc = (torch.empty_like(w_) if grads == "new" else None), 0
+        _LIB.sws_eval(tp, _ptr(w_, _f32p), w_.numel(), _ptr(g, _f32p) if g is not None else None,
+                      acc, scale, _ptr(out, _f64p), _ptr(rng, _f64p), threads)
+        new_grads.append(g if grads == "new" else None)
+    _LIB.sws_finish(tp, _ptr(out, _f64p), _ptr(rng, _f64p))
+    lo_seen, hi_seen = rng.tolist()
+    if math.isfinite(lo_seen):
+        ws.lo, ws.hi = lo_seen, hi_seen
+    return out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:], new_grads
 
 
 def _stats_torch(mu, gamma, log_pi, weights, want_grad, chunk=1 << 16):
@@ -157,7 +191,8 @@ class _MixtureNLL(torch.autograd.Function):
     def forward(ctx, ws, use_c, mu, gamma, log_pi, *weights):
         want = [w.requires_grad for w in weights]
         if use_c:
-            logp, S0, S1, S2, grads = _stats_c(mu, gamma, log_pi, weights, any(want), ws)
+            logp, S0, S1, S2, grads = _stats_c(mu, gamma, log_pi, weights,
+                                               "new" if any(want) else None, ws)
         else:
             logp, S0, S1, S2, grads = _stats_torch(mu, gamma, log_pi, weights, any(want))
         lam = gamma.detach().double().exp()
@@ -199,6 +234,39 @@ def mixture_nll(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
     if use_c and not kernel_available():
         raise RuntimeError("the C kernel sws._kernel is not built; reinstall the package")
     return _MixtureNLL.apply(workspace or Workspace(), use_c, mu, gamma, log_pi, *weights)
+
+
+def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
+                           weights: list[torch.Tensor], scale: float,
+                           workspace: Workspace | None = None):
+    """Fused form for training loops: add ``scale * dC/dw`` to every ``w.grad`` in place.
+
+    Equivalent to ``(scale * mixture_nll(...)).backward()`` for the weights, but
+    with one pass over them and no extra gradient buffers.  The weights must be
+    contiguous float32 CPU tensors; a missing ``.grad`` is created as zeros.
+
+    Returns:
+      (C, dC/dmu, dC/dgamma, dC/dlog_pi) as float64 tensors (unscaled), for the
+      caller to back-propagate into the mixture's parameters.
+    """
+    if not kernel_available():
+        C, d_mu, d_gamma, d_logpi, grads = _stats_torch_grads(mu, gamma, log_pi, weights)
+        with torch.no_grad():
+            for w, g in zip(weights, grads):
+                if w.grad is None:
+                    w.grad = torch.zeros_like(w)
+                w.grad.add_(g.to(w.grad.dtype), alpha=scale)
+        return C, d_mu, d_gamma, d_logpi
+    logp, S0, S1, S2, _ = _stats_c(mu, gamma, log_pi, weights, "accumulate",
+                                   workspace or Workspace(), scale)
+    lam = gamma.detach().double().exp()
+    return -logp, -lam * S1, 0.5 * lam * S2 - 0.5 * S0, -S0
+
+
+def _stats_torch_grads(mu, gamma, log_pi, weights):
+    logp, S0, S1, S2, grads = _stats_torch(mu, gamma, log_pi, weights, True)
+    lam = gamma.detach().double().exp()
+    return -logp, -lam * S1, 0.5 * lam * S2 - 0.5 * S0, -S0, grads
 
 
 def mixture_nll_reference(mu, gamma, log_pi, weights) -> torch.Tensor:

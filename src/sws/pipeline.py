@@ -73,7 +73,32 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, data_dir=None, quiet=False) -
     return metrics
 
 
-def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False) -> dict:
+def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb):
+    """Per-epoch snapshots of the covered weights and the prior, for figures."""
+    folder = run.path / "snapshots"
+    folder.mkdir(exist_ok=True)
+
+    def save(epoch):
+        tensors = {k: v.detach() for k, v in covered.items()}
+        tensors.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
+        from sws.runs import save_checkpoint
+        save_checkpoint(folder / f"epoch_{epoch:03d}", tensors, {"model": "snapshot", "epoch": epoch})
+
+    def on_epoch(rec):
+        save(rec["epoch"])
+        history_cb(rec)
+    save(0)
+    return on_epoch
+
+
+def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False,
+                snapshots: bool = False) -> dict:
+    """Retrain the run's pretrained net with the prior.
+
+    With ``snapshots``, the covered weights and the prior are saved after every
+    epoch (and before the first) as ``RUN/snapshots/epoch_NNN.safetensors``;
+    figures are drawn from those files, outside the training loop.
+    """
     cfg.validate()
     run.require("pretrained", "run 'sws pretrain' first")
     tensors, meta = run.load("pretrained")
@@ -82,7 +107,10 @@ def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False) -> 
     covered = covered_parameters(model, cfg.prior.cover)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
     t0 = time.perf_counter()
-    history = retrain(model, prior, train, cfg, val, test, quiet, _history_writer(run, "retrain"))
+    on_epoch = _history_writer(run, "retrain")
+    if snapshots:
+        on_epoch = _snapshot_writer(run, model, prior, covered, on_epoch)
+    history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch)
     metrics = {"seconds": time.perf_counter() - t0,
                **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
                **{"nonzero_share_within_2sd": history[-1]["share_within_2sd_of_zero"]}}

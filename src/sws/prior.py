@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from sws.config import PriorConfig
-from sws.kernel import Workspace, mixture_nll
+from sws.kernel import Workspace, kernel_available, mixture_nll, mixture_nll_accumulate
 
 __all__ = ["GaussianMixturePrior"]
 
@@ -86,6 +86,33 @@ class GaussianMixturePrior(nn.Module):
     def complexity(self, weights: list[torch.Tensor]) -> torch.Tensor:
         """C = -log p(weights) + hyper-prior terms (SPEC section 1)."""
         return self.neg_log_likelihood(weights) + self.hyper_prior()
+
+    def backward_complexity(self, weights: list[torch.Tensor], scale: float) -> float:
+        """Add ``scale * dC/dp`` to the ``.grad`` of the weights and the mixture parameters.
+
+        The same gradients as ``(scale * self.complexity(weights)).backward()``,
+        but the weights' part is accumulated in place by one fused pass of the C
+        kernel.  Call it after the data term's ``backward()``.  Falls back to
+        autograd for tensors the kernel cannot take (not contiguous float32 on CPU).
+
+        Returns:
+          The value of C.
+        """
+        fusable = kernel_available() and all(
+            w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"
+            for w in weights)
+        if not fusable:
+            c = self.complexity(weights)
+            (scale * c).backward()
+            return c.item()
+        mu, gamma, log_pi = self.mixture()
+        nll, d_mu, d_gamma, d_log_pi = mixture_nll_accumulate(
+            mu, gamma, log_pi, weights, scale, self._workspace)
+        hyper = self.hyper_prior()
+        surrogate = ((mu * d_mu.to(mu.dtype)).sum() + (gamma * d_gamma.to(gamma.dtype)).sum()
+                     + (log_pi * d_log_pi.to(log_pi.dtype)).sum() + hyper)
+        (scale * surrogate).backward()
+        return nll.item() + hyper.item()
 
     def summary(self) -> dict:
         """Current mixture as plain lists: means, standard deviations, mixing proportions."""

@@ -107,17 +107,19 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
         with _bar(steps, f"retrain {epoch}/{cfg.epochs}", quiet) as bar:
             for x, y in batches(train, cfg.batch_size, gen):
                 ce = F.cross_entropy(model(x), y)
-                complexity = prior.complexity(covered)
-                loss = ce + scale * complexity
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                ce.backward()
+                # adds (tau / N) dC/dp to every gradient: the loss CE + tau/N C
+                complexity = prior.backward_complexity(covered, scale)
                 opt.step()
-                ce_sum += ce.item() * len(y)
-                cx_sum += complexity.item() * len(y)
+                ce_value = ce.item()
+                ce_sum += ce_value * len(y)
+                cx_sum += complexity * len(y)
                 seen += len(y)
                 bar.update()
-                bar.set_postfix(ce=f"{ce.item():.3f}", complexity=f"{complexity.item():.3g}",
-                                refresh=False)
+                if not bar.disable:
+                    bar.set_postfix(ce=f"{ce_value:.3f}", complexity=f"{complexity:.3g}",
+                                    refresh=False)
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             flat = torch.cat([w.detach().reshape(-1) for w in covered])
