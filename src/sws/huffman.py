@@ -6,10 +6,10 @@ section 3.2.2), so a file stores only the lengths.  Lengths are limited to
 ``MAX_CODE_LENGTH`` bits so that they pack into one nibble and decoding can use
 one lookup table of ``2 ** max_length`` entries.
 
-Decoding is vectorised: the code length starting at *every* bit position is
-looked up at once, and the chain of symbol starts 0 -> next(0) -> ... is
-followed by pointer doubling (log2(count) gathers over the stream) instead of
-a Python loop over symbols.
+Decoding is table driven: the symbol and code length starting at *every* bit
+position are looked up at once (numpy); jump tables composed by gathers let the
+chain of symbol starts 0 -> 0 + len(0) -> ... be followed 16 symbols per Python
+step, and the starts in between are filled in vectorised.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = ["MAX_CODE_LENGTH", "CodeError", "code_lengths", "canonical_codes", "e
            "decode", "pack_lengths", "unpack_lengths", "coded_bits"]
 
 MAX_CODE_LENGTH = 15  # fits a nibble; the decode table has at most 32768 entries
+_STRIDE_LOG2 = 4      # decoding follows the chain of symbol starts 16 symbols at a time
 
 
 class CodeError(ValueError):
@@ -99,12 +100,13 @@ def canonical_codes(lengths) -> np.ndarray:
         raise CodeError("code lengths are oversubscribed (Kraft sum > 1)")
     order = used[np.lexsort((used, lengths[used]))]
     codes = np.zeros(len(lengths), dtype=np.int64)
-    code, prev = 0, 0
-    for s in order.tolist():
-        code <<= int(lengths[s]) - prev
-        prev = int(lengths[s])
-        codes[s] = code
+    out, code, prev = [], 0, 0
+    for n in lengths[order].tolist():
+        code <<= n - prev
+        prev = n
+        out.append(code)
         code += 1
+    codes[order] = out
     return codes
 
 
@@ -147,8 +149,8 @@ def _decode_table(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarr
 def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
     """Decode exactly ``count`` symbols that fill exactly ``nbits`` bits of ``data``.
 
-    Memory and time are O(nbits * log2(count)); the caller bounds ``nbits`` by
-    the bytes actually present.
+    Memory and time are O(nbits); the caller bounds ``nbits`` by the bytes
+    actually present, and ``count`` <= ``nbits`` is checked first.
 
     Raises:
       CodeError: an invalid code, a stream that ends early or has bits left over.
@@ -173,22 +175,27 @@ def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
     byte = p >> 3
     w24 = (padded[byte] << 16) | (padded[byte + 1] << 8) | padded[byte + 2]
     window = (w24 >> (24 - width - (p & 7))) & ((1 << width) - 1)
-    ln = table_len[window]
-    nxt = p + ln
-    sink = nbits + 1
-    jump = np.full(nbits + 2, sink, dtype=np.int64)
-    jump[:nbits] = np.where((ln > 0) & (nxt <= nbits), nxt, sink)
-    # symbol starts: 0, f(0), f(f(0)), ...; with J = f^m, the next m starts are J[first m]
-    starts = np.zeros(1, dtype=np.int64)
-    while starts.size < count:
-        starts = np.concatenate([starts, jump[starts]])
-        if starts.size < count:
-            jump = jump[jump]
-    starts = starts[:count]
+    size = nbits + MAX_CODE_LENGTH + 1
+    ln = np.zeros(size, dtype=np.int64)
+    ln[:nbits] = table_len[window]
+    # jumps[k][p]: where the symbol 2**k symbols after one starting at p starts
+    # (an invalid code has length 0 and stalls, caught below)
+    jumps = [np.arange(size, dtype=np.int64) + ln]
+    for _ in range(_STRIDE_LOG2):
+        jumps.append(jumps[-1][jumps[-1]])
+    far = jumps.pop()
+    rows, pos = [0] * -(-count // (1 << _STRIDE_LOG2)), 0
+    for i in range(len(rows)):   # one Python step per 16 symbols
+        rows[i] = pos
+        pos = int(far[pos])
+    starts = np.asarray(rows, dtype=np.int64)[:, None]
+    for jump in jumps:            # fill in the 15 starts between
+        starts = np.concatenate([starts, jump[starts]], axis=1)
+    starts = starts.reshape(-1)[:count]
     last = int(starts[-1])
-    if last >= nbits:
+    if last >= nbits or not ln[starts].all():
         raise CodeError("invalid code or stream ends before its last symbol")
-    if last + int(ln[last]) != nbits or ln[last] == 0:
+    if last + int(ln[last]) != nbits:
         raise CodeError("bits left over after the last symbol")
     return table_sym[window[starts]].astype(np.int64)
 
