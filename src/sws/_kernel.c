@@ -15,7 +15,8 @@
  *  - EXPAND: log p is, across the cell, a quadratic in the offset delta from
  *    the cell centre: exactly so when one component is active; to second
  *    order when several are but the responsibilities vary slowly across the
- *    cell (the bound on the neglected third-order terms is <= SMOOTH).  A
+ *    cell (bounds on the neglected third-order terms, relative to the
+ *    responsibilities and to the gradient's local scale, are <= SMOOTH).  A
  *    weight then costs a few flops: its gradient is -(L1 + L2 delta), and it
  *    adds 1, delta, delta^2 to the cell's moments, from which sws_finish
  *    forms log p and S0, S1, S2 for the whole cell.
@@ -139,13 +140,17 @@ void sws_build_table(table_t *t)
             a2 += l[q] * aj * aj;
             lbar += l[q] * lam[ix[q]];
         }
+        double kappa = 0.0;  /* bounds |d3 log p / dw3| = |kappa3(a) - 3 cov(a, lam)| */
         for (int q = 0; q < k; q++) {
-            double dev = fabs(-lam[ix[q]] * (x - mu[ix[q]]) - abar) * hh;
-            double lh2 = lam[ix[q]] * hh * hh;
+            double da = fabs(-lam[ix[q]] * (x - mu[ix[q]]) - abar);
+            double dev = da * hh, lh2 = lam[ix[q]] * hh * hh;
             /* r_j varies by at most a factor exp(dev) over the half cell */
             double grow = dev < 1.0 ? 1.0 + 1.72 * dev : 1e300;
             err += l[q] * grow * (dev * dev * dev + 3.0 * lh2 * dev + lh2 * lh2) / 6.0;
+            kappa += l[q] * grow * (da * da * da + 3.0 * da * fabs(lam[ix[q]] - lbar));
         }
+        /* the interpolated gradient's error, against the gradient's local scale */
+        err = fmax(err, 0.5 * hh * hh * kappa / (fabs(abar) + sqrt(lbar)));
         if (err > SMOOTH) {
             cell->exact = 1;
             continue;

@@ -1,0 +1,114 @@
+"""The mixture prior against trusted references (scipy / dense autograd)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+from sws.config import PriorConfig
+from sws.kernel import Workspace, mixture_nll, mixture_nll_reference
+from sws.prior import GaussianMixturePrior
+
+
+def scipy_log_prob(w, prior):
+    mu, gamma, log_pi = (t.detach().double().numpy() for t in prior.mixture())
+    sd = np.exp(-0.5 * gamma)
+    return logsumexp(log_pi + norm.logpdf(w[:, None], loc=mu, scale=sd), axis=1)
+
+
+def make_prior(J=16, gammas=None, seed=0):
+    torch.manual_seed(seed)
+    prior = GaussianMixturePrior(PriorConfig(n_components=J))
+    with torch.no_grad():
+        prior.means.add_(0.01 * torch.randn(J - 1))
+        prior.mixing_logits.copy_(torch.randn(J - 1))
+        if gammas is not None:
+            prior.log_precisions.copy_(gammas)
+    return prior
+
+
+@pytest.mark.parametrize("max_precision", [1e2, 1e4, 1e8])
+def test_log_prob_matches_scipy(max_precision):
+    J = 16
+    prior = make_prior(J, torch.linspace(math.log(4.0), math.log(max_precision), J))
+    rng = np.random.default_rng(1)
+    w = np.concatenate([rng.normal(0, 0.1, 5000), rng.uniform(-3, 3, 500), [0.0, 1e-6, -5.0, 7.5]])
+    ours = prior.log_prob(torch.from_numpy(w)).detach().numpy()
+    ref = scipy_log_prob(w, prior)
+    err = np.abs(ours - ref) / np.maximum(1, np.abs(ref))
+    assert err.max() <= 1e-6, f"max error {err.max():.3g} at w = {w[err.argmax()]}"
+
+
+@pytest.mark.parametrize("state", ["initial", "sharp", "far"])
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_summed_nll_and_gradients_match_dense_reference(state, use_kernel):
+    J = 16
+    gammas = {"initial": None, "sharp": torch.linspace(math.log(1e2), math.log(1e8), J),
+              "far": torch.full((J,), math.log(1e6))}[state]
+    prior = make_prior(J, gammas)
+    torch.manual_seed(2)
+    scale = 3.0 if state == "far" else 0.1
+    ws = [(torch.randn(200, 300) * scale).requires_grad_(), (torch.randn(77) * scale).requires_grad_()]
+    mu, gamma, log_pi = prior.mixture()
+    c = mixture_nll(mu, gamma, log_pi, ws, Workspace(), use_kernel=use_kernel)
+    grads = torch.autograd.grad(c, [prior.means, prior.log_precisions, prior.mixing_logits, *ws])
+    ref_c = mixture_nll_reference(*(t.double() for t in prior.mixture()), [w.double() for w in ws])
+    ref = torch.autograd.grad(ref_c, [prior.means, prior.log_precisions, prior.mixing_logits, *ws])
+    assert c.item() == pytest.approx(ref_c.item(), rel=1e-5)
+    for g, r in zip(grads, ref):
+        # the kernel's quadratic cells are accurate to 1e-4 relative (SMOOTH in _kernel.c)
+        tol = 2e-4 * r.abs().max().item() + 1e-6
+        assert (g.double() - r).abs().max().item() <= tol
+
+
+def test_gradients_reach_every_learned_parameter():
+    prior = make_prior()
+    w = (torch.randn(1000) * 0.2).requires_grad_()
+    prior.complexity([w]).backward()
+    for p in (prior.means, prior.log_precisions, prior.mixing_logits, w):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_fused_backward_equals_autograd():
+    prior = make_prior(gammas=torch.linspace(3, 9, 16))
+    torch.manual_seed(3)
+    ws = [(torch.randn(300, 100) * 0.05).requires_grad_(), (torch.randn(100) * 0.1).requires_grad_()]
+    params = [prior.means, prior.log_precisions, prior.mixing_logits]
+    for w in ws:
+        w.grad = torch.ones_like(w)
+    value = prior.backward_complexity(ws, 1e-3)
+    fused = [t.grad.clone() for t in ws + params]
+    for t in ws + params:
+        t.grad = None
+    for w in ws:
+        w.grad = torch.ones_like(w)
+    c = prior.complexity(ws)
+    (1e-3 * c).backward()
+    assert value == pytest.approx(c.item(), rel=1e-6)
+    for a, t in zip(fused, ws + params):
+        torch.testing.assert_close(a, t.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_hyper_prior_is_negative_log_gamma_density():
+    prior = make_prior(gammas=torch.linspace(1, 8, 16))
+    lam = prior.log_precisions.detach().double().exp()
+    alpha, beta = prior.alpha.double(), prior.beta.double()
+    # -log Gamma(lam | alpha, beta) in the gamma = log lam parametrisation, constants dropped
+    expected = ((1 - alpha) * lam.log() + beta * lam).sum().item()
+    assert prior.hyper_prior().item() == pytest.approx(expected, rel=1e-6)
+    assert prior.alpha[0] == 5000 and prior.beta[0] == 2 and prior.alpha[1] == 250
+
+
+def test_mixture_proportions_and_initialisations():
+    prior = GaussianMixturePrior(PriorConfig())
+    mu, gamma, log_pi = prior.mixture()
+    assert mu[0] == 0 and log_pi.exp().sum().item() == pytest.approx(1.0)
+    assert log_pi[0].exp().item() == pytest.approx(0.99)
+    assert mu[1:].tolist() == pytest.approx(np.linspace(-0.6, 0.6, 15).tolist(), abs=1e-6)
+    assert torch.allclose(gamma, torch.full((16,), -2 * math.log(0.25)))
+    w = torch.tensor([-0.3, 0.0, 0.9])
+    spread = GaussianMixturePrior(PriorConfig(init="range"), [w])
+    assert spread.means.min().item() == pytest.approx(-0.3) and spread.means.max().item() == pytest.approx(0.9)
