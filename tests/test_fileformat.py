@@ -145,11 +145,11 @@ def _set_raw_shape(h):
 
 
 def _bad_entries(h):
-    h["tensors"][1]["entries"] += 1
+    h["tensors"][1]["sparse"][1] += 1    # entries
 
 
 def _bad_bits(h):
-    h["tensors"][1]["gap_stream_bits"] -= 1
+    h["tensors"][1]["sparse"][4] -= 1    # gap stream bits
 
 
 BAD = {

@@ -40,6 +40,9 @@ _RAW_DTYPES = {"float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f
                "float16": (torch.float16, "<f2"), "int64": (torch.int64, "<i8"),
                "int32": (torch.int32, "<i4")}
 _DTYPE_NAMES = {t: name for name, (t, _) in _RAW_DTYPES.items()}
+# the six integers of a sparse tensor's "sparse" list, in order
+SPARSE_FIELDS = ("gap_bits", "entries", "gap_symbols", "index_symbols", "gap_stream_bits",
+                 "index_stream_bits")
 
 
 class FormatError(SwsError):
@@ -138,13 +141,13 @@ def encode(tensors: dict[str, torch.Tensor], codebook, quantized, model: dict) -
         h = {"name": name, "shape": list(t.shape)}
         if name in quantized:
             code = sparsecode.encode_layer(_codebook_indices(name, t, cb), cb.size)
-            h.update({"dtype": "float32", "coding": "sparse-huffman", **code.header()})
+            h["sparse"] = [code.header()[k] for k in SPARSE_FIELDS]
             payloads.append(code.payload())
         else:
             if t.dtype not in _DTYPE_NAMES:
                 raise ValueError(f"{name}: dtype {t.dtype} cannot be stored")
-            h.update({"dtype": _DTYPE_NAMES[t.dtype], "coding": "raw"})
-            payloads.append(t.numpy().astype(_RAW_DTYPES[h["dtype"]][1]).tobytes())
+            h["raw"] = _DTYPE_NAMES[t.dtype]
+            payloads.append(t.numpy().astype(_RAW_DTYPES[h["raw"]][1]).tobytes())
         entries.append(h)
     header = {"model": model, "codebook": [_f32_json(x) for x in cb], "tensors": entries}
     hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
@@ -169,7 +172,11 @@ def _int(h: dict, key: str, lo: int, hi: int) -> int:
 
 
 def _check_header(header) -> np.ndarray:
-    """Validate the header schema; return the codebook as float32."""
+    """Validate the header schema; return the codebook as float32.
+
+    Tensor entries are replaced by dicts with named fields: name, shape,
+    coding ("raw" or "sparse-huffman"), dtype, and for sparse ones SPARSE_FIELDS.
+    """
     if not isinstance(header, dict) or set(header) != {"model", "codebook", "tensors"}:
         raise MalformedHeaderError("header must hold exactly 'model', 'codebook' and 'tensors'")
     if not isinstance(header["model"], dict) or not isinstance(header["model"].get("name"), str):
@@ -183,7 +190,7 @@ def _check_header(header) -> np.ndarray:
         raise MalformedHeaderError("codebook entry 0 must be exactly 0")
     if not isinstance(header["tensors"], list):
         raise MalformedHeaderError("header 'tensors' must be a list")
-    names = set()
+    names, norm = set(), []
     for h in header["tensors"]:
         if not isinstance(h, dict) or not isinstance(h.get("name"), str) or h["name"] in names:
             raise MalformedHeaderError("each tensor needs a unique string 'name'")
@@ -193,26 +200,27 @@ def _check_header(header) -> np.ndarray:
                 or not all(type(d) is int and 0 <= d < MAX_ELEMENTS for d in shape)
                 or math.prod(shape) > MAX_ELEMENTS):
             raise MalformedHeaderError(f"{h['name']}: 'shape' must be a list of at most 8 sizes")
-        coding = h.get("coding")
-        if coding == "raw":
-            keys = {"name", "shape", "dtype", "coding"}
-            if h.get("dtype") not in _RAW_DTYPES:
-                raise MalformedHeaderError(f"{h['name']}: unknown dtype {h.get('dtype')!r}")
-        elif coding == "sparse-huffman":
-            keys = {"name", "shape", "dtype", "coding", "gap_bits", "entries", "gap_symbols",
-                    "index_symbols", "gap_stream_bits", "index_stream_bits"}
-            if h.get("dtype") != "float32":
-                raise MalformedHeaderError(f"{h['name']}: quantised tensors must be float32")
-            gb = _int(h, "gap_bits", 1, sparsecode.MAX_GAP_BITS)
-            _int(h, "entries", 0, 1 << 40)
-            _int(h, "gap_symbols", 0, 1 << gb)
-            _int(h, "index_symbols", 0, len(cb))
-            _int(h, "gap_stream_bits", 0, 1 << 43)
-            _int(h, "index_stream_bits", 0, 1 << 43)
+        if set(h) == {"name", "shape", "raw"}:
+            if h["raw"] not in _RAW_DTYPES:
+                raise MalformedHeaderError(f"{h['name']}: unknown dtype {h['raw']!r}")
+            norm.append({"name": h["name"], "shape": shape, "coding": "raw", "dtype": h["raw"]})
+        elif set(h) == {"name", "shape", "sparse"}:
+            v = h["sparse"]
+            if not isinstance(v, list) or len(v) != len(SPARSE_FIELDS):
+                raise MalformedHeaderError(f"{h['name']}: 'sparse' must list {len(SPARSE_FIELDS)} integers")
+            f = dict(zip(SPARSE_FIELDS, v))
+            gb = _int(f, "gap_bits", 1, sparsecode.MAX_GAP_BITS)
+            _int(f, "entries", 0, 1 << 40)
+            _int(f, "gap_symbols", 0, 1 << gb)
+            _int(f, "index_symbols", 0, len(cb))
+            _int(f, "gap_stream_bits", 0, 1 << 43)
+            _int(f, "index_stream_bits", 0, 1 << 43)
+            norm.append({"name": h["name"], "shape": shape, "coding": "sparse-huffman",
+                         "dtype": "float32", **f})
         else:
-            raise MalformedHeaderError(f"{h['name']}: unknown coding {coding!r}")
-        if set(h) != keys:
-            raise MalformedHeaderError(f"{h['name']}: fields {sorted(set(h) ^ keys)} wrong")
+            raise MalformedHeaderError(f"{h['name']}: needs exactly 'name', 'shape' and one of "
+                                       "'raw' or 'sparse'")
+    header["tensors"] = norm
     return cb
 
 
