@@ -313,7 +313,8 @@ def load(path) -> torch.nn.Module:
     d = read(path)
     m = d.header["model"]
     try:
-        model = build_model(m["name"], m.get("input_norm", "none"))
+        with torch.device("meta"):   # no random init, no memory: the file's tensors are used as they are
+            model = build_model(m["name"], m.get("input_norm", "none"))
     except SwsError as e:
         raise MalformedHeaderError(f"{path}: {e}") from None
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -322,7 +323,7 @@ def load(path) -> torch.nn.Module:
         diff = sorted(set(want.items()) ^ set(got.items()))[:3]
         raise InconsistentPayloadError(f"{path}: tensors do not match model {m['name']!r} "
                                        f"(first differences: {diff})")
-    model.load_state_dict(d.tensors, strict=True)
+    model.load_state_dict(d.tensors, strict=True, assign=True)
     return model.eval()
 
 
