@@ -51,6 +51,7 @@ typedef struct {
     double *L0;                     /* per cell: log p at the centre */
     double *mom;                    /* per cell: moments m0, m1, m2 of the weights' offsets */
     double *mom2, *out2;            /* the second thread's moments and sums */
+    int64_t n_exact;                /* out: weights evaluated exactly (EXACT cells, off grid) */
 } table_t;
 
 /* exp(x) for x <= 0 to about 1e-15 relative, without a libm call. */
@@ -189,10 +190,11 @@ static __attribute__((noinline)) double exact_one(const table_t *t, double x, co
 
 enum { NO_GRAD, SET_GRAD, ADD_GRAD };
 
-static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) int64_t
 eval_loop(const table_t *t, const float *w, int64_t n, float *grad, const int mode, float scale,
           double *out, double *mom, double *range, const int32_t *all)
 {
+    int64_t n_exact = 0;
     const cell_t *cells = t->cells;
     double lo = t->lo, inv_h = 1.0 / t->h;
     unsigned G = (unsigned)t->G;
@@ -209,16 +211,19 @@ eval_loop(const table_t *t, const float *w, int64_t n, float *grad, const int mo
             g = -(cell->L1 + cell->L2 * delta);
         } else if (u >= 0.0 && c < G) {
             g = exact_one(t, x, t->idx + t->ptr[c], t->ptr[c + 1] - t->ptr[c], out);
+            n_exact++;
             range[0] = x < range[0] ? x : range[0];
             range[1] = x > range[1] ? x : range[1];
         } else {
             g = exact_one(t, x, all, t->J, out);
+            n_exact++;
             range[0] = x < range[0] ? x : range[0];
             range[1] = x > range[1] ? x : range[1];
         }
         if (mode == SET_GRAD) grad[i] = (float)g;
         if (mode == ADD_GRAD) grad[i] += scale * (float)g;
     }
+    return n_exact;
 }
 
 typedef struct {
@@ -229,15 +234,19 @@ typedef struct {
     int mode;
     float scale;
     double *out, *mom, range[2];
+    int64_t n_exact;
 } job_t;
 
 static void run_job(job_t *j)
 {
     int32_t all[MAXJ];
     for (int q = 0; q < j->t->J; q++) all[q] = q;
-    if (j->mode == NO_GRAD) eval_loop(j->t, j->w, j->n, j->grad, NO_GRAD, j->scale, j->out, j->mom, j->range, all);
-    else if (j->mode == ADD_GRAD) eval_loop(j->t, j->w, j->n, j->grad, ADD_GRAD, j->scale, j->out, j->mom, j->range, all);
-    else eval_loop(j->t, j->w, j->n, j->grad, SET_GRAD, j->scale, j->out, j->mom, j->range, all);
+    if (j->mode == NO_GRAD)
+        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, NO_GRAD, j->scale, j->out, j->mom, j->range, all);
+    else if (j->mode == ADD_GRAD)
+        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, ADD_GRAD, j->scale, j->out, j->mom, j->range, all);
+    else
+        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, SET_GRAD, j->scale, j->out, j->mom, j->range, all);
 }
 
 static void *thread_main(void *arg)
@@ -256,18 +265,19 @@ void sws_eval(table_t *t, const float *w, int64_t n, float *grad, int accumulate
               double *out, double *range, int threads)
 {
     int mode = !grad ? NO_GRAD : accumulate ? ADD_GRAD : SET_GRAD;
-    job_t main_job = {t, w, n, grad, mode, scale, out, t->mom, {range[0], range[1]}};
+    job_t main_job = {t, w, n, grad, mode, scale, out, t->mom, {range[0], range[1]}, 0};
     pthread_t th;
     if (threads > 1 && n >= PARALLEL_MIN) {
         int64_t half = n / 2;
         job_t other = {t, w + half, n - half, grad ? grad + half : NULL, mode, scale, t->out2, t->mom2,
-                       {range[0], range[1]}};
+                       {range[0], range[1]}, 0};
         main_job.n = half;
         if (pthread_create(&th, NULL, thread_main, &other) == 0) {
             run_job(&main_job);
             pthread_join(th, NULL);
             main_job.range[0] = fmin(main_job.range[0], other.range[0]);
             main_job.range[1] = fmax(main_job.range[1], other.range[1]);
+            t->n_exact += other.n_exact;
         } else {
             main_job.n = n;
             run_job(&main_job);
@@ -275,6 +285,7 @@ void sws_eval(table_t *t, const float *w, int64_t n, float *grad, int accumulate
     } else {
         run_job(&main_job);
     }
+    t->n_exact += main_job.n_exact;
     range[0] = main_job.range[0];
     range[1] = main_job.range[1];
 }

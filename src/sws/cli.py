@@ -78,8 +78,11 @@ def _retrain_cfg(preset, batch_size, seed, **kw):
     return retrain_config(preset, batch_size=batch_size, seed=seed, **kw)
 
 
+_ARGV: list[str] = []  # the arguments main() was called with, recorded with each run
+
+
 def _record_command(run: RunDir, stage: str, settings: dict):
-    run.update_json("config.json", stage, {"command": shlex.join(["sws", *sys.argv[1:]]),
+    run.update_json("config.json", stage, {"command": shlex.join(["sws", *_ARGV]),
                                            "settings": settings})
 
 
@@ -277,6 +280,7 @@ def _print_report(m: dict):
 
 def main(argv=None):
     """Entry point: run the CLI, turning the project's errors into exit code 2."""
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         cli.main(args=argv, standalone_mode=False)
     except click.exceptions.Abort:

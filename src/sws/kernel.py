@@ -27,7 +27,7 @@ import torch
 __all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_reference",
            "kernel_available"]
 
-_GRID = 8192  # cells in the active-component table; its cost is GRID x J per call
+_GRID_MIN, _GRID_MAX = 256, 32768  # cells in the table; building it costs about GRID x J
 _MAX_COMPONENTS = 256  # the C kernel's scratch size
 _CUT = 20.0  # components below exp(-CUT) relative responsibility are dropped (as in _kernel.c)
 
@@ -39,7 +39,8 @@ class _Table(ctypes.Structure):
     _fields_ = [("J", ctypes.c_int), ("G", ctypes.c_int), ("lo", ctypes.c_double),
                 ("h", ctypes.c_double)] + [
         (name, ctypes.c_void_p) for name in
-        ("mu", "lam", "logc", "ptr", "idx", "r", "r1", "r2", "cells", "L0", "mom", "mom2", "out2")]
+        ("mu", "lam", "logc", "ptr", "idx", "r", "r1", "r2", "cells", "L0", "mom", "mom2", "out2")
+    ] + [("n_exact", ctypes.c_int64)]
 
 
 def _load():
@@ -78,35 +79,52 @@ def _log_norm_const(gamma: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
 
 
 class Workspace:
-    """State kept between calls: the grid's placement, the cells' active
-    components (recomputed every ``SETS_EVERY`` calls with a safety margin, as
-    the mixture moves slowly), and the C kernel's buffers.  Pass one per prior
-    to ``mixture_nll``."""
+    """State kept between calls of the C kernel: the grid's placement and size,
+    the cells' active components, and buffers.  Pass one per prior to
+    ``mixture_nll``.
+
+    The active sets are recomputed every ``SETS_EVERY`` calls with a safety
+    margin (the mixture moves slowly).  The grid follows the weights' range,
+    and its size follows the mixture's sharpness: it doubles while more than
+    ``EXACT_HIGH`` of the weights need the exact path and halves while fewer
+    than ``EXACT_LOW`` do, so broad early mixtures get a cheap coarse table and
+    sharp late ones a fine table.
+    """
 
     SETS_EVERY = 8     # calls between recomputations of the active sets
     SETS_MARGIN = 4.0  # extra log-responsibility margin covering the mixture's drift meanwhile
+    EXACT_HIGH, EXACT_LOW = 0.02, 0.002
 
     def __init__(self):
         self.lo, self.hi = -1.0, 1.0
-        self.J = None
-        self.calls = 0
+        self.G, self.J, self.bufs = 1024, None, None
+        self.calls, self.n_exact, self.n_seen = 0, 0, 0
 
     def buffers(self, J: int):
-        if self.J != J:
-            self.J = J
-            self.calls = 0
+        if self.J != J or self.bufs is None or self.bufs["ptr"].numel() != self.G + 1:
+            self.J, G = J, self.G
             f64 = dict(dtype=torch.float64)
             self.bufs = {
-                "ptr": torch.empty(_GRID + 1, dtype=torch.int32),
-                "idx": torch.empty(_GRID * J, dtype=torch.int32),
-                **{k: torch.empty(_GRID * J, **f64) for k in ("r", "r1", "r2")},
-                "cells": torch.empty(_GRID * 4, **f64),  # 32-byte cell_t
-                "L0": torch.empty(_GRID, **f64),
-                "mom": torch.empty(_GRID * 3, **f64),
-                "mom2": torch.empty(_GRID * 3, **f64),
+                "ptr": torch.empty(G + 1, dtype=torch.int32),
+                "idx": torch.empty(G * J, dtype=torch.int32),
+                **{k: torch.empty(G * J, **f64) for k in ("r", "r1", "r2")},
+                "cells": torch.empty(G * 4, **f64),  # 32-byte cell_t
+                "L0": torch.empty(G, **f64),
+                "mom": torch.empty(G * 3, **f64),
+                "mom2": torch.empty(G * 3, **f64),
                 "out2": torch.zeros(1 + 3 * J, **f64),
             }
         return self.bufs
+
+    def resize(self):
+        """Adapt the grid size to the share of weights that took the exact path."""
+        if self.n_seen:
+            share = self.n_exact / self.n_seen
+            if share > self.EXACT_HIGH and self.G < _GRID_MAX:
+                self.G *= 2
+            elif share < self.EXACT_LOW and self.G > _GRID_MIN:
+                self.G //= 2
+        self.n_exact = self.n_seen = 0
 
 
 def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
@@ -117,13 +135,14 @@ def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
         mu64, gamma64 = mu.detach().double().contiguous(), gamma.detach().double()
         lam64 = gamma64.exp().contiguous()
         logc64 = _log_norm_const(gamma64, log_pi.detach().double()).contiguous()
-    bufs = ws.buffers(J)
-    new_sets = ws.calls % ws.SETS_EVERY == 0
+    new_sets = ws.calls % ws.SETS_EVERY == 0 or ws.J != J
     if new_sets:  # the grid moves only when the active sets are recomputed
+        ws.resize()
         margin = 0.05 * (ws.hi - ws.lo) + 1e-6
-        ws.grid = (ws.lo - margin, (ws.hi - ws.lo + 2 * margin) / _GRID)
+        ws.grid = (ws.lo - margin, (ws.hi - ws.lo + 2 * margin) / ws.G)
+    bufs = ws.buffers(J)
     ws.calls += 1
-    table = _Table(J=J, G=_GRID, lo=ws.grid[0], h=ws.grid[1], mu=mu64.data_ptr(),
+    table = _Table(J=J, G=ws.G, lo=ws.grid[0], h=ws.grid[1], mu=mu64.data_ptr(),
                    lam=lam64.data_ptr(), logc=logc64.data_ptr(),
                    **{k: v.data_ptr() for k, v in bufs.items()})
     tp = ctypes.byref(table)
@@ -152,6 +171,8 @@ def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
                       acc, scale, _ptr(out, _f64p), _ptr(rng, _f64p), threads)
         new_grads.append(g if grads == "new" else None)
     _LIB.sws_finish(tp, _ptr(out, _f64p), _ptr(rng, _f64p))
+    ws.n_exact += table.n_exact
+    ws.n_seen += sum(w.numel() for w in weights)
     lo_seen, hi_seen = rng.tolist()
     if math.isfinite(lo_seen):
         ws.lo, ws.hi = lo_seen, hi_seen

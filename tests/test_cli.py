@@ -1,0 +1,80 @@
+"""The command line: help, exit codes and one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sws.cli import main
+
+COMMANDS = ["pretrain", "retrain", "quantize", "evaluate", "run", "compress", "inspect", "report"]
+
+
+def sws(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "sws.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def call(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(capsys, command):
+    code, out, _ = call(capsys, command, "--help")
+    assert code == 0 and "Usage:" in out and "--help" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pi0", "1.5"], "pi0 must lie strictly between 0 and 1"),
+    (["--pi0", "0"], "pi0 must lie strictly between 0 and 1"),
+    (["--components", "1"], "n_components must be at least 2"),
+    (["--tau", "-1"], "tau must be a finite number >= 0"),
+    (["--epochs", "0"], "epochs must be a positive number"),
+])
+def test_invalid_settings_exit_2_with_one_line(capsys, tmp_path, args, message):
+    code, out, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(tmp_path / "r"), *args)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written for bad settings
+
+
+def test_unknown_model_is_a_usage_error(capsys, tmp_path):
+    code, _, err = call(capsys, "run", "--model", "resnet-9000", "--out", str(tmp_path / "r"))
+    assert code == 2 and "resnet-9000" in err
+
+
+def test_missing_run_folder(capsys, tmp_path):
+    code, _, err = call(capsys, "quantize", str(tmp_path / "nope"))
+    assert code == 2 and err.startswith("error:") and "no such run folder" in err
+
+
+def test_retrain_needs_pretrained(capsys, tmp_path):
+    (tmp_path / "r").mkdir()
+    code, _, err = call(capsys, "retrain", str(tmp_path / "r"))
+    assert code == 2 and "run 'sws pretrain' first" in err
+
+
+def test_bad_data_dir(capsys, tmp_path):
+    code, _, err = call(capsys, "pretrain", "--model", "lenet-300-100", "--out", str(tmp_path / "r"),
+                        "--data-dir", str(tmp_path / "missing"))
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+
+
+def test_existing_run_folder_is_not_overwritten(capsys, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(run))
+    assert code == 2 and "--force" in err
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_console_script_entry_point(tmp_path):
+    r = sws("--version")
+    assert r.returncode == 0 and "version" in r.stdout
+    r = sws("evaluate", str(tmp_path / "nothing.sws"))
+    assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
