@@ -112,3 +112,42 @@ def test_mixture_proportions_and_initialisations():
     w = torch.tensor([-0.3, 0.0, 0.9])
     spread = GaussianMixturePrior(PriorConfig(init="range"), [w])
     assert spread.means.min().item() == pytest.approx(-0.3) and spread.means.max().item() == pytest.approx(0.9)
+
+
+def test_learned_pi0_with_beta_prior():
+    from sws.config import PriorConfig
+    prior = GaussianMixturePrior(PriorConfig(learn_pi0=True, pi0_a=50.0, pi0_b=2.0, pi0=0.9))
+    assert isinstance(prior.pi0_logit, torch.nn.Parameter)
+    assert prior.pi0.item() == pytest.approx(0.9)
+    expected_beta = -(49 * math.log(0.9) + 1 * math.log(0.1))
+    fixed = GaussianMixturePrior(PriorConfig(pi0=0.9))
+    # float32 sums of magnitude ~1e4: compare to 5e-3
+    assert prior.hyper_prior().item() - fixed.hyper_prior().item() == pytest.approx(expected_beta, abs=5e-3)
+    w = (torch.randn(500) * 0.1).requires_grad_()
+    prior.complexity([w]).backward()
+    assert prior.pi0_logit.grad is not None and prior.pi0_logit.grad.abs() > 0
+    assert not isinstance(fixed.pi0_logit, torch.nn.Parameter)  # presets keep pi0 fixed
+
+
+def test_tau_schedules():
+    from sws.config import retrain_config
+    assert retrain_config().tau_at(3.0) == 0.003
+    lin = retrain_config(tau=0.01, tau_schedule="linear", tau_start=0.0, tau_warmup_epochs=10)
+    assert [lin.tau_at(e) for e in (0, 5, 10, 20)] == pytest.approx([0.0, 0.005, 0.01, 0.01])
+    exp = retrain_config(tau=0.01, tau_schedule="exponential", tau_start=1e-4, tau_warmup_epochs=2)
+    assert exp.tau_at(1) == pytest.approx(1e-3) and exp.tau_at(5) == pytest.approx(0.01)
+    from sws.errors import ConfigError
+    with pytest.raises(ConfigError, match="exponential tau warm-up needs tau_start > 0"):
+        retrain_config(tau_schedule="exponential", tau_warmup_epochs=2)
+    with pytest.raises(ConfigError, match="tau_schedule must be"):
+        retrain_config(tau_schedule="cosine")
+
+
+def test_presets_keep_their_published_settings():
+    from sws.config import retrain_config
+    tut, paper = retrain_config("tutorial"), retrain_config("paper")
+    assert (tut.tau, tut.epochs, tut.prior.n_components, tut.prior.pi0) == (0.003, 30, 16, 0.99)
+    assert (tut.lr_weights, tut.lr_means, tut.lr_log_precisions, tut.lr_mixing) == (5e-4, 1e-4, 3e-3, 3e-3)
+    assert (paper.prior.n_components, paper.prior.pi0, paper.lr_means, paper.lr_mixing) == (17, 0.999, 5e-4, 5e-4)
+    for cfg in (tut, paper):
+        assert cfg.tau_schedule == "constant" and not cfg.prior.learn_pi0

@@ -68,6 +68,14 @@ retrain_options = _options(
                  help="Means: linspace(-0.6, 0.6) or spread over the pretrained weights."),
     click.option("--cover", type=click.Choice(["all", "weights"]), default=None,
                  help="Prior over all parameters (tutorial) or weights only."),
+    click.option("--tau-schedule", type=click.Choice(["constant", "linear", "exponential"]),
+                 default=None, help="Warm tau up from --tau-start over --tau-warmup-epochs."),
+    click.option("--tau-start", type=float, default=None),
+    click.option("--tau-warmup-epochs", type=float, default=None),
+    click.option("--learn-pi0/--fixed-pi0", "learn_pi0", default=None,
+                 help="Learn pi0 under a Beta(--pi0-a, --pi0-b) prior (paper option)."),
+    click.option("--pi0-a", type=float, default=None),
+    click.option("--pi0-b", type=float, default=None),
 )
 
 merge_option = click.option("--merge-threshold", type=float, default=QuantizeConfig.merge_threshold,

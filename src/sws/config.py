@@ -50,6 +50,9 @@ class PriorConfig:
     alpha: float = 250.0             # Gamma hyper-prior on the other precisions
     beta: float = 0.1
     cover: str = "all"               # tutorial covers every trainable tensor; "weights": skip biases
+    learn_pi0: bool = False          # paper option: learn pi0 under a Beta(pi0_a, pi0_b) prior
+    pi0_a: float = 1.0               # Beta prior on pi0 (used when learn_pi0); a=b=1 is flat
+    pi0_b: float = 1.0
 
     def validate(self):
         if self.n_components < 2:
@@ -63,7 +66,8 @@ class PriorConfig:
             raise ConfigError(f"init must be 'linspace' or 'range', got {self.init!r}")
         if self.cover not in ("all", "weights"):
             raise ConfigError(f"cover must be 'all' or 'weights', got {self.cover!r}")
-        _positive(self, "init_range", "init_sigma", "zero_alpha", "zero_beta", "alpha", "beta")
+        _positive(self, "init_range", "init_sigma", "zero_alpha", "zero_beta", "alpha", "beta",
+                  "pi0_a", "pi0_b")
 
 
 @dataclass
@@ -75,6 +79,9 @@ class RetrainConfig:
     lr_means: float = 1e-4
     lr_log_precisions: float = 3e-3
     lr_mixing: float = 3e-3
+    tau_schedule: str = "constant"   # tutorial; "linear" / "exponential": warm tau up from tau_start
+    tau_start: float = 0.0           # tau at step 0 of a warm-up (> 0 for "exponential")
+    tau_warmup_epochs: float = 0.0   # epochs over which tau goes from tau_start to tau
     seed: int = 0
     prior: PriorConfig = field(default_factory=PriorConfig)
 
@@ -83,7 +90,25 @@ class RetrainConfig:
                   "lr_mixing")
         if not (self.tau >= 0 and math.isfinite(self.tau)):
             raise ConfigError(f"tau must be a finite number >= 0, got {self.tau}")
+        if self.tau_schedule not in ("constant", "linear", "exponential"):
+            raise ConfigError(f"tau_schedule must be 'constant', 'linear' or 'exponential', "
+                              f"got {self.tau_schedule!r}")
+        if not (self.tau_start >= 0 and math.isfinite(self.tau_start)):
+            raise ConfigError(f"tau_start must be a finite number >= 0, got {self.tau_start}")
+        if not (self.tau_warmup_epochs >= 0 and math.isfinite(self.tau_warmup_epochs)):
+            raise ConfigError(f"tau_warmup_epochs must be >= 0, got {self.tau_warmup_epochs}")
+        if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
+            raise ConfigError("an exponential tau warm-up needs tau_start > 0 and tau > 0")
         self.prior.validate()
+
+    def tau_at(self, epoch: float) -> float:
+        """tau after ``epoch`` (fractional) epochs of retraining, per the schedule."""
+        if self.tau_schedule == "constant" or self.tau_warmup_epochs == 0:
+            return self.tau
+        t = min(1.0, epoch / self.tau_warmup_epochs)
+        if self.tau_schedule == "linear":
+            return self.tau_start + (self.tau - self.tau_start) * t
+        return self.tau_start * (self.tau / self.tau_start) ** t
 
 
 @dataclass
@@ -123,7 +148,10 @@ def from_dict(cls, data: dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"setting {key!r} must be a mapping")
             value = from_dict(type(default), value)
-        elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"setting {key!r} must be true or false, got {value!r}")
+        elif not isinstance(default, (int, float, str)):
             pass
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)

@@ -50,7 +50,7 @@ def mixture_from_state(tensors: dict) -> dict:
          for k, v in tensors.items()}
     rho = t["mixing_logits"] - t["mixing_logits"].max()
     soft = np.exp(rho) / np.exp(rho).sum()
-    pi0 = float(t["pi0"])
+    pi0 = float(t["pi0"]) if "pi0" in t else float(1.0 / (1.0 + np.exp(-t["pi0_logit"])))
     return {"means": np.concatenate([[0.0], t["means"]]),
             "stds": np.exp(-0.5 * t["log_precisions"]),
             "pis": np.concatenate([[pi0], (1.0 - pi0) * soft])}

@@ -127,6 +127,9 @@ def _prior_from_checkpoint(tensors: dict, meta: dict) -> GaussianMixturePrior:
     pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
     prior = GaussianMixturePrior(dataclasses.replace(pcfg, init="linspace"))
     state = {k[len(PRIOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PRIOR_PREFIX)}
+    if "pi0" in state:  # checkpoints written before pi0 could be learned stored pi0 itself
+        pi0 = state.pop("pi0").double()
+        state["pi0_logit"] = torch.log(pi0 / (1 - pi0)).float()
     try:
         prior.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sws.config import PriorConfig
@@ -47,7 +48,10 @@ class GaussianMixturePrior(nn.Module):
         self.means = nn.Parameter(torch.linspace(lo, hi, J - 1))
         self.log_precisions = nn.Parameter(torch.full((J,), -2.0 * math.log(cfg.init_sigma)))
         self.mixing_logits = nn.Parameter(torch.zeros(J - 1))
-        self.register_buffer("pi0", torch.tensor(cfg.pi0))
+        if cfg.learn_pi0:  # paper option: pi0 = sigmoid(logit) under a Beta(a, b) prior
+            self.pi0_logit = nn.Parameter(torch.tensor(math.log(cfg.pi0 / (1 - cfg.pi0))))
+        else:
+            self.register_buffer("pi0_logit", torch.tensor(math.log(cfg.pi0 / (1 - cfg.pi0))))
         alpha = torch.full((J,), cfg.alpha)
         beta = torch.full((J,), cfg.beta)
         alpha[0], beta[0] = cfg.zero_alpha, cfg.zero_beta
@@ -62,8 +66,9 @@ class GaussianMixturePrior(nn.Module):
     def mixture(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, gamma, log_pi), each of length J, component 0 the zero component."""
         mu = torch.cat([self.means.new_zeros(1), self.means])
-        log_pi = torch.cat([torch.log(self.pi0).reshape(1),
-                            torch.log1p(-self.pi0) + torch.log_softmax(self.mixing_logits, 0)])
+        log_pi0 = F.logsigmoid(self.pi0_logit)
+        log_rest = F.logsigmoid(-self.pi0_logit)  # log(1 - pi0), accurate for pi0 near 1
+        log_pi = torch.cat([log_pi0.reshape(1), log_rest + torch.log_softmax(self.mixing_logits, 0)])
         return mu, self.log_precisions, log_pi
 
     def log_prob(self, w: torch.Tensor) -> torch.Tensor:
@@ -78,10 +83,23 @@ class GaussianMixturePrior(nn.Module):
         mu, gamma, log_pi = self.mixture()
         return mixture_nll(mu, gamma, log_pi, weights, workspace=self._workspace)
 
+    @property
+    def pi0(self) -> torch.Tensor:
+        return torch.sigmoid(self.pi0_logit)
+
     def hyper_prior(self) -> torch.Tensor:
-        """Negative log Gamma density of each precision in the gamma parametrisation."""
+        """Negative log hyper-prior densities, constants dropped.
+
+        Gamma(alpha_j, beta_j) on every precision, in the gamma = log lambda
+        parametrisation: (1 - alpha_j) gamma_j + beta_j exp(gamma_j); and, when
+        pi0 is learned, Beta(a, b) on pi0: -(a - 1) log pi0 - (b - 1) log(1 - pi0).
+        """
         g = self.log_precisions
-        return ((1.0 - self.alpha) * g + self.beta * g.exp()).sum()
+        total = ((1.0 - self.alpha) * g + self.beta * g.exp()).sum()
+        if self.config.learn_pi0:
+            total = total - ((self.config.pi0_a - 1.0) * F.logsigmoid(self.pi0_logit)
+                             + (self.config.pi0_b - 1.0) * F.logsigmoid(-self.pi0_logit))
+        return total
 
     def complexity(self, weights: list[torch.Tensor]) -> torch.Tensor:
         """C = -log p(weights) + hyper-prior terms (SPEC section 1)."""

@@ -82,30 +82,38 @@ def pretrain(model: torch.nn.Module, train: Dataset, cfg: PretrainConfig,
 
 def retrain_optimizer(model, prior: GaussianMixturePrior, cfg: RetrainConfig) -> torch.optim.Adam:
     """Adam with the four learning rates of the tutorial: weights, means, log-precisions, logits."""
+    mixing = [prior.mixing_logits]
+    if isinstance(prior.pi0_logit, torch.nn.Parameter):  # learned pi0 (Beta prior)
+        mixing.append(prior.pi0_logit)
     return torch.optim.Adam([
         {"params": list(model.parameters()), "lr": cfg.lr_weights},
         {"params": [prior.means], "lr": cfg.lr_means},
         {"params": [prior.log_precisions], "lr": cfg.lr_log_precisions},
-        {"params": [prior.mixing_logits], "lr": cfg.lr_mixing},
+        {"params": mixing, "lr": cfg.lr_mixing},
     ])
 
 
 def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
             cfg: RetrainConfig, val: Dataset | None = None, test: Dataset | None = None,
             quiet: bool = False, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Retrain with loss = CE + (tau / N) * C(weights), C the prior's complexity term."""
+    """Retrain with loss = CE + (tau / N) * C(weights), C the prior's complexity term.
+
+    tau follows ``cfg.tau_schedule`` step by step; each epoch's record holds
+    the value at its last step.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     covered = list(covered_parameters(model, cfg.prior.cover).values())
     opt = retrain_optimizer(model, prior, cfg)
-    scale = cfg.tau / len(train)
     history = []
     steps = -(-len(train) // cfg.batch_size)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         t0, ce_sum, cx_sum, seen = time.perf_counter(), 0.0, 0.0, 0
         with _bar(steps, f"retrain {epoch}/{cfg.epochs}", quiet) as bar:
-            for x, y in batches(train, cfg.batch_size, gen):
+            for step, (x, y) in enumerate(batches(train, cfg.batch_size, gen)):
+                tau = cfg.tau_at(epoch - 1 + step / steps)
+                scale = tau / len(train)
                 ce = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 ce.backward()
@@ -125,7 +133,7 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
             flat = torch.cat([w.detach().reshape(-1) for w in covered])
             mu, gamma, _ = prior.mixture()
             near_zero = (flat.abs() < 2.0 * torch.exp(-0.5 * gamma[0])).float().mean().item()
-        rec = {"stage": "retrain", "epoch": epoch, "seconds": seconds, "tau": cfg.tau,
+        rec = {"stage": "retrain", "epoch": epoch, "seconds": seconds, "tau": tau,
                "train_cross_entropy": ce_sum / seen, "complexity": cx_sum / seen,
                "share_within_2sd_of_zero": near_zero, "prior": prior.summary(),
                **_eval_sets(model, val, test)}
