@@ -318,14 +318,22 @@ def test_cli_missing_or_corrupt_file_exits_2(tmp_path, capsys, command, content)
     assert err.startswith("error: ") and err.count("\n") == 1, err
 
 
-DATA = os.environ.get("SWS_DATA_DIR", "/work/shared/data/mnist")
-
-
-@pytest.mark.skipif(not Path(DATA, "t10k-images-idx3-ubyte").exists()
-                    and not Path(DATA, "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="MNIST test set not available")
-def test_cli_evaluate_sws_file(tmp_path, capsys):
+def test_cli_evaluate_sws_file(tmp_path, capsys, mnist_dir):
     run, _ = _quantized_run(tmp_path)
     _cli(["compress", run, "-o", tmp_path / "m.sws"], capsys)
-    code, out, _ = _cli(["evaluate", tmp_path / "m.sws", "--data-dir", DATA], capsys)
+    code, out, _ = _cli(["evaluate", tmp_path / "m.sws", "--data-dir", mnist_dir], capsys)
     assert code == 0 and out.startswith("m ") and "accuracy" in out
+
+
+@pytest.mark.slow
+def test_sws_run_writes_a_file_that_reproduces_the_post_processed_accuracy(tmp_path, capsys,
+                                                                          mnist_dir):
+    import json
+    run = tmp_path / "run"
+    code, out, _ = _cli(["run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
+                         "--train-subset", "2000", "--pretrain-epochs", "1", "--epochs", "2",
+                         "--quiet"], capsys)
+    assert code == 0 and f"wrote {run / 'model.sws'}" in out
+    code, out, _ = _cli(["evaluate", run / "model.sws", "--data-dir", mnist_dir], capsys)
+    q = json.loads((run / "metrics.json").read_text())["quantized"]
+    assert f"accuracy {q['test_accuracy']:.4f}" in out

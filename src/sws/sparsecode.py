@@ -24,7 +24,7 @@ import numpy as np
 from sws import huffman
 
 __all__ = ["LayerCode", "MAX_GAP_BITS", "entries", "encode_layer", "decode_layer",
-           "stream_counts"]
+           "stream_counts", "payload_size"]
 
 MAX_GAP_BITS = 12  # 4096-symbol gap alphabet at most; larger never paid off on MNIST nets
 
