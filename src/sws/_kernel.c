@@ -45,7 +45,7 @@ typedef struct {
     int J, G;
     double lo, h;
     const double *mu, *lam, *logc;
-    int32_t *ptr, *idx;             /* active components, CSR over cells */
+    int32_t *cnt, *idx;             /* per cell c: cnt[c] active components in idx[c*J ...] */
     double *r, *r1, *r2;            /* per active entry of an EXPAND cell: r_j and derivatives */
     cell_t *cells;
     double *L0;                     /* per cell: log p at the centre */
@@ -88,36 +88,37 @@ static double responsibilities(int k, const int32_t *idx, const double *mu, cons
     return m + log(s);
 }
 
-/* List each cell's active components (cut: log-responsibility margin). */
-void sws_build_sets(table_t *t, double cut)
+/* List the active components of cells c0..c1-1 (cut: log-responsibility margin). */
+static void build_sets(table_t *t, double cut, int c0, int c1)
 {
-    int J = t->J, n = 0;
+    int J = t->J;
     const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
-    t->ptr[0] = 0;
-    for (int c = 0; c < t->G; c++) {
+    for (int c = c0; c < c1; c++) {
         double a = t->lo + c * t->h, b = a + t->h, best_lower = -INFINITY;
         for (int j = 0; j < J; j++) {
             double far = fmax(fabs(a - mu[j]), fabs(b - mu[j]));
             double lower = logc[j] - 0.5 * lam[j] * far * far;
             best_lower = lower > best_lower ? lower : best_lower;
         }
+        int n = 0;
+        int32_t *idx = t->idx + (int64_t)c * J;
         for (int j = 0; j < J; j++) {
             double near = mu[j] < a ? a - mu[j] : (mu[j] > b ? mu[j] - b : 0.0);
-            if (logc[j] - 0.5 * lam[j] * near * near >= best_lower - cut) t->idx[n++] = j;
+            if (logc[j] - 0.5 * lam[j] * near * near >= best_lower - cut) idx[n++] = j;
         }
-        t->ptr[c + 1] = n;
+        t->cnt[c] = n;
     }
 }
 
-/* Per cell: EXPAND coefficients or the EXACT flag, for the current mixture. */
-void sws_build_table(table_t *t)
+/* Cells c0..c1-1: EXPAND coefficients or the EXACT flag, for the current mixture. */
+static void build_table(table_t *t, int c0, int c1)
 {
     const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
     double hh = 0.5 * t->h;
-    for (int c = 0; c < t->G; c++) {
+    for (int c = c0; c < c1; c++) {
         cell_t *cell = t->cells + c;
         double x = t->lo + c * t->h + hh;
-        int first = t->ptr[c], k = t->ptr[c + 1] - first;
+        int first = c * t->J, k = t->cnt[c];
         const int32_t *ix = t->idx + first;
         t->mom[3 * c] = t->mom[3 * c + 1] = t->mom[3 * c + 2] = 0.0;
         t->mom2[3 * c] = t->mom2[3 * c + 1] = t->mom2[3 * c + 2] = 0.0;
@@ -169,6 +170,39 @@ void sws_build_table(table_t *t)
     }
 }
 
+typedef struct {
+    table_t *t;
+    double cut;     /* > 0: build the active sets first */
+    int c0, c1;
+} cells_job_t;
+
+static void *cells_main(void *arg)
+{
+    cells_job_t *j = arg;
+    if (j->cut > 0) build_sets(j->t, j->cut, j->c0, j->c1);
+    build_table(j->t, j->c0, j->c1);
+    return NULL;
+}
+
+/* Build the table for the current mixture: active sets too when cut > 0 (the
+ * grid placement changed or they are due), then every cell's coefficients;
+ * split over two threads when threads > 1. */
+void sws_build(table_t *t, double cut, int threads)
+{
+    cells_job_t a = {t, cut, 0, t->G}, b = {t, cut, t->G / 2, t->G};
+    pthread_t th;
+    if (threads > 1 && t->G >= 1024) {
+        a.c1 = t->G / 2;
+        if (pthread_create(&th, NULL, cells_main, &b) == 0) {
+            cells_main(&a);
+            pthread_join(th, NULL);
+            return;
+        }
+        a.c1 = t->G;
+    }
+    cells_main(&a);
+}
+
 /* One weight evaluated exactly over components idx[0..k-1]: adds log p to
  * out[0] and its S0, S1, S2 terms; returns dC/dw. */
 static __attribute__((noinline)) double exact_one(const table_t *t, double x, const int32_t *idx,
@@ -210,7 +244,7 @@ eval_loop(const table_t *t, const float *w, int64_t n, float *grad, const int mo
             m[2] += delta * delta;
             g = -(cell->L1 + cell->L2 * delta);
         } else if (u >= 0.0 && c < G) {
-            g = exact_one(t, x, t->idx + t->ptr[c], t->ptr[c + 1] - t->ptr[c], out);
+            g = exact_one(t, x, t->idx + (int64_t)c * t->J, t->cnt[c], out);
             n_exact++;
             range[0] = x < range[0] ? x : range[0];
             range[1] = x > range[1] ? x : range[1];
@@ -306,7 +340,7 @@ void sws_finish(table_t *t, double *out, double *range)
         range[0] = fmin(range[0], x - 0.5 * t->h);
         range[1] = fmax(range[1], x + 0.5 * t->h);
         out[0] += t->L0[c] * m0 + cell->L1 * m1 + 0.5 * cell->L2 * m2;
-        for (int e = t->ptr[c]; e < t->ptr[c + 1]; e++) {
+        for (int e = c * J; e < c * J + t->cnt[c]; e++) {
             int j = t->idx[e];
             double r = t->r[e], r1 = t->r1[e], r2 = t->r2[e], d0 = x - t->mu[j];
             S0[j] += r * m0 + r1 * m1 + 0.5 * r2 * m2;

@@ -50,10 +50,8 @@ def _load():
         return None
     lib = ctypes.CDLL(_kernel.__file__)
     table_p = ctypes.POINTER(_Table)
-    lib.sws_build_sets.restype = None
-    lib.sws_build_sets.argtypes = [table_p, ctypes.c_double]
-    lib.sws_build_table.restype = None
-    lib.sws_build_table.argtypes = [table_p]
+    lib.sws_build.restype = None
+    lib.sws_build.argtypes = [table_p, ctypes.c_double, ctypes.c_int]
     lib.sws_eval.restype = None
     lib.sws_eval.argtypes = [table_p, _f32p, ctypes.c_int64, _f32p, ctypes.c_int, ctypes.c_float,
                              _f64p, _f64p, ctypes.c_int]
@@ -93,7 +91,7 @@ class Workspace:
 
     SETS_EVERY = 8     # calls between recomputations of the active sets
     SETS_MARGIN = 4.0  # extra log-responsibility margin covering the mixture's drift meanwhile
-    EXACT_HIGH, EXACT_LOW = 0.02, 0.002
+    EXACT_HIGH, EXACT_LOW = 0.005, 0.0005  # the exact path costs ~20x the expansion
 
     def __init__(self):
         self.lo, self.hi = -1.0, 1.0
@@ -105,7 +103,7 @@ class Workspace:
             self.J, G = J, self.G
             f64 = dict(dtype=torch.float64)
             self.bufs = {
-                "ptr": torch.empty(G + 1, dtype=torch.int32),
+                "ptr": torch.empty(G + 1, dtype=torch.int32),  # per-cell counts of active components
                 "idx": torch.empty(G * J, dtype=torch.int32),
                 **{k: torch.empty(G * J, **f64) for k in ("r", "r1", "r2")},
                 "cells": torch.empty(G * 4, **f64),  # 32-byte cell_t
@@ -125,6 +123,34 @@ class Workspace:
             elif share < self.EXACT_LOW and self.G > _GRID_MIN:
                 self.G //= 2
         self.n_exact = self.n_seen = 0
+
+    def state_dict(self) -> dict:
+        """Everything that carries over between calls, for bit-identical resumption.
+
+        Scalars (call count, grid size and placement, exact-path counters) as
+        plain numbers; the cached active sets (``ptr``, ``idx``) as tensors.
+        """
+        state = {"calls": self.calls, "G": self.G, "J": self.J, "lo": self.lo, "hi": self.hi,
+                 "n_exact": self.n_exact, "n_seen": self.n_seen,
+                 "grid": list(getattr(self, "grid", ())) or None}
+        if self.bufs is not None:
+            state["ptr"] = self.bufs["ptr"].clone()
+            state["idx"] = self.bufs["idx"].clone()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned; the next call continues exactly where it left off."""
+        self.calls, self.G, self.lo, self.hi = int(state["calls"]), int(state["G"]), state["lo"], state["hi"]
+        self.n_exact, self.n_seen = int(state["n_exact"]), int(state["n_seen"])
+        if state.get("grid") is not None:
+            self.grid = tuple(state["grid"])
+        self.J, self.bufs = None, None
+        if state.get("J") is not None and "ptr" in state:
+            bufs = self.buffers(int(state["J"]))
+            if state["ptr"].shape != bufs["ptr"].shape or state["idx"].shape != bufs["idx"].shape:
+                raise ValueError("workspace state does not match its grid size")
+            bufs["ptr"].copy_(state["ptr"])
+            bufs["idx"].copy_(state["idx"])
 
 
 def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
@@ -146,11 +172,9 @@ def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
                    lam=lam64.data_ptr(), logc=logc64.data_ptr(),
                    **{k: v.data_ptr() for k, v in bufs.items()})
     tp = ctypes.byref(table)
-    if new_sets:
-        _LIB.sws_build_sets(tp, _CUT + ws.SETS_MARGIN)
-    _LIB.sws_build_table(tp)
-    bufs["out2"].zero_()
     threads = 2 if torch.get_num_threads() > 1 else 1
+    _LIB.sws_build(tp, _CUT + ws.SETS_MARGIN if new_sets else 0.0, threads)
+    bufs["out2"].zero_()
     out = torch.zeros(1 + 3 * J, dtype=torch.float64)
     rng = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
     new_grads = []

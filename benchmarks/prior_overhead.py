@@ -1,0 +1,98 @@
+"""Cost of the mixture prior in a training step, against a plain step, same model, same process.
+
+Usage:
+  python benchmarks/prior_overhead.py RUN_DIR [--steps 40] [--threads N]
+
+RUN_DIR must hold pretrained and retrained checkpoints (any `sws run`).  For
+two states of the prior, the start of retraining (pretrained weights, prior as
+initialised) and its end (retrained weights and prior), it times steps of
+batch 256 on random MNIST-shaped data, alternating blocks of plain steps
+(cross-entropy, Adam) and prior steps (cross-entropy, the fused prior gradient,
+Adam with the four groups), and prints the median ratio.  Alternating blocks
+keeps a noisy shared machine from biasing one side.
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sws.config import from_dict, PriorConfig, retrain_config
+from sws.models import covered_parameters
+from sws.pipeline import _prior_from_checkpoint, model_from_checkpoint
+from sws.prior import GaussianMixturePrior
+from sws.runs import RunDir
+from sws.train import retrain_optimizer
+
+
+def time_block(fn, steps):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def measure(model, prior, cover, steps, blocks=6):
+    cfg = retrain_config("tutorial")
+    covered = list(covered_parameters(model, cover).values())
+    plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    prior_opt = retrain_optimizer(model, prior, cfg)
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    scale = cfg.tau / 60000
+
+    def plain():
+        loss = F.cross_entropy(model(x), y)
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    def with_prior():
+        loss = F.cross_entropy(model(x), y)
+        prior_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        prior.backward_complexity(covered, scale)
+        prior_opt.step()
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pstate = {k: v.clone() for k, v in prior.state_dict().items()}
+    ratios, plain_ms, prior_ms = [], [], []
+    for _ in range(blocks):
+        a = time_block(plain, steps)
+        b = time_block(with_prior, steps)
+        model.load_state_dict(state)  # keep measuring the same state
+        prior.load_state_dict(pstate)
+        ratios.append(b / a)
+        plain_ms.append(a * 1e3)
+        prior_ms.append(b * 1e3)
+    return statistics.median(plain_ms), statistics.median(prior_ms), statistics.median(ratios)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = RunDir.open(args.run_dir)
+    t, meta = run.load("retrained")
+    pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
+    pt, pmeta = run.load("pretrained")
+    start_model = model_from_checkpoint(pt, pmeta)
+    start_prior = GaussianMixturePrior(pcfg, list(covered_parameters(start_model, pcfg.cover).values()))
+    end_model, end_prior = model_from_checkpoint(t, meta), _prior_from_checkpoint(t, meta)
+    print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, "
+          f"{args.steps} steps x 6 alternating blocks")
+    print("| state | plain step (ms) | step with prior (ms) | ratio |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, model, prior in (("start of retraining", start_model, start_prior),
+                               ("end of retraining", end_model, end_prior)):
+        a, b, r = measure(model, prior, pcfg.cover, args.steps)
+        print(f"| {name} | {a:.2f} | {b:.2f} | {r:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
