@@ -26,3 +26,16 @@ def test_standardize_lives_in_the_model_and_unknown_names_fail():
     assert m[0].mean.item() == pytest.approx(0.1307) and "0.mean" in m.state_dict()
     with pytest.raises(ConfigError, match="unknown model"):
         build_model("resnet")
+
+
+def test_keras_initialisation_option():
+    torch.manual_seed(0)
+    keras = build_model("lenet-300-100", init="keras")
+    default = build_model("lenet-300-100")
+    fc1_k, fc1_t = keras[2], default[2]
+    assert torch.all(fc1_k.bias == 0)
+    bound = (6 / (784 + 300)) ** 0.5  # Glorot-uniform
+    assert fc1_k.weight.abs().max() <= bound and fc1_k.weight.abs().max() > 0.9 * bound
+    assert fc1_t.weight.abs().max() <= 1 / 28  # PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    with pytest.raises(ConfigError, match="unknown init"):
+        build_model("lenet-300-100", init="he")

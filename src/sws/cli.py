@@ -47,6 +47,9 @@ pretrain_options = _options(
     click.option("--input-norm", type=click.Choice(["none", "standardize"]), default="none",
                  show_default=True, help="'none': pixels/255 (tutorial); 'standardize': MNIST "
                  "mean/std, applied inside the model."),
+    click.option("--weight-init", type=click.Choice(["torch", "keras"]), default="torch",
+                 show_default=True, help="Initial weights: PyTorch's defaults, or Keras' "
+                 "(Glorot-uniform, zero biases) as in the tutorial."),
     click.option("--train-subset", type=int, default=0, help="Use the first N training images."),
     click.option("--val-size", type=int, default=0,
                  help="Hold out N training images as a validation set."),
@@ -113,10 +116,11 @@ def cli():
 @data_option
 @force_option
 @quiet_option
-def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, train_subset, val_size, batch_size, seed,
+def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, batch_size, seed,
                  data_dir, force, quiet):
     """Train a reference network with plain cross-entropy."""
     cfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
+                         weight_init=weight_init,
                          train_subset=train_subset, val_size=val_size, batch_size=batch_size,
                          seed=seed)
     cfg.validate()
@@ -201,11 +205,12 @@ def evaluate_cmd(path, data_dir):
 @force_option
 @quiet_option
 @figures_option
-def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, train_subset, val_size, merge_threshold,
+def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, merge_threshold,
             preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
     pcfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
+                         weight_init=weight_init,
                           train_subset=train_subset, val_size=val_size, batch_size=batch_size,
                           seed=seed)
     pcfg.validate()

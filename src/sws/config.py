@@ -25,6 +25,7 @@ class PretrainConfig:
     lr: float = 1e-3                 # Adam, tutorial
     seed: int = 0
     input_norm: str = "none"         # tutorial feeds pixels / 255 unchanged
+    weight_init: str = "torch"       # "keras": Glorot-uniform, zero biases, as the tutorial's Keras nets
     train_subset: int = 0            # 0: all training images
     val_size: int = 0                # held-out validation images (for tuning); 0: none
 
@@ -34,6 +35,8 @@ class PretrainConfig:
         _positive(self, "epochs", "batch_size", "lr")
         if self.input_norm not in ("none", "standardize"):
             raise ConfigError(f"input_norm must be 'none' or 'standardize', got {self.input_norm!r}")
+        if self.weight_init not in ("torch", "keras"):
+            raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
         if self.train_subset < 0 or self.val_size < 0:
             raise ConfigError("train_subset and val_size must be >= 0")
 
@@ -125,6 +128,10 @@ PRESETS: dict[str, dict] = {
     # the paper (ICLR 2017, section 6.1): 2^4 + 1 components, pi0 0.999, mixture lr 5e-4, 100 epochs
     "paper": {"epochs": 100, "lr_means": 5e-4, "lr_log_precisions": 5e-4, "lr_mixing": 5e-4,
               "prior": {"n_components": 17, "pi0": 0.999, "init": "range"}},
+    # the paper's ResNet (light), WRN-16-4: its settings with 2^6 components for a net 6x the size;
+    # weights only (the convolutions have no biases); sws.compress leaves batch-norm unquantised
+    "resnet": {"epochs": 100, "lr_means": 5e-4, "lr_log_precisions": 5e-4, "lr_mixing": 5e-4,
+               "prior": {"n_components": 64, "pi0": 0.999, "init": "range", "cover": "weights"}},
 }
 
 

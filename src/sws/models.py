@@ -53,7 +53,19 @@ MODELS = {
 }
 
 
-def build_model(name: str, input_norm: str = "none", seed: int | None = None) -> nn.Sequential:
+def keras_init_(model: nn.Module) -> nn.Module:
+    """Keras' default initialisation, which the tutorial's nets were trained from:
+    Glorot-uniform weights, zero biases (PyTorch's default draws weights about
+    half as large for these layers)."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def build_model(name: str, input_norm: str = "none", seed: int | None = None,
+                init: str = "torch") -> nn.Sequential:
     """Build a reference net.
 
     Args:
@@ -61,6 +73,8 @@ def build_model(name: str, input_norm: str = "none", seed: int | None = None) ->
       input_norm: "none" (the tutorial: pixels / 255 go in as they are) or
         "standardize" ((x - 0.1307) / 0.3081 applied inside the model).
       seed: seeds the weight initialisation when given.
+      init: "torch" (PyTorch's layer defaults) or "keras" (Glorot-uniform
+        weights, zero biases: what the tutorial's Keras nets started from).
     """
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
@@ -68,8 +82,11 @@ def build_model(name: str, input_norm: str = "none", seed: int | None = None) ->
         raise ConfigError(f"unknown input_norm {input_norm!r}; choose 'none' or 'standardize'")
     if seed is not None:
         torch.manual_seed(seed)
+    if init not in ("keras", "torch"):
+        raise ConfigError(f"unknown init {init!r}; choose 'keras' or 'torch'")
     norm = InputNorm(MNIST_MEAN, MNIST_STD) if input_norm == "standardize" else InputNorm()
-    return nn.Sequential(norm, *MODELS[name]())
+    model = nn.Sequential(norm, *MODELS[name]())
+    return keras_init_(model) if init == "keras" else model
 
 
 def covered_parameters(model: nn.Module, cover: str = "all") -> dict[str, nn.Parameter]:

@@ -61,7 +61,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig, data_dir=None, quiet=False) -
     cfg.validate()
     data = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "seed": cfg.seed}
     train, val, test = load_data(data, data_dir)
-    model = build_model(cfg.model, cfg.input_norm, seed=cfg.seed)
+    model = build_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
     t0 = time.perf_counter()
     history = pretrain(model, train, cfg, val, test, quiet, _history_writer(run, "pretrain"))
     metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
