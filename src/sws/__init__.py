@@ -1,5 +1,9 @@
 """sws: neural network compression by soft weight-sharing (Ullrich, Meeds & Welling, ICLR 2017)."""
 
+from sws.api import CompressionReport
+from sws.api import compress
+from sws.api import select_parameters
+from sws.cifar import load_cifar10
 from sws.config import PRESETS
 from sws.config import PretrainConfig
 from sws.config import PriorConfig
@@ -20,8 +24,13 @@ from sws.quantize import quantize_weights
 from sws.train import evaluate
 from sws.train import pretrain
 from sws.train import retrain
+from sws.wrn import build_wrn
 
 __all__ = [
+    "CompressionReport",
+    "compress",
+    "select_parameters",
+    "load_cifar10",
     "PRESETS",
     "PretrainConfig",
     "PriorConfig",
@@ -42,4 +51,5 @@ __all__ = [
     "evaluate",
     "pretrain",
     "retrain",
+    "build_wrn",
 ]

@@ -28,7 +28,7 @@ from sws.errors import SwsError
 __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError",
            "UnsupportedVersionError", "HeaderTooLargeError", "MalformedHeaderError",
            "TruncatedFileError", "TrailingDataError", "ChecksumError", "InconsistentPayloadError",
-           "Decoded", "encode", "decode", "save", "load", "read", "compress_run", "evaluate_file"]
+           "Decoded", "USER_PREFIX", "encode", "decode", "save", "load", "read", "compress_run", "evaluate_file"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
 VERSION = 1
@@ -303,27 +303,52 @@ def read(path) -> Decoded:
         raise type(e)(f"{path}: {e}") from None
 
 
-def load(path) -> torch.nn.Module:
+USER_PREFIX = "user:"   # model names of user-defined modules (``sws.compress``); load needs the module
+
+
+def _expand_aliases(path, m: dict, tensors: dict) -> dict:
+    """Add the state-dict keys of tied tensors, stored once, under every name (``model.aliases``)."""
+    aliases = m.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v in tensors and k not in tensors
+            for k, v in aliases.items()):
+        raise MalformedHeaderError(f"{path}: model 'aliases' must map new names to stored tensors")
+    return {**tensors, **{k: tensors[v] for k, v in aliases.items()}}
+
+
+def load(path, model: torch.nn.Module | None = None) -> torch.nn.Module:
     """The network stored at ``path``, ready for inference (eval mode).
 
-    It takes images as float tensors in [0, 1], shape (n, 1, 28, 28); any input
-    normalisation it was trained with is inside it.
+    A reference net (``sws.models``) is built from the file alone; it takes images
+    as float tensors in [0, 1], shape (n, 1, 28, 28), and any input normalisation
+    it was trained with is inside it.  A user-defined module (a file written by
+    ``sws.compress``) is loaded into ``model``, an instance of the same
+    architecture, whose ``state_dict`` keys and shapes must match the file; the
+    values are copied, so the module keeps its device, dtypes and tied parameters.
     """
     from sws.models import build_model
     d = read(path)
     m = d.header["model"]
-    try:
-        with torch.device("meta"):   # no random init, no memory: the file's tensors are used as they are
-            model = build_model(m["name"], m.get("input_norm", "none"))
-    except SwsError as e:
-        raise MalformedHeaderError(f"{path}: {e}") from None
+    tensors = _expand_aliases(path, m, d.tensors)
+    if model is None:
+        if m["name"].startswith(USER_PREFIX):
+            raise FormatError(f"{path}: holds a user-defined model ({m['name'][len(USER_PREFIX):]}); "
+                              "pass an instance of it: sws.load(path, model=module)")
+        try:
+            with torch.device("meta"):   # no random init, no memory: the file's tensors are used as they are
+                model = build_model(m["name"], m.get("input_norm", "none"))
+        except SwsError as e:
+            raise MalformedHeaderError(f"{path}: {e}") from None
+        assign = True
+    else:
+        assign = False
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in d.tensors.items()}
+    got = {k: tuple(v.shape) for k, v in tensors.items()}
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[:3]
         raise InconsistentPayloadError(f"{path}: tensors do not match model {m['name']!r} "
                                        f"(first differences: {diff})")
-    model.load_state_dict(d.tensors, strict=True, assign=True)
+    model.load_state_dict(tensors, strict=True, assign=assign)
     return model.eval()
 
 

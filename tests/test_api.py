@@ -1,0 +1,170 @@
+"""sws.compress on user-defined modules: selection, tied parameters, file round trip, example."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import sws
+from sws.api import _dense_backward_complexity, save_module, select_parameters
+from sws.config import PriorConfig
+from sws.errors import ConfigError
+from sws.fileformat import FormatError, InconsistentPayloadError, read
+from sws.prior import GaussianMixturePrior
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+        self.ln = nn.LayerNorm(8 * 4 * 4)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = nn.functional.max_pool2d(self.conv2(x), 2)
+        return self.fc(self.ln(x.flatten(1)))
+
+
+class Tied(nn.Module):
+    """An autoencoder-like classifier whose two linear layers share one weight matrix."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Linear(12, 12)
+        self.dec = nn.Linear(12, 12)
+        self.dec.weight = self.enc.weight
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.dec(torch.relu(self.enc(x)))))
+
+
+def loaders(shape, n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *shape, generator=g)
+    y = (x.flatten(1)[:, 0] > 0).long() + (x.flatten(1)[:, 1] > 0).long()
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=32, shuffle=True), DataLoader(ds, batch_size=48)
+
+
+def test_default_selection_skips_normalisation():
+    names = set(select_parameters(BNNet()))
+    assert names == {"conv1.weight", "conv1.bias", "conv2.weight", "fc.weight", "fc.bias"}
+    assert set(select_parameters(BNNet(), cover="weights")) == {"conv1.weight", "conv2.weight",
+                                                               "fc.weight"}
+    assert set(select_parameters(BNNet(), exclude=["conv1.*"])) == {"conv2.weight", "fc.weight",
+                                                                    "fc.bias"}
+    assert set(select_parameters(BNNet(), include=[nn.Conv2d])) == {"conv1.weight", "conv1.bias",
+                                                                    "conv2.weight"}
+    assert "bn1.weight" in select_parameters(BNNet(), skip_norm=False)
+    with pytest.raises(ConfigError):
+        select_parameters(BNNet(), include=[3])
+
+
+def test_tied_parameter_is_covered_once():
+    covered = select_parameters(Tied())
+    assert "enc.weight" in covered and "dec.weight" not in covered
+    assert len(covered) == 5
+
+
+def test_compress_bn_cnn_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = BNNet()
+    seen = {}
+    train, val = loaders((1, 8, 8))
+    out = tmp_path / "bn.sws"
+    model, report = sws.compress(model, train, val, "tutorial", epochs=2, init_sigma=0.05, out=out,
+                                 on_epoch=lambda rec: seen.update(bn=model.bn1.weight.detach().clone()))
+    cb = set(report.codebook)
+    for name in report.covered:
+        assert set(model.get_parameter(name).detach().unique().tolist()) <= cb
+    assert torch.equal(model.bn1.weight, seen["bn"])          # batch-norm left as retrained
+    assert report.history[-1]["epoch"] == 2 and "val_accuracy" in report.history[-1]
+    assert {"before_accuracy", "quantized_accuracy"} <= set(report.metrics)
+    assert report.file["bytes"] == out.stat().st_size and report.file["cr_file"] > 1
+    header = read(out).header
+    assert header["model"]["name"] == "user:BNNet"
+    assert {t["name"] for t in header["tensors"]} == set(model.state_dict())
+    x = next(iter(val))[0]
+    restored = sws.load(out, model=BNNet())
+    assert not restored.training
+    assert torch.equal(restored(x), model(x))
+    with pytest.raises(FormatError, match="user-defined model"):
+        sws.load(out)
+    with pytest.raises(InconsistentPayloadError):
+        sws.load(out, model=Tied())
+
+
+def test_compress_tied_parameters(tmp_path):
+    torch.manual_seed(1)
+    model = Tied()
+    train, val = loaders((12,))
+    out = tmp_path / "tied.sws"
+    model, report = sws.compress(model, train, None, "tutorial", epochs=1, out=out)
+    assert model.dec.weight is model.enc.weight
+    assert "dec.weight" not in report.covered
+    header = read(out).header
+    assert header["model"]["aliases"] == {"dec.weight": "enc.weight"}
+    assert "dec.weight" not in {t["name"] for t in header["tensors"]}
+    restored = sws.load(out, model=Tied())
+    assert restored.dec.weight is restored.enc.weight         # still tied after loading
+    x = next(iter(val))[0]
+    assert torch.equal(restored(x), model(x))
+
+
+def test_save_module_refuses_off_codebook_values(tmp_path):
+    with pytest.raises(ValueError, match="not a codebook entry"):
+        save_module(tmp_path / "x.sws", Tied(), [0.0, 0.5], ["enc.weight"])
+
+
+def test_dense_path_matches_fused_kernel():
+    """The GPU path (dense, on the weights' device) gives the C kernel's gradients."""
+    torch.manual_seed(2)
+    grads = []
+    for dense in (False, True):
+        prior = GaussianMixturePrior(PriorConfig(n_components=8, init_sigma=0.1))
+        ws = [torch.randn(300, 40).mul_(0.2).requires_grad_(), torch.randn(17).requires_grad_()]
+        for w in ws:
+            w.grad = torch.ones_like(w)
+        torch.manual_seed(2)
+        if dense:
+            c = _dense_backward_complexity(prior, ws, 0.01, chunk=1000)
+        else:
+            c = prior.backward_complexity(ws, 0.01)
+        grads.append((c, [w.grad.clone() for w in ws],
+                      [p.grad.clone() for p in (prior.means, prior.log_precisions, prior.mixing_logits)]))
+    (c0, w0, p0), (c1, w1, p1) = grads
+    assert math.isclose(c0, c1, rel_tol=1e-5)
+    for a, b in zip(w0 + p0, w1 + p1):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_settings_raise_config_errors():
+    train, _ = loaders((12,))
+    with pytest.raises(ConfigError, match="covers no parameter"):
+        sws.compress(Tied(), train, include=["nothing.*"], epochs=1)
+    with pytest.raises(ConfigError):
+        sws.compress(Tied(), train, config="no-such-preset")
+    with pytest.raises(ConfigError, match="n_train"):
+        sws.compress(Tied(), [(torch.randn(4, 12), torch.zeros(4, dtype=torch.long))], epochs=1)
+
+
+def test_example_script_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("example", ROOT / "examples" / "compress_custom_model.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "custom.sws"
+    report = example.main(["--out", str(out), "--n-train", "600", "--pretrain-epochs", "1",
+                           "--epochs", "2"])
+    text = capsys.readouterr().out
+    assert "outputs identical" in text and out.is_file()
+    assert report.covered[0] == "features.0.bias" or "features.0.weight" not in report.covered
