@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws.api import _dense_backward_complexity, save_module, select_parameters
+from sws.api import save_module, select_parameters
 from sws.config import PriorConfig
 from sws.errors import ConfigError
 from sws.fileformat import FormatError, InconsistentPayloadError, read
@@ -127,20 +127,19 @@ def test_save_module_refuses_off_codebook_values(tmp_path):
 
 
 def test_dense_path_matches_fused_kernel():
-    """The GPU path (dense, on the weights' device) gives the C kernel's gradients."""
+    """The path for tensors the C kernel cannot take (GPU, float64: dense, on the
+    weights' device) gives the C kernel's gradients."""
     torch.manual_seed(2)
     grads = []
     for dense in (False, True):
         prior = GaussianMixturePrior(PriorConfig(n_components=8, init_sigma=0.1))
-        ws = [torch.randn(300, 40).mul_(0.2).requires_grad_(), torch.randn(17).requires_grad_()]
+        ws = [torch.randn(300, 40).mul_(0.2), torch.randn(17)]
+        ws = [(w.double() if dense else w).requires_grad_() for w in ws]
         for w in ws:
             w.grad = torch.ones_like(w)
         torch.manual_seed(2)
-        if dense:
-            c = _dense_backward_complexity(prior, ws, 0.01, chunk=1000)
-        else:
-            c = prior.backward_complexity(ws, 0.01)
-        grads.append((c, [w.grad.clone() for w in ws],
+        c = prior.backward_complexity(ws, 0.01)
+        grads.append((c, [w.grad.float().clone() for w in ws],
                       [p.grad.clone() for p in (prior.means, prior.log_precisions, prior.mixing_logits)]))
     (c0, w0, p0), (c1, w1, p1) = grads
     assert math.isclose(c0, c1, rel_tol=1e-5)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,8 +32,9 @@ from sws.prior import GaussianMixturePrior
 from sws.quantize import Mixture, assign, layer_stats, merge_components
 from sws.train import retrain_optimizer
 
-__all__ = ["NORM_TYPES", "select_parameters", "evaluate_loader", "complexity_backward",
-           "retrain_loader", "quantize_module", "recalibrate_batchnorm", "save_module", "CompressionReport", "compress"]
+__all__ = ["NORM_TYPES", "select_parameters", "evaluate_loader", "retrain_loader",
+           "quantize_module", "recalibrate_batchnorm", "save_module", "CompressionReport",
+           "compress"]
 
 # parameters of these layers are not quantised by default: a normalisation's
 # scale and shift are few, and snapping them to shared values costs accuracy
@@ -129,59 +129,6 @@ def evaluate_loader(model: nn.Module, loader, loss_fn: Callable = F.cross_entrop
     return rec
 
 
-def _dense_backward_complexity(prior: GaussianMixturePrior, weights: list[torch.Tensor],
-                               scale: float, chunk: int = 1 << 18) -> float:
-    """``prior.backward_complexity`` for tensors the C kernel cannot take (GPU, float64).
-
-    Exact, on the weights' device, float64, chunked: the closed-form gradients
-    of ``sws.kernel`` (dC/dw = sum_j r_ij lambda_j (w_i - mu_j), and the
-    mixture's from S0, S1, S2), so no J x N autograd graph is kept.
-    """
-    mu, gamma, log_pi = prior.mixture()
-    J = mu.numel()
-    with torch.no_grad():
-        mu64, g64 = mu.detach().double(), gamma.detach().double()
-        lam = g64.exp()
-        logc = log_pi.detach().double() + 0.5 * g64 - 0.5 * math.log(2 * math.pi)
-        logp = mu64.new_zeros(())
-        S0, S1, S2 = (mu64.new_zeros(J) for _ in range(3))
-        for w in weights:
-            flat, parts = w.detach().reshape(-1), []
-            for start in range(0, flat.numel(), chunk):
-                d = flat[start:start + chunk, None].double() - mu64
-                lj = logc - 0.5 * lam * d * d
-                lse = torch.logsumexp(lj, dim=1, keepdim=True)
-                r = (lj - lse).exp()
-                logp += lse.sum()
-                S0 += r.sum(0)
-                S1 += (r * d).sum(0)
-                S2 += (r * d * d).sum(0)
-                parts.append((r * lam * d).sum(1))
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            if parts:
-                w.grad.add_(torch.cat(parts).view(w.shape).to(w.grad.dtype), alpha=scale)
-    hyper = prior.hyper_prior()
-    surrogate = ((mu * (-lam * S1).to(mu.dtype)).sum()
-                 + (gamma * (0.5 * lam * S2 - 0.5 * S0).to(gamma.dtype)).sum()
-                 + (log_pi * (-S0).to(log_pi.dtype)).sum() + hyper)
-    (scale * surrogate).backward()
-    return -logp.item() + hyper.item()
-
-
-def complexity_backward(prior: GaussianMixturePrior, weights: list[torch.Tensor],
-                        scale: float) -> float:
-    """Add ``scale * dC/dp`` to every weight's and mixture parameter's ``.grad``; return C.
-
-    Contiguous float32 CPU weights take the fused C kernel; others (GPU) the
-    exact dense path on their own device.
-    """
-    if all(w.device.type == "cpu" and w.dtype == torch.float32 and w.is_contiguous()
-           for w in weights):
-        return prior.backward_complexity(weights, scale)
-    return _dense_backward_complexity(prior, weights, scale)
-
-
 def _dataset_size(loader, n_train):
     if n_train is not None:
         return n_train
@@ -223,7 +170,7 @@ def retrain_loader(net: nn.Module, model: nn.Module, prior: GaussianMixturePrior
             loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()                  # under DDP: the data term's gradients are averaged here
-            complexity = complexity_backward(prior, weights, scale)
+            complexity = prior.backward_complexity(weights, scale)
             distributed.average_gradients(prior_params)
             opt.step()
             loss_sum += loss.item() * len(y)

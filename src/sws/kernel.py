@@ -204,31 +204,43 @@ def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
 
 
 def _stats_torch(mu, gamma, log_pi, weights, want_grad, chunk=1 << 16):
-    """Exact dense evaluation in float64, chunked to bound memory."""
+    """Exact dense evaluation in float64, chunked to bound memory, on the weights' device.
+
+    Sums come back on ``mu``'s device; gradients on each weight's device.
+    """
     mu64, gamma64 = mu.detach().double(), gamma.detach().double()
-    lam = gamma64.exp()
-    logc = _log_norm_const(gamma64, log_pi.detach().double())
+    lam, logc = gamma64.exp(), _log_norm_const(gamma64, log_pi.detach().double())
     J = mu.numel()
-    logp = torch.zeros((), dtype=torch.float64)
-    S0, S1, S2 = (torch.zeros(J, dtype=torch.float64) for _ in range(3))
+    logp = torch.zeros((), dtype=torch.float64, device=mu.device)
+    S0, S1, S2 = (torch.zeros(J, dtype=torch.float64, device=mu.device) for _ in range(3))
     grads = []
     for w in weights:
-        flat = w.detach().reshape(-1).double()
-        g = torch.empty(flat.shape, dtype=torch.float64) if want_grad else None
+        dev = w.device
+        m, lm, lc = mu64.to(dev), lam.to(dev), logc.to(dev)
+        flat = w.detach().reshape(-1)
+        parts = []
         for start in range(0, flat.numel(), chunk):
-            x = flat[start:start + chunk, None]
-            d = x - mu64
-            lj = logc - 0.5 * lam * d * d
+            d = flat[start:start + chunk, None].double() - m
+            lj = lc - 0.5 * lm * d * d
             lse = torch.logsumexp(lj, dim=1, keepdim=True)
             r = (lj - lse).exp()
-            logp += lse.sum()
-            S0 += r.sum(0)
-            S1 += (r * d).sum(0)
-            S2 += (r * d * d).sum(0)
-            if g is not None:
-                g[start:start + chunk] = (r * lam * d).sum(1)
-        grads.append(g.to(w.dtype).reshape(w.shape) if g is not None else None)
+            logp += lse.sum().to(mu.device)
+            S0 += r.sum(0).to(mu.device)
+            S1 += (r * d).sum(0).to(mu.device)
+            S2 += (r * d * d).sum(0).to(mu.device)
+            if want_grad:
+                parts.append((r * lm * d).sum(1))
+        if want_grad:
+            g = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float64)
+            grads.append(g.to(w.dtype).reshape(w.shape))
+        else:
+            grads.append(None)
     return logp, S0, S1, S2, grads
+
+
+def _kernel_takes(weights) -> bool:
+    return kernel_available() and all(
+        w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu" for w in weights)
 
 
 class _MixtureNLL(torch.autograd.Function):
@@ -287,14 +299,15 @@ def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.
     """Fused form for training loops: add ``scale * dC/dw`` to every ``w.grad`` in place.
 
     Equivalent to ``(scale * mixture_nll(...)).backward()`` for the weights, but
-    with one pass over them and no extra gradient buffers.  The weights must be
-    contiguous float32 CPU tensors; a missing ``.grad`` is created as zeros.
+    with no J x N autograd graph: contiguous float32 CPU tensors take one pass
+    of the C kernel; others (GPU, float64, or no C kernel built) the exact dense
+    path on their own device.  A missing ``.grad`` is created as zeros.
 
     Returns:
-      (C, dC/dmu, dC/dgamma, dC/dlog_pi) as float64 tensors (unscaled), for the
-      caller to back-propagate into the mixture's parameters.
+      (C, dC/dmu, dC/dgamma, dC/dlog_pi) as float64 tensors on ``mu``'s device
+      (unscaled), for the caller to back-propagate into the mixture's parameters.
     """
-    if not kernel_available():
+    if not _kernel_takes(weights):
         C, d_mu, d_gamma, d_logpi, grads = _stats_torch_grads(mu, gamma, log_pi, weights)
         with torch.no_grad():
             for w, g in zip(weights, grads):

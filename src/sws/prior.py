@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sws.config import PriorConfig
-from sws.kernel import Workspace, kernel_available, mixture_nll, mixture_nll_accumulate
+from sws.kernel import Workspace, mixture_nll, mixture_nll_accumulate
 
 __all__ = ["GaussianMixturePrior"]
 
@@ -110,19 +110,12 @@ class GaussianMixturePrior(nn.Module):
 
         The same gradients as ``(scale * self.complexity(weights)).backward()``,
         but the weights' part is accumulated in place by one fused pass of the C
-        kernel.  Call it after the data term's ``backward()``.  Falls back to
-        autograd for tensors the kernel cannot take (not contiguous float32 on CPU).
+        kernel (or, for tensors it cannot take, such as GPU ones, by the exact
+        dense path on their device).  Call it after the data term's ``backward()``.
 
         Returns:
           The value of C.
         """
-        fusable = kernel_available() and all(
-            w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu"
-            for w in weights)
-        if not fusable:
-            c = self.complexity(weights)
-            (scale * c).backward()
-            return c.item()
         mu, gamma, log_pi = self.mixture()
         nll, d_mu, d_gamma, d_log_pi = mixture_nll_accumulate(
             mu, gamma, log_pi, weights, scale, self._workspace)
