@@ -5,15 +5,17 @@ Bad input gets a one-line ``error: ...`` on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 import click
 
-from sws.config import PRESETS, PretrainConfig, QuantizeConfig, retrain_config
-from sws.errors import SwsError
+from sws.config import PRESETS, PretrainConfig, QuantizeConfig, RetrainConfig, from_dict, retrain_config
+from sws.errors import ConfigError, RunDirError, SwsError, TrainingInterrupted
 from sws.models import MODELS
 from sws.pipeline import evaluate_path, run_pretrain, run_quantize, run_retrain
 from sws.runs import RunDir
@@ -37,6 +39,41 @@ figures_option = click.option("--figures", is_flag=True,
                                help="Save per-epoch snapshots and draw the figures and the "
                                     "animation into RUN/figures/.")
 force_option = click.option("--force", is_flag=True, help="Overwrite existing results.")
+resume_option = click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+                             help="Continue an interrupted run from its last saved state, with the "
+                                  "settings recorded there (bit for bit as if it had not stopped).")
+guard_option = click.option("--guard/--no-guard", default=True, show_default=True,
+                            help="Stop on divergence: a non-finite loss, exploding precisions or "
+                                 "components collapsed onto each other.")
+# what may still be given with --resume: nothing that changes the numbers
+_RESUME_OK = {"resume", "data_dir", "quiet", "figures", "guard"}
+
+
+def _no_settings_with_resume():
+    ctx = click.get_current_context()
+    from click.core import ParameterSource
+    given = [p.opts[0] if getattr(p, "opts", None) else p.name for p in ctx.command.params
+             if p.name not in _RESUME_OK and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise ConfigError(f"--resume continues with the settings recorded in the run folder; "
+                          f"drop {', '.join(given)}")
+
+
+@contextlib.contextmanager
+def _resume_hint(command: str, run: "RunDir"):
+    """Add to an interruption message the command that continues the run."""
+    try:
+        yield
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{e}; continue with: sws {command} --resume {shlex.quote(str(run.path))}",
+                                  e.signum) from None
+
+
+def _refuse_interrupted(run: "RunDir", stage: str, command: str, force: bool):
+    if run.has_state(stage) and not force:
+        raise RunDirError(f"{run.path}: holds an interrupted {stage} "
+                          f"({run.state_path(stage).name}.safetensors); continue it with "
+                          f"'sws {command} --resume {run.path}' or pass --force to start over")
 
 pretrain_options = _options(
     click.option("--model", type=click.Choice(list(MODELS)), default="tutorial-conv",
@@ -109,16 +146,28 @@ def cli():
 
 
 @cli.command("pretrain")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="New run folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
 @pretrain_options
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @data_option
 @force_option
 @quiet_option
+@resume_option
+@guard_option
 def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, batch_size, seed,
-                 data_dir, force, quiet):
+                 data_dir, force, quiet, resume, guard):
     """Train a reference network with plain cross-entropy."""
+    if resume is not None:
+        _no_settings_with_resume()
+        run = RunDir.open(resume)
+        if run.complete("pretrained") and not run.has_state("pretrain"):
+            raise RunDirError(f"{run.path}: pretraining already finished; nothing to resume")
+        with _resume_hint("pretrain", run):
+            _echo_metrics("pretrained", run_pretrain(run, None, data_dir, quiet, resume=True, guard=guard))
+        return
+    if out is None:
+        raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
     cfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
                          weight_init=weight_init,
                          train_subset=train_subset, val_size=val_size, batch_size=batch_size,
@@ -126,11 +175,12 @@ def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_in
     cfg.validate()
     run = RunDir.create(out, force)
     _record_command(run, "pretrain", vars(cfg))
-    _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet))
+    with _resume_hint("pretrain", run):
+        _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard))
 
 
 @cli.command("retrain")
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write into a new run folder (the pretrained net is copied) instead of RUN_DIR.")
 @retrain_options
@@ -140,9 +190,26 @@ def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_in
 @force_option
 @quiet_option
 @figures_option
-def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
+@resume_option
+@guard_option
+def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
     """Retrain a pretrained run with the Gaussian-mixture prior."""
     import dataclasses
+    if resume is not None:
+        if run_dir is not None:
+            raise click.UsageError("give RUN_DIR or --resume RUN_DIR, not both")
+        _no_settings_with_resume()
+        run = RunDir.open(resume)
+        if run.complete("retrained") and not run.has_state("retrain"):
+            raise RunDirError(f"{run.path}: retraining already finished; nothing to resume")
+        with _resume_hint("retrain", run):
+            _echo_metrics("retrained", run_retrain(run, None, data_dir, quiet, snapshots=figures,
+                                                   resume=True, guard=guard))
+        if figures:
+            _draw_figures(run)
+        return
+    if run_dir is None:
+        raise click.UsageError("missing RUN_DIR (or --resume RUN_DIR)")
     cfg = _retrain_cfg(preset, batch_size, seed, **kw)
     src = RunDir.open(run_dir)
     src.require("pretrained", "run 'sws pretrain' first")
@@ -155,8 +222,10 @@ def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, 
     else:
         run = src
         run.refuse_overwrite("retrained", force)
+        _refuse_interrupted(run, "retrain", "retrain", force)
     _record_command(run, "retrain", dataclasses.asdict(cfg))
-    _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures))
+    with _resume_hint("retrain", run):
+        _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures, guard=guard))
     if figures:
         _draw_figures(run)
 
@@ -195,7 +264,7 @@ def evaluate_cmd(path, data_dir):
 
 
 @cli.command("run")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="New run folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
 @pretrain_options
 @retrain_options
 @merge_option
@@ -205,10 +274,18 @@ def evaluate_cmd(path, data_dir):
 @force_option
 @quiet_option
 @figures_option
+@resume_option
+@guard_option
 def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, merge_threshold,
-            preset, batch_size, seed, data_dir, force, quiet, figures, **kw):
+            preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
+    if resume is not None:
+        _no_settings_with_resume()
+        _resume_run(RunDir.open(resume), data_dir, quiet, figures, guard)
+        return
+    if out is None:
+        raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
     pcfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
                          weight_init=weight_init,
                           train_subset=train_subset, val_size=val_size, batch_size=batch_size,
@@ -220,12 +297,43 @@ def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, t
     run = RunDir.create(out, force)
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
                                  "quantize": vars(qcfg)})
-    _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet))
-    _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures))
+    with _resume_hint("run", run):
+        _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard))
+        _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard))
     _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
         _draw_figures(run)
     _write_sws(run.path, run.path / "model.sws")
+
+
+def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
+    """Continue 'sws run' where it stopped: the unfinished stages, with the recorded settings."""
+    rec = run.read_json("config.json", {}).get("run")
+    if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
+        raise RunDirError(f"{run.path}: not made by 'sws run' (config.json has no 'run' entry); "
+                          "resume its stage with 'sws pretrain --resume' or 'sws retrain --resume'")
+    settings = rec["settings"]
+    try:
+        pcfg = from_dict(PretrainConfig, settings["pretrain"])
+        rcfg = from_dict(RetrainConfig, settings["retrain"])
+        qcfg = from_dict(QuantizeConfig, settings["quantize"])
+    except (KeyError, TypeError) as e:
+        raise RunDirError(f"{run.path / 'config.json'}: incomplete 'run' settings ({e})") from None
+    with _resume_hint("run", run):
+        if not run.complete("pretrained") or run.has_state("pretrain"):
+            again = run.has_state("pretrain")
+            _echo_metrics("pretrained", run_pretrain(run, None if again else pcfg, data_dir, quiet,
+                                                     resume=again, guard=guard))
+        if not run.complete("retrained") or run.has_state("retrain"):
+            again = run.has_state("retrain")
+            _echo_metrics("retrained", run_retrain(run, None if again else rcfg, data_dir, quiet,
+                                                   snapshots=figures, resume=again, guard=guard))
+    if not run.complete("quantized"):
+        _print_report(run_quantize(run, qcfg, data_dir))
+    if figures:
+        _draw_figures(run)
+    if not (run.path / "model.sws").is_file():
+        _write_sws(run.path, run.path / "model.sws")
 
 
 @cli.command("report")
@@ -291,11 +399,34 @@ def _print_report(m: dict):
                f"({m['components_before_merge']} components -> {m['components_after_merge']})")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (the loops save their state first)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None):
-    """Entry point: run the CLI, turning the project's errors into exit code 2."""
+    """Entry point: run the CLI, turning the project's errors into exit code 2.
+
+    SIGINT and SIGTERM exit with 130 and 143; during training, after saving
+    the state that ``--resume`` continues from.
+    """
     _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    old_term = None
+    try:
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
     try:
         cli.main(args=argv, standalone_mode=False)
+    except TrainingInterrupted as e:
+        click.echo(f"interrupted: {e}", err=True)
+        sys.exit(e.exit_code)
+    except _Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(143)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -308,6 +439,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     sys.exit(0)
 
 

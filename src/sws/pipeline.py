@@ -16,7 +16,7 @@ import torch
 
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
 from sws.data import load_mnist
-from sws.errors import CheckpointError
+from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
 from sws.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
 from sws.quantize import Mixture, layer_stats, quantize_weights
@@ -48,8 +48,8 @@ def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") 
     return model
 
 
-def _history_writer(run: RunDir, stage: str):
-    records = []
+def _history_writer(run: RunDir, stage: str, records: list[dict] | None = None):
+    records = list(records or [])
 
     def on_epoch(rec):
         records.append(rec)
@@ -57,23 +57,71 @@ def _history_writer(run: RunDir, stage: str):
     return on_epoch
 
 
-def run_pretrain(run: RunDir, cfg: PretrainConfig, data_dir=None, quiet=False) -> dict:
-    cfg.validate()
+def _resumable(run: RunDir, stage: str, resume: bool):
+    """(resume state or None, on_state callback, error wrapper) for a stage's loop."""
+    state = run.load_state(stage) if resume else None
+    path = run.state_path(stage).with_suffix(".safetensors")
+
+    def on_state(tensors, meta):
+        run.save_state(stage, tensors, meta)
+
+    def wrap(e: SwsError):
+        if isinstance(e, TrainingInterrupted):
+            return TrainingInterrupted(f"{e} in {path}", e.signum)
+        if isinstance(e, DivergenceError):
+            return DivergenceError(f"{e} in {path}")
+        if isinstance(e, CheckpointError) and str(e).startswith("training state:"):
+            return CheckpointError(f"{path}{str(e)[len('training state'):]}")
+        return e
+    return state, on_state, wrap
+
+
+def _stage_config(cls, state, cfg, stage: str, where):
+    """The settings to run with: on resume, those recorded in the state."""
+    if state is None:
+        cfg.validate()
+        return cfg
+    try:
+        recorded = from_dict(cls, state[1]["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{where}: the {stage} state records no settings ({e})") from None
+    recorded.validate()
+    return recorded
+
+
+def _check_data(train, test):
+    for name, d in (("training", train), ("test", test)):
+        if d is not None and tuple(d.x.shape[1:]) != (1, 28, 28):
+            raise DataError(f"{name} images have shape {tuple(d.x.shape[2:])}, the models take 28x28")
+
+
+def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=False,
+                 resume: bool = False, guard: bool = True) -> dict:
+    """Pretrain into ``run``; with ``resume``, continue from ``RUN/state-pretrain`` with its settings."""
+    state, on_state, wrap = _resumable(run, "pretrain", resume)
+    cfg = _stage_config(PretrainConfig, state, cfg, "pretrain", run.state_path("pretrain"))
     data = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "seed": cfg.seed}
     train, val, test = load_data(data, data_dir)
+    _check_data(train, test)
     model = build_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
     t0 = time.perf_counter()
-    history = pretrain(model, train, cfg, val, test, quiet, _history_writer(run, "pretrain"))
+    writer = _history_writer(run, "pretrain", state[1].get("history") if state else None)
+    try:
+        history = pretrain(model, train, cfg, val, test, quiet, writer, resume=state,
+                           on_state=on_state, guard=guard)
+    except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
+        raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
                **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))}}
     meta = {"model": cfg.model, "input_norm": cfg.input_norm, "data": data,
             "pretrain": dataclasses.asdict(cfg), "metrics": metrics}
     run.save("pretrained", model.state_dict(), meta)
     run.update_json("metrics.json", "pretrained", metrics)
+    run.remove_state("pretrain")
     return metrics
 
 
-def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb):
+def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb, initial: bool = True):
     """Per-epoch snapshots of the covered weights and the prior, for figures."""
     folder = run.path / "snapshots"
     folder.mkdir(exist_ok=True)
@@ -87,30 +135,39 @@ def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb):
     def on_epoch(rec):
         save(rec["epoch"])
         history_cb(rec)
-    save(0)
+    if initial:
+        save(0)
     return on_epoch
 
 
-def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False,
-                snapshots: bool = False) -> dict:
+def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=False,
+                snapshots: bool = False, resume: bool = False, guard: bool = True) -> dict:
     """Retrain the run's pretrained net with the prior.
 
     With ``snapshots``, the covered weights and the prior are saved after every
     epoch (and before the first) as ``RUN/snapshots/epoch_NNN.safetensors``;
-    figures are drawn from those files, outside the training loop.
+    figures are drawn from those files, outside the training loop.  With
+    ``resume``, retraining continues from ``RUN/state-retrain`` with the
+    settings recorded there, bit for bit as if it had not stopped.
     """
-    cfg.validate()
+    state, on_state, wrap = _resumable(run, "retrain", resume)
+    cfg = _stage_config(RetrainConfig, state, cfg, "retrain", run.state_path("retrain"))
     run.require("pretrained", "run 'sws pretrain' first")
     tensors, meta = run.load("pretrained")
     model = model_from_checkpoint(tensors, meta, str(run.path / "pretrained.safetensors"))
     train, val, test = load_data(meta["data"], data_dir)
+    _check_data(train, test)
     covered = covered_parameters(model, cfg.prior.cover)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
     t0 = time.perf_counter()
-    on_epoch = _history_writer(run, "retrain")
+    on_epoch = _history_writer(run, "retrain", state[1].get("history") if state else None)
     if snapshots:
-        on_epoch = _snapshot_writer(run, model, prior, covered, on_epoch)
-    history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch)
+        on_epoch = _snapshot_writer(run, model, prior, covered, on_epoch, initial=state is None)
+    try:
+        history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch, resume=state,
+                          on_state=on_state, guard=guard)
+    except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
+        raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0,
                **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
                **{"nonzero_share_within_2sd": history[-1]["share_within_2sd_of_zero"]}}
@@ -119,6 +176,7 @@ def run_retrain(run: RunDir, cfg: RetrainConfig, data_dir=None, quiet=False,
     run.save("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
                                 "retrain": dataclasses.asdict(cfg), "metrics": metrics})
     run.update_json("metrics.json", "retrained", metrics)
+    run.remove_state("retrain")
     return metrics
 
 

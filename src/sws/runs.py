@@ -8,6 +8,9 @@ A run folder accumulates the stages of one pipeline::
     RUN/pretrained.safetensors + pretrained.json
     RUN/retrained.safetensors  + retrained.json      (network and prior)
     RUN/quantized.safetensors  + quantized.json      (post-processed network, codebook)
+    RUN/state-pretrain.safetensors, RUN/state-retrain.safetensors (+ .json)
+                               a stage in progress: its complete training state
+                               (sws.resume), removed when the stage finishes
 
 Every file is written atomically (temporary file, fsync, rename), so an
 interrupted write never leaves a half-written file behind.
@@ -22,30 +25,52 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from sws.errors import CheckpointError, RunDirError
+from sws.errors import CheckpointError, RunDirError, StorageError
 
-__all__ = ["RunDir", "atomic_write", "save_checkpoint", "load_checkpoint"]
+__all__ = ["RunDir", "atomic_write", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
 
 STAGES = ("pretrained", "retrained", "quantized")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+def _file_mode(path: Path) -> int:
     try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename.
+
+    Raises:
+      StorageError: the write failed (disk full, read-only, no permission);
+        ``path`` is left as it was and the temporary file is removed.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    except OSError as e:
+        raise StorageError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
+    try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; keep the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(e, OSError):
+            raise StorageError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
+                               "if any, is unchanged") from None
         raise
 
 
@@ -78,6 +103,40 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{js}: malformed JSON sidecar ({e})") from None
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{js}: sidecar does not name a model")
+    return tensors, meta
+
+
+STATE_KEY = "sws_state"  # training states carry their JSON inside the safetensors header
+
+
+def save_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """A training state: ``path``.safetensors holding the tensors *and* the JSON.
+
+    One file, one atomic rename: a kill at any moment leaves either the old or
+    the new state, never a mix.  The ``.json`` beside it is a readable copy.
+    """
+    path = Path(path)
+    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                metadata={"sws": "1", STATE_KEY: json.dumps(meta)})
+    atomic_write(path.with_suffix(".safetensors"), blob)
+    atomic_write(path.with_suffix(".json"), _json_bytes(meta))
+
+
+def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read what ``save_state`` wrote; a missing, truncated or foreign file raises CheckpointError."""
+    st = Path(path).with_suffix(".safetensors")
+    if not st.is_file():
+        raise CheckpointError(f"{st}: no training state to resume from")
+    try:
+        with safe_open(st, framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[STATE_KEY])
+        tensors = load_file(st)
+    except KeyError:
+        raise CheckpointError(f"{st}: not a training state (no '{STATE_KEY}' metadata)") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{st}: not a readable training state ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{st}: malformed training-state metadata")
     return tensors, meta
 
 
@@ -126,6 +185,28 @@ class RunDir:
 
     def load(self, stage: str) -> tuple[dict, dict]:
         return load_checkpoint(self.path / stage)
+
+    def state_path(self, stage: str) -> Path:
+        """Where a stage's training state lives: ``RUN/state-<stage>``."""
+        return self.path / f"state-{stage}"
+
+    def has_state(self, stage: str) -> bool:
+        return self.state_path(stage).with_suffix(".safetensors").is_file()
+
+    def save_state(self, stage: str, tensors: dict, meta: dict) -> None:
+        save_state(self.state_path(stage), tensors, meta)
+
+    def load_state(self, stage: str) -> tuple[dict, dict]:
+        return load_state(self.state_path(stage))
+
+    def remove_state(self, stage: str) -> None:
+        """Delete a finished stage's training state."""
+        for suffix in (".safetensors", ".json"):
+            self.state_path(stage).with_suffix(suffix).unlink(missing_ok=True)
+
+    def complete(self, stage: str) -> bool:
+        """Whether a stage's checkpoint is fully written (both files)."""
+        return self.has(stage) and (self.path / f"{stage}.json").is_file()
 
     def read_json(self, name: str, default):
         p = self.path / name
