@@ -385,6 +385,29 @@ def _write_sws(run_dir, out: Path):
                f"({t['cr_paper']:.1f} by the paper's accounting, entropy bound {t['cr_entropy']:.1f})")
 
 
+@cli.group("bench")
+def bench_group():
+    """Benchmarks that reproduce the paper's results (from a source checkout)."""
+
+
+@bench_group.command("table1", context_settings={"ignore_unknown_options": True,
+                                                 "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_table1_cmd(args):
+    """Table 1: soft weight-sharing and the baselines on the LeNets (benchmarks/table1.py;
+    options: sws bench table1 --help)."""
+    import importlib.util
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "table1.py"
+    if not script.is_file():
+        raise SwsError(f"{script}: not found; 'sws bench' runs from a source checkout")
+    spec = importlib.util.spec_from_file_location("sws_bench_table1", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rc = module.main(list(args))
+    if rc:
+        sys.exit(rc)
+
+
 def _print_report(m: dict):
     click.echo(f"{'layer':<16}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
     for name, row in m["layers"].items():

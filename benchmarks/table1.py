@@ -1,0 +1,416 @@
+#!/usr/bin/env python
+"""Reproduce Table 1 of Ullrich et al. (2017) with the baselines, every rate counted in bytes.
+
+    python benchmarks/table1.py                       # the full run (see --help for the budget)
+    python benchmarks/table1.py --quick               # a tiny check (seconds)
+    sws bench table1 [same options]
+
+Per model: pretrain (cached by config hash under --work), retrain with the prior
+for every soft weight-sharing variant (the tutorial's and the paper's presets
+and any --variant), quantize, write the ``.sws`` file, evaluate the file; then
+Deep Compression (``sws.baselines.deep_compression``) and the pruning + k-means
+floor, written with the same writer.  Every stage is skipped when its output
+exists, so an interrupted run resumes where it stopped.  Settings are chosen on
+a validation split held out of the training set (--val-size); the test set is
+only reported.  The markdown table goes to ``benchmarks/RESULTS.md`` (section
+"## Table 1 (issue 4)", followed by --out/NOTES.md when it exists) and, with the
+``.sws`` files and results.json, to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sws.baselines import (DeepCompressionConfig, deep_compression, prune_and_quantize,
+                           save_baseline, weight_names)
+from sws.config import PretrainConfig, QuantizeConfig, retrain_config
+from sws.fileformat import compress_run, load
+from sws.filestats import file_stats
+from sws.pipeline import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
+from sws.runs import RunDir
+from sws.train import evaluate
+
+HERE = Path(__file__).resolve().parent
+SECTION = "## Table 1 (issue 4)"
+MODELS = ("lenet-300-100", "lenet-5-caffe")
+LABEL = {"lenet-300-100": "LeNet-300-100", "lenet-5-caffe": "LeNet-5-Caffe"}
+# the full run's budget (about an hour on 2 CPU cores); --pretrain-epochs / --epochs override.
+# A variant retrains for its preset's epochs (tutorial 30, paper 100) capped at RETRAIN_EPOCHS.
+PRETRAIN_EPOCHS = {"lenet-300-100": 20, "lenet-5-caffe": 10}
+RETRAIN_EPOCHS = {"lenet-300-100": 100, "lenet-5-caffe": 20}
+# targets of issue 4: CR at test error (%), stretch CR, Deep Compression's published CR
+TARGETS = {"lenet-300-100": {"cr": 64, "error": 2.0, "stretch": 100, "dc": 40},
+           "lenet-5-caffe": {"cr": 162, "error": 1.0, "stretch": 300, "dc": 39}}
+# the paper's Table 1 (error before -> after, non-zero %, CR by Deep Compression's accounting)
+PAPER_ROWS = [
+    ("lenet-300-100", "Deep Compression (Han et al.)", "1.64 -> 1.58", "8.0", "40"),
+    ("lenet-300-100", "Dynamic Network Surgery (Guo et al.)", "2.28 -> 1.99", "1.8", "56"),
+    ("lenet-300-100", "soft weight-sharing", "1.89 -> 1.94", "4.3", "64"),
+    ("lenet-5-caffe", "Deep Compression (Han et al.)", "0.80 -> 0.74", "8.0", "39"),
+    ("lenet-5-caffe", "Dynamic Network Surgery (Guo et al.)", "0.91 -> 0.91", "0.9", "108"),
+    ("lenet-5-caffe", "soft weight-sharing", "0.88 -> 0.97", "0.5", "162"),
+]
+# soft weight-sharing variants: name -> (preset, overrides); candidates for the validation choice
+VARIANTS = {
+    "tutorial": ("tutorial", {}),
+    "paper": ("paper", {}),
+    "lr-w-1e-3": ("tutorial", {"lr_weights": 1e-3, "epochs": 100}),
+    "fast-mixture": ("tutorial", {"lr_weights": 1e-3, "lr_log_precisions": 1e-2, "lr_mixing": 1e-2,
+                                  "epochs": 100}),
+}
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# the settings each cache key always covers; fields added to the configs later enter a key only
+# when they differ from their default, so a new option does not invalidate the cache
+_KEYED = {"PretrainConfig": {"model", "epochs", "batch_size", "lr", "seed", "input_norm",
+                             "train_subset", "val_size"},
+          "RetrainConfig": {"epochs", "batch_size", "tau", "lr_weights", "lr_means",
+                            "lr_log_precisions", "lr_mixing", "seed", "prior"},
+          "PriorConfig": {"n_components", "pi0", "init", "init_range", "init_sigma", "zero_alpha",
+                          "zero_beta", "alpha", "beta", "cover"}}
+
+
+def _settings(cfg) -> dict:
+    """A config as the dict its cache key is made of (see ``_KEYED``)."""
+    keyed, default = _KEYED.get(type(cfg).__name__), type(cfg)()
+    out = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if keyed is None or f.name in keyed or v != getattr(default, f.name):
+            out[f.name] = _settings(v) if dataclasses.is_dataclass(v) else v
+    return out
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _parse_variant(text: str) -> tuple[str, tuple[str, dict]]:
+    """'NAME=PRESET[,key=value...]' -> (NAME, (PRESET, overrides))."""
+    name, _, rest = text.partition("=")
+    preset, *pairs = rest.split(",")
+    over = {}
+    for pair in pairs:
+        k, _, v = pair.partition("=")
+        try:
+            over[k] = json.loads(v)
+        except json.JSONDecodeError:
+            over[k] = v
+    return name, (preset or "tutorial", over)
+
+
+def pretrained_run(args, model: str) -> tuple[RunDir, dict]:
+    """The cached pretrained run for this config (trained now if missing)."""
+    cfg = PretrainConfig(model=model, epochs=args.pretrain_epochs or PRETRAIN_EPOCHS[model],
+                         train_subset=args.train_subset, val_size=args.val_size, seed=args.seed)
+    path = args.work / f"pretrained-{_hash(_settings(cfg))}"
+    run = RunDir(path)
+    if not run.has("pretrained"):
+        _log(f"{model}: pretraining {cfg.epochs} epochs -> {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        run.write_json("config.json", {"pretrain": {"command": "benchmarks/table1.py",
+                                                    "settings": dataclasses.asdict(cfg)}})
+        run_pretrain(run, cfg, args.data_dir, quiet=True)
+    else:
+        _log(f"{model}: cached pretrained net {path}")
+    return run, run.read_json("metrics.json", {}).get("pretrained", {})
+
+
+def _file_result(path: Path, val, test) -> dict:
+    """Test and validation error, weight sparsity and compression rates of a .sws file."""
+    net = load(path)
+    stats = file_stats(path.read_bytes())["total"]
+    names = weight_names(net)
+    sd = net.state_dict()
+    nz = sum(int(torch.count_nonzero(sd[n])) for n in names) / sum(sd[n].numel() for n in names)
+    distinct = int(torch.unique(torch.cat([sd[n].reshape(-1) for n in names])).numel())
+    return {"test_error": evaluate(net, test)["error"],
+            "val_error": evaluate(net, val)["error"] if val is not None else None,
+            "nonzero_share": nz, "distinct_values": distinct, "file_bytes": stats["file_bytes"],
+            "cr_file": stats["cr_file"], "cr_paper": stats["cr_paper"]}
+
+
+def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
+    """Retrain, quantize and compress one variant in its own run folder (resumable)."""
+    preset, over = spec
+    over = dict(over)
+    cap = args.epochs or RETRAIN_EPOCHS[model]
+    over["epochs"] = min(over.get("epochs") or retrain_config(preset).epochs, cap)
+    qcfg = QuantizeConfig(float(over.get("merge_threshold", QuantizeConfig.merge_threshold)))
+    rcfg = retrain_config(preset, seed=args.seed,
+                          **{k: v for k, v in over.items() if k != "merge_threshold"})
+    keys = [_hash({"pretrained": pre_run.path.name, "retrain": _settings(rcfg),
+                   "quantize": _settings(qcfg)}),
+            _hash({"pretrained": pre_run.path.name, "retrain": dataclasses.asdict(rcfg),
+                   "quantize": dataclasses.asdict(qcfg)})]   # the keys of earlier versions
+    folders = [args.work / "runs" / model / f"sws-{variant}-{k}" for k in keys]
+    run = RunDir(next((f for f in folders if f.is_dir()), folders[0]))
+    result_path = run.path / "result.json"
+    if result_path.is_file():
+        _log(f"{model} sws {variant}: done before ({run.path})")
+        return json.loads(result_path.read_text())
+    run.path.mkdir(parents=True, exist_ok=True)
+    if not run.has("pretrained"):
+        tensors, meta = pre_run.load("pretrained")
+        run.save("pretrained", tensors, meta)
+        run.update_json("metrics.json", "pretrained", pre_run.read_json("metrics.json", {})["pretrained"])
+    if not run.has("retrained"):
+        _log(f"{model} sws {variant}: retraining {rcfg.epochs} epochs ({preset} preset{', ' if over else ''}"
+             f"{', '.join(f'{k}={v}' for k, v in over.items())})")
+        run.update_json("config.json", "retrain", {"command": "benchmarks/table1.py",
+                                                   "settings": dataclasses.asdict(rcfg)})
+        run_retrain(run, rcfg, args.data_dir, quiet=True)
+    if not run.has("quantized"):
+        run_quantize(run, qcfg, args.data_dir)
+    compress_run(run.path, run.path / "model.sws")
+    metrics = run.read_json("metrics.json", {})
+    res = {"model": model, "method": "soft weight-sharing", "variant": variant, "preset": preset,
+           "overrides": over, "retrain_epochs": rcfg.epochs, "run": str(run.path),
+           "pretrained_test_error": 1 - metrics["pretrained"]["test_accuracy"],
+           "pretrained_val_error": 1 - metrics["pretrained"].get("val_accuracy", float("nan")),
+           "retrained_test_error": 1 - metrics["retrained"]["test_accuracy"],
+           "retrained_val_error": 1 - metrics["retrained"].get("val_accuracy", float("nan")),
+           "seconds": metrics["retrained"]["seconds"],
+           **_file_result(run.path / "model.sws", data[1], data[2])}
+    run.write_json("result.json", res)
+    _log(f"{model} sws {variant}: {_summary(res)}")
+    return res
+
+
+def baseline(args, model, pre_run, kind: str, data) -> dict:
+    """Deep Compression ('deep-compression') or the floor ('prune-kmeans'), resumable."""
+    cfg = DeepCompressionConfig(prune_steps=args.dc_steps, epochs_per_step=args.dc_epochs,
+                                finetune_epochs=args.dc_finetune_epochs, seed=args.seed)
+    key = _hash({"pretrained": pre_run.path.name, "kind": kind,
+                 "cfg": dataclasses.asdict(cfg) if kind == "deep-compression" else
+                 {k: getattr(cfg, k) for k in ("clusters_conv", "clusters_fc", "kmeans_iters")}})
+    folder = args.work / "runs" / model / f"{kind}-{key}"
+    result_path = folder / "result.json"
+    if result_path.is_file():
+        _log(f"{model} {kind}: done before ({folder})")
+        return json.loads(result_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors, meta = pre_run.load("pretrained")
+    net = model_from_checkpoint(tensors, meta)
+    train, val, test = data
+    pre = pre_run.read_json("metrics.json", {})["pretrained"]
+    t0 = time.perf_counter()
+    if kind == "deep-compression":
+        _log(f"{model} {kind}: {cfg.prune_steps} pruning steps x {cfg.epochs_per_step} epochs, "
+             f"k-means, {cfg.finetune_epochs} fine-tuning epochs")
+        info = deep_compression(net, model, train, cfg, folder, log=_log)
+        label = "Deep Compression (ours)"
+    else:
+        info = prune_and_quantize(net, model, cfg)
+        label = "pruning + k-means, no retraining (ours)"
+    seconds = time.perf_counter() - t0
+    save_baseline(folder / "model.sws", net, model, meta.get("input_norm", "none"))
+    res = {"model": model, "method": label, "variant": kind, "config": dataclasses.asdict(cfg),
+           "keep": info["keep"], "clusters": info["clusters"], "run": str(folder),
+           "pretrained_test_error": 1 - pre["test_accuracy"],
+           "pretrained_val_error": 1 - pre.get("val_accuracy", float("nan")), "seconds": seconds,
+           **_file_result(folder / "model.sws", val, test)}
+    (folder / "result.json").write_text(json.dumps(res, indent=2) + "\n")
+    _log(f"{model} {kind}: {_summary(res)}")
+    return res
+
+
+def _summary(r: dict) -> str:
+    return (f"test error {100 * r['pretrained_test_error']:.2f}% -> {100 * r['test_error']:.2f}%, "
+            f"val error {100 * (r['val_error'] or float('nan')):.2f}%, non-zero "
+            f"{100 * r['nonzero_share']:.2f}%, CR {r['cr_file']:.1f} (file), {r['cr_paper']:.1f} (paper)")
+
+
+def choose_on_validation(rows: list[dict], model: str) -> dict | None:
+    """The soft weight-sharing row with the highest CR whose *validation* error meets the
+    target; if none does, the one with the lowest validation error.  Test error is not used."""
+    cands = [r for r in rows if r["model"] == model and r["method"] == "soft weight-sharing"
+             and r.get("val_error") is not None]
+    if not cands:
+        return None
+    ok = [r for r in cands if 100 * r["val_error"] <= TARGETS[model]["error"]]
+    return max(ok, key=lambda r: r["cr_file"]) if ok else min(cands, key=lambda r: r["val_error"])
+
+
+def markdown(rows: list[dict], args, wall: float) -> str:
+    """The Table 1 section for RESULTS.md."""
+    out = [SECTION, "",
+           "Command: `" + " ".join(["python benchmarks/table1.py", *args.argv]) + "`  ",
+           f"Machine: {_cpu()}, {os.cpu_count()} cores, "
+           f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+           f"torch {torch.__version__}.  Wall time of this invocation: {wall / 60:.1f} min "
+           f"(stages reused from the cache are not re-timed; per-row training seconds below).", "",
+           "Error: test error % of the pretrained net -> of the network decoded from the `.sws` "
+           "file.  Validation error: of the decoded net on the held-out split of the training "
+           f"set ({args.val_size} images), the only number used to choose settings.  Non-zero: "
+           "share of non-zero weights (conv kernels and linear matrices).  CR (file) = 32 x stored "
+           "values / file bits; CR (paper) = Deep Compression's accounting (`sws inspect`).  "
+           "Paper rows are the published numbers (their CR is their accounting).", "",
+           "| model | method | settings | error % (test) | val error % | non-zero % | CR (file) | "
+           "CR (paper acc.) | file bytes | train s |",
+           "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for model in args.models:
+        chosen = choose_on_validation(rows, model)
+        for m, method, err, nz, cr in PAPER_ROWS:
+            if m == model:
+                out.append(f"| {LABEL[model]} | {method} | published in the paper | {err} | | {nz} | | "
+                           f"{cr} | | |")
+        for r in sorted(rows, key=lambda r: r["method"] != "soft weight-sharing"):
+            if r["model"] != model:
+                continue
+            if r["method"] == "soft weight-sharing":
+                settings = f"{r['preset']} preset, {r['retrain_epochs']} ep"
+                if {k: v for k, v in r["overrides"].items() if k != "epochs"}:
+                    settings += ", " + ", ".join(f"{k}={v}" for k, v in r["overrides"].items()
+                                                 if k != "epochs")
+                name = f"soft weight-sharing ({r['variant']})" + (" **chosen on val**"
+                                                                   if r is chosen else "")
+            else:
+                c = r["config"]
+                settings = (f"{c['prune_steps']} x {c['epochs_per_step']} ep prune, "
+                            f"{c['finetune_epochs']} ep fine-tune" if r["variant"] == "deep-compression"
+                            else "one-shot, no retraining") + f", {c['clusters_fc']} clusters/layer"
+                name = r["method"]
+            out.append(f"| {LABEL[model]} | {name} | {settings} | "
+                       f"{100 * r['pretrained_test_error']:.2f} -> {100 * r['test_error']:.2f} | "
+                       f"{100 * r['val_error']:.2f} | {100 * r['nonzero_share']:.2f} | "
+                       f"{r['cr_file']:.1f} | {r['cr_paper']:.1f} | {r['file_bytes']} | "
+                       f"{r['seconds']:.0f} |")
+    out += ["", "Targets (the soft weight-sharing row is the one chosen on validation):", ""]
+    for model in args.models:
+        t, chosen = TARGETS[model], choose_on_validation(rows, model)
+        if chosen:
+            e, cr = 100 * chosen["test_error"], chosen["cr_file"]
+            met = cr >= t["cr"] and e <= t["error"]
+            out.append(f"- {LABEL[model]}: CR >= {t['cr']} at test error <= {t['error']}%: "
+                       f"{'met' if met else 'missed'} ({chosen['variant']}: CR {cr:.1f} from bytes, "
+                       f"{chosen['cr_paper']:.1f} by paper accounting, at {e:.2f}%"
+                       + ("" if met else f"; short by {max(t['cr'] - cr, 0):.1f} in CR and "
+                          f"{max(e - t['error'], 0):.2f} points of error") + ").")
+        dc = [r for r in rows if r["model"] == model and r["variant"] == "deep-compression"]
+        if dc:
+            r = dc[0]
+            out.append(f"- {LABEL[model]} Deep Compression within 20% of its published CR {t['dc']}: "
+                       f"CR {r['cr_file']:.1f} (file), {r['cr_paper']:.1f} (paper accounting): "
+                       f"{'yes' if abs(r['cr_paper'] - t['dc']) <= 0.2 * t['dc'] else 'no'} "
+                       f"({100 * (r['cr_paper'] / t['dc'] - 1):+.0f}% by paper accounting).")
+    notes = args.out / "NOTES.md"
+    if notes.is_file():
+        out += ["", notes.read_text().strip()]
+    return "\n".join(out) + "\n"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the Table 1 section of RESULTS.md (up to the next '## '), or append it."""
+    old = path.read_text() if path.is_file() else "# Results\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + (old[end:] if end >= 0 else "")
+    path.write_text(new)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="table1", description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    p.add_argument("--epochs", type=int, default=0, help="cap on every sws variant's retraining "
+                   f"epochs (its preset's or its own) [per model: {RETRAIN_EPOCHS}]")
+    p.add_argument("--pretrain-epochs", type=int, default=0, help=f"[per model: {PRETRAIN_EPOCHS}]")
+    p.add_argument("--train-subset", type=int, default=0, help="first N training images (quick checks)")
+    p.add_argument("--val-size", type=int, default=5000, help="held-out validation images for tuning")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS),
+                   help=f"sws variants to run, of {list(VARIANTS)} and any --variant; "
+                   "MODEL:VARIANT runs it for that model only")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=PRESET[,k=v...]",
+                   help="an extra sws variant, e.g. 'tau5=tutorial,tau=0.005,lr_weights=0.001'")
+    p.add_argument("--dc-steps", type=int, default=3, help="Deep Compression pruning steps")
+    p.add_argument("--dc-epochs", type=int, default=2, help="masked retraining epochs per step")
+    p.add_argument("--dc-finetune-epochs", type=int, default=1, help="centroid fine-tuning epochs")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=HERE / "table1")
+    p.add_argument("--work", type=Path, default=HERE / "cache", help="cache of pretrained nets and runs")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--quick", action="store_true", help="tiny settings for a smoke test: 2,000 "
+                   "training images, 1 pretraining and 2 retraining epochs, LeNet-300-100")
+    args = p.parse_args(argv)
+    args.argv = list(argv)
+    if args.quick:
+        args.train_subset = args.train_subset or 2000
+        args.val_size = min(args.val_size, 500)
+        args.pretrain_epochs = args.pretrain_epochs or 1
+        args.epochs = args.epochs or 2
+        args.dc_steps, args.dc_epochs = min(args.dc_steps, 2), min(args.dc_epochs, 1)
+        if "--models" not in argv:
+            args.models = ["lenet-300-100"]
+    extra = dict(_parse_variant(v) for v in args.variant)
+    args.specs = {**VARIANTS, **extra}
+    for name in extra:
+        if name not in args.variants:
+            args.variants.append(name)
+    unknown = [v for v in args.variants if v.split(":")[-1] not in args.specs]
+    if unknown:
+        p.error(f"unknown variants {unknown}")
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in args.models:
+        pre_run, _ = pretrained_run(args, model)
+        data = load_data(pre_run.load("pretrained")[1]["data"], args.data_dir)
+        if not args.no_baselines:   # first: they take a few epochs, the variants many
+            for kind in ("prune-kmeans", "deep-compression"):
+                rows.append(baseline(args, model, pre_run, kind, data))
+        for v in args.variants:
+            only, _, v = v.rpartition(":")
+            if only in ("", model):
+                rows.append(sws_variant(args, model, pre_run, v, args.specs[v], data))
+    for r in rows:
+        name = f"{r['model']}-{'sws-' if r['method'] == 'soft weight-sharing' else ''}{r['variant']}.sws"
+        shutil.copyfile(Path(r["run"]) / "model.sws", args.out / name)
+        r["sws_file"] = name
+    wall = time.perf_counter() - t0
+    text = markdown(rows, args, wall)
+    (args.out / "results.json").write_text(json.dumps({"argv": args.argv, "wall_seconds": wall,
+                                                       "rows": rows}, indent=2) + "\n")
+    (args.out / "TABLE1.md").write_text(text)
+    write_section(args.results, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
