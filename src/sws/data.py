@@ -26,7 +26,7 @@ import torch
 
 from sws.errors import DataError
 
-__all__ = ["Dataset", "load_mnist", "read_idx", "write_idx", "resolve_data_dir", "batches"]
+__all__ = ["Dataset", "load_mnist", "load_mnist_test", "read_idx", "write_idx", "resolve_data_dir", "batches"]
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -204,6 +204,11 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True,
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 12345))
         val, train = train.subset(perm[:val_size]), train.subset(perm[val_size:])
     return train, val, test
+
+
+def load_mnist_test(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+    """Only the test split (evaluation needs no training images)."""
+    return _load_split(resolve_data_dir(data_dir, download), "test_images", "test_labels")
 
 
 def batches(data: Dataset, batch_size: int, generator: torch.Generator | None = None):

@@ -394,11 +394,11 @@ def compress_run(run_dir, out) -> int:
 def evaluate_file(path, data_dir=None) -> dict:
     """Test accuracy of the network in a ``.sws`` file, keyed by the file's stem."""
     from sws.models import covered_parameters
-    from sws.pipeline import load_data
+    from sws.pipeline import load_test
     from sws.quantize import layer_stats
     from sws.train import evaluate
     model = load(path)
-    _, _, test = load_data({}, data_dir)
+    test = load_test(data_dir)
     stats = layer_stats(covered_parameters(model, "all"))
     return {Path(path).stem: {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
                               "distinct_values": stats["total"]["distinct"]}}

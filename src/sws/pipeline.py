@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
-from sws.data import load_mnist
+from sws.data import load_mnist, load_mnist_test
 from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
 from sws.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
@@ -24,7 +24,7 @@ from sws.runs import RunDir
 from sws.train import evaluate, pretrain, retrain
 
 __all__ = ["run_pretrain", "run_retrain", "run_quantize", "evaluate_path", "model_from_checkpoint",
-           "load_data"]
+           "load_data", "load_test"]
 
 PRIOR_PREFIX = "prior."
 
@@ -33,6 +33,13 @@ def load_data(data: dict, data_dir=None):
     """(train, val, test) for the data settings recorded in a checkpoint."""
     return load_mnist(data_dir, train_subset=data.get("train_subset") or None,
                       val_size=data.get("val_size", 0), seed=data.get("seed", 0))
+
+
+def load_test(data_dir=None):
+    """The test split alone, checked like ``load_data``'s."""
+    test = load_mnist_test(data_dir)
+    _check_data(None, test)
+    return test
 
 
 def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") -> torch.nn.Module:
@@ -206,7 +213,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     covered = covered_parameters(model, cover)
     quantized, _, codebook, merged = quantize_weights(
         {k: v.detach() for k, v in covered.items()}, Mixture.from_prior(prior), cfg.merge_threshold)
-    _, _, test = load_data(meta["data"], data_dir)
+    test = load_test(data_dir)
     retrained_eval = evaluate(model, test)
     with torch.no_grad():
         for name, value in quantized.items():
@@ -257,7 +264,7 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
         if test is None:
-            _, _, test = load_data(meta.get("data", {}), data_dir)
+            test = load_test(data_dir)
         covered = covered_parameters(model, "all")
         stats = layer_stats(covered)
         results[stage] = {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
