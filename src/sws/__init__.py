@@ -14,8 +14,12 @@ from sws.data import load_mnist
 from sws.errors import CheckpointError
 from sws.errors import ConfigError
 from sws.errors import DataError
+from sws.errors import DivergenceError
 from sws.errors import RunDirError
+from sws.errors import StorageError
 from sws.errors import SwsError
+from sws.errors import TrainingInterrupted
+from sws.fileformat import FormatError
 from sws.fileformat import load
 from sws.fileformat import save
 from sws.models import build_model
@@ -41,8 +45,12 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DivergenceError",
     "RunDirError",
+    "StorageError",
     "SwsError",
+    "TrainingInterrupted",
+    "FormatError",
     "load",
     "save",
     "build_model",
