@@ -1,0 +1,445 @@
+"""Hyper-parameter search with Optuna: validation error against compression rate (issue 6).
+
+The paper tuned its hyper-parameters with Bayesian optimisation (section 6.1):
+the four learning rates, the number of components, tau, the Gamma
+hyper-priors of the zero and the other components and the Beta prior on pi0.
+``run_search`` does the same with Optuna's multi-objective TPE sampler, over
+``SPACE`` plus the tau schedule and the merge threshold, with two objectives:
+the post-processed net's error on a validation split held out from the
+training images (never the test set), and the compression rate from the bytes
+of the ``.sws`` file each trial writes.  A search folder::
+
+    OUT/search.json          fixed settings, search space, storage URL, study name
+    OUT/study.db             the Optuna study (SQLite) unless --storage names another database
+    OUT/pretrained.*         the one pretrained net every trial starts from
+    OUT/trials/NNNN/         trial NNNN's run folder: retrained, quantized, model.sws, trial.json
+    OUT/pareto.png           validation error against CR (``sws search report``)
+
+A search stops when the study holds ``n_trials`` complete trials, so running
+it again resumes it: trials a killed worker left running are marked failed
+and their parameters queued again.  Several processes (``n_workers``) or
+machines (``--storage`` with a server database) share one study; processes
+that share the search folder start trials under a file lock, so none is lost
+or run twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from sws.config import PretrainConfig
+from sws.errors import ConfigError, RunDirError, SwsError
+from sws.models import MODELS
+from sws.runs import RunDir, atomic_write
+from sws.searchspace import SPACE, TUTORIAL, Param, configs, make_space, space_help, suggest
+
+__all__ = ["SPACE", "Param", "make_space", "resolve_settings", "run_search", "open_study",
+           "pareto_front", "format_report", "plot_pareto", "space_help"]
+
+
+DEFAULTS = {"model": "tutorial-conv", "pretrain_epochs": 10, "train_subset": 0, "val_size": 10000,
+            "epochs": 30, "batch_size": 256, "seed": 0, "ranges": {}, "choices": {}}
+FIXED = ("model", "pretrain_epochs", "train_subset", "val_size", "epochs", "batch_size", "seed",
+         "ranges", "choices")
+DIRECTIONS = ["minimize", "maximize"]   # validation error, compression rate
+
+
+def resolve_settings(out: Path, given: dict) -> dict:
+    """The search's fixed settings: those recorded in OUT/search.json, else the defaults, with
+    ``given`` (options set on the command line) applied; a change to a recorded one is refused."""
+    given = {k: v for k, v in given.items() if v not in (None, {}, ())}
+    if "ranges" in given or "choices" in given:   # canonical form: floats, choice values
+        space = make_space(given.get("ranges"), given.get("choices"))
+        given.update({k: {n: _bounds(space[n]) if k == "ranges" else list(space[n].choices)
+                          for n in given[k]} for k in ("ranges", "choices") if k in given})
+    recorded = RunDir(out).read_json("search.json", None)
+    if recorded is not None:
+        for key, value in given.items():
+            if key in FIXED and _canon(recorded.get(key)) != _canon(value):
+                raise ConfigError(f"{out} was started with {key} {recorded.get(key)!r}, not "
+                                  f"{value!r}; drop the option to resume it, or use a new folder")
+        settings = {**recorded, **{k: v for k, v in given.items() if k not in FIXED}}
+    else:
+        settings = {**DEFAULTS, **given}
+    if settings["model"] not in MODELS:
+        raise ConfigError(f"unknown model {settings['model']!r}; choose one of {', '.join(MODELS)}")
+    for key in ("pretrain_epochs", "epochs", "batch_size", "val_size"):
+        if not (isinstance(settings[key], int) and settings[key] > 0):
+            raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r} (the search "
+                              "scores trials on a validation split, so val_size must be > 0)")
+    if settings["train_subset"] < 0:
+        raise ConfigError("train_subset must be >= 0")
+    make_space(settings["ranges"], settings["choices"])
+    return settings
+
+
+def _bounds(p: Param) -> list:
+    return [int(p.low), int(p.high)] if p.integer else [p.low, p.high]
+
+
+def _canon(v):
+    return json.loads(json.dumps(v))
+
+
+# ---- the study ---------------------------------------------------------------------------------
+
+def _storage(url: str):
+    import optuna
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except Exception as e:   # SQLAlchemy's errors: bad URL, missing driver, unreachable server
+        raise ConfigError(f"storage {url}: cannot open ({str(e).splitlines()[0]})") from None
+
+
+def _quiet_optuna():
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def open_study(out: Path, settings: dict | None = None, sampler_seed: int | None = None):
+    """The search folder's Optuna study (created when ``settings`` are given and it is missing)."""
+    import optuna
+    _quiet_optuna()
+    recorded = RunDir(out).read_json("search.json", None)
+    if recorded is None and settings is None:
+        raise RunDirError(f"{out}: not a search folder (no search.json); run 'sws search run' first")
+    s = settings or recorded
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True,
+                                         constant_liar=True)
+    storage = _storage(s["storage"])
+    if settings is None:
+        try:
+            return optuna.load_study(study_name=s["study_name"], storage=storage, sampler=sampler)
+        except KeyError:
+            raise RunDirError(f"{s['storage']}: holds no study {s['study_name']!r}") from None
+    study = optuna.create_study(storage=storage, study_name=s["study_name"], directions=DIRECTIONS,
+                                sampler=sampler, load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != DIRECTIONS:
+        raise ConfigError(f"study {s['study_name']!r} in {s['storage']} is not an sws search "
+                          "(other objectives); choose another --study-name")
+    return study
+
+
+def _study_settings(url: str, name: str) -> dict:
+    """The fixed settings a study in ``url`` was started with ({} when there is no such study)."""
+    import optuna
+    _quiet_optuna()
+    try:
+        return dict(optuna.load_study(study_name=name, storage=_storage(url)).user_attrs.get("settings", {}))
+    except KeyError:
+        return {}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """An exclusive lock among the processes that share the search folder."""
+    with open(out / ".search.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _requeue_dead(study, host: str):
+    """Trials left running by a dead process on this host: mark them failed, queue their params."""
+    from optuna.trial import TrialState
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = t.user_attrs.get("worker") or {}
+        if w.get("host") == host and not _alive(w.get("pid", -1)):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.tell(t.number, state=TrialState.FAIL)
+
+
+def _val_error(sws_path: Path, val) -> float:
+    """Error of the network in the ``.sws`` file on the validation split."""
+    from sws.fileformat import load
+    from sws.train import evaluate
+    return evaluate(load(sws_path), val)["error"]
+
+
+def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, data_dir) -> tuple:
+    from sws.fileformat import compress_run
+    from sws.filestats import file_stats
+    from sws.pipeline import run_quantize, run_retrain
+    t0 = time.perf_counter()
+    params = suggest(trial, space)
+    rcfg, qcfg = configs(params, settings)
+    run = RunDir.create(out / "trials" / f"{trial.number:04d}", force=True)
+    run.save("pretrained", *pretrained)
+    run.update_json("config.json", "search", {"trial": trial.number, "params": params,
+                                              "retrain": dataclasses.asdict(rcfg),
+                                              "quantize": dataclasses.asdict(qcfg)})
+    run_retrain(run, rcfg, data_dir, quiet=True)
+    q = run_quantize(run, qcfg, data_dir)
+    sws_path = run.path / "model.sws"
+    compress_run(run.path, sws_path)
+    total = file_stats(sws_path.read_bytes())["total"]
+    result = {"val_error": _val_error(sws_path, val), "cr": total["cr_file"],
+              "file_bytes": total["file_bytes"], "nonzero_share": q["nonzero_share"],
+              "distinct_values": q["distinct_values"],
+              "test_error": q["test_error"],   # recorded for the report only; never an objective
+              "sws": str(sws_path.relative_to(out)), "seconds": time.perf_counter() - t0}
+    run.write_json("trial.json", {"trial": trial.number, "params": params, **result})
+    for key, value in result.items():
+        trial.set_user_attr(key, value)
+    return result["val_error"], result["cr"]
+
+
+def _interrupted(e: BaseException) -> bool:
+    return isinstance(e, KeyboardInterrupt) or getattr(e, "signum", None) is not None
+
+
+def _work(out: Path, n_trials: int, index: int, data_dir, quiet: bool, sampler_seed: int) -> int:
+    """One worker: start trials until the study holds ``n_trials`` complete or running ones."""
+    from optuna.trial import TrialState
+    from sws.pipeline import load_data
+    study = open_study(out, sampler_seed=sampler_seed)
+    settings = RunDir(out).read_json("search.json", {})
+    space = make_space(settings["ranges"], settings["choices"])
+    pretrained = RunDir(out).load("pretrained")
+    _, val, _ = load_data(pretrained[1]["data"], data_dir)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    done, failures = 0, 0
+    while True:
+        with _lock(out):
+            _requeue_dead(study, me["host"])
+            states = [t.state for t in study.get_trials(deepcopy=False)]
+            if states.count(TrialState.COMPLETE) + states.count(TrialState.RUNNING) >= n_trials:
+                return done
+            trial = study.ask()
+            trial.set_user_attr("worker", me)
+        try:
+            values = _run_trial(trial, out, settings, space, pretrained, val, data_dir)
+        except BaseException as e:
+            if _interrupted(e):
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                study.tell(trial, state=TrialState.FAIL)
+                raise KeyboardInterrupt from None
+            if not isinstance(e, (SwsError, RuntimeError, ValueError, ArithmeticError)):
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            study.tell(trial, state=TrialState.FAIL)
+            # training that diverges is an outcome of the settings; other errors in a row are not
+            failures = 0 if type(e).__name__ == "DivergenceError" else failures + 1
+            if not quiet:
+                print(f"trial {trial.number}: failed ({trial.user_attrs['error']})", flush=True)
+            if failures >= 5:
+                raise SwsError(f"5 trials in a row failed; the last: {trial.user_attrs['error']}")
+            continue
+        study.tell(trial, values)
+        done, failures = done + 1, 0
+        if not quiet:
+            print(f"trial {trial.number}: validation error {100 * values[0]:.2f}%, CR {values[1]:.1f} "
+                  f"({trial.user_attrs['seconds']:.0f} s, worker {me['pid']})", flush=True)
+
+
+def _spawned(out, n_trials, index, data_dir, quiet, sampler_seed):
+    try:
+        _work(Path(out), n_trials, index, data_dir, quiet, sampler_seed)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except SwsError as e:
+        print(f"error: worker {index}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
+               storage: str | None = None, study_name: str | None = None, data_dir=None,
+               quiet: bool = False, baseline: bool = True) -> dict:
+    """Start or resume the search in ``out`` until its study holds ``n_trials`` complete trials.
+
+    Args:
+      given: fixed settings set by the caller (keys of ``DEFAULTS``); on resume they must match.
+      storage: SQLAlchemy URL of the study [sqlite:///OUT/study.db]; recorded in search.json.
+      baseline: queue the tutorial's settings (``TUTORIAL``) as a new study's first trial.
+
+    Returns:
+      counts of the study's trials by state, and this call's wall time in seconds.
+    """
+    from sws.pipeline import run_pretrain
+    if n_trials < 1 or n_workers < 1:
+        raise ConfigError(f"trials and n_workers must be >= 1, got {n_trials} and {n_workers}")
+    out = Path(out)
+    if out.exists() and not (out / "search.json").is_file() and any(
+            p.name not in ("pretrained.safetensors", "pretrained.json") for p in out.iterdir()):
+        raise RunDirError(f"{out}: exists and is not a search folder (only a copy of another "
+                          "search's pretrained.* may be there); choose another folder")
+    t0 = time.time()
+    if storage and not (out / "search.json").is_file():   # joining a study begun elsewhere
+        given = {**_study_settings(storage, study_name or out.resolve().name), **given}
+    settings = resolve_settings(out, given)
+    default_url = f"sqlite:///{(out / 'study.db').resolve()}"
+    for key, value in (("storage", storage), ("study_name", study_name)):
+        if value and settings.get(key) not in (None, value):
+            raise ConfigError(f"{out} was started with {key} {settings[key]!r}, not {value!r}")
+    settings["storage"] = settings.get("storage") or storage or default_url
+    settings["study_name"] = settings.get("study_name") or study_name or out.resolve().name
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        atomic_write(out / "search.json", (json.dumps(settings, indent=2) + "\n").encode())
+        run = RunDir(out)
+        if not run.has("pretrained"):
+            run_pretrain(run, PretrainConfig(model=settings["model"], epochs=settings["pretrain_epochs"],
+                                             batch_size=settings["batch_size"], seed=settings["seed"],
+                                             train_subset=settings["train_subset"],
+                                             val_size=settings["val_size"]), data_dir, quiet)
+        sha = _sha256(out / "pretrained.safetensors")
+        study = open_study(out, settings)
+        attrs = study.user_attrs
+        if "pretrained_sha256" not in attrs:
+            study.set_user_attr("settings", {k: settings[k] for k in FIXED})
+            study.set_user_attr("pretrained_sha256", sha)
+        elif attrs["pretrained_sha256"] != sha or _canon(attrs["settings"]) != _canon(
+                {k: settings[k] for k in FIXED}):
+            raise ConfigError(f"study {settings['study_name']!r} was started with other settings or "
+                              "another pretrained net; copy that search's search.json and pretrained.* "
+                              "into this folder, or choose another --study-name")
+        if baseline and not study.trials:
+            space = make_space(settings["ranges"], settings["choices"])
+            if all(_inside(space[k], v) for k, v in TUTORIAL.items()):
+                study.enqueue_trial(TUTORIAL, user_attrs={"baseline": "tutorial"})
+            elif not quiet:
+                print("the tutorial's settings lie outside the search space: no baseline trial")
+        n_before = len(study.trials)
+    seed = settings["seed"] * 1_000_003 + n_before * 101
+    try:
+        if n_workers == 1:
+            _work(out, n_trials, 0, data_dir, quiet, seed)
+        else:
+            import multiprocessing as mp
+            ctx = mp.get_context("spawn")
+            procs = [ctx.Process(target=_spawned, args=(str(out), n_trials, i, data_dir, quiet, seed + i))
+                     for i in range(n_workers)]
+            for p in procs:
+                p.start()
+            try:
+                for p in procs:
+                    p.join()
+            except KeyboardInterrupt:   # the workers got the signal too: let them record it
+                for p in procs:
+                    p.join()
+            bad = [(i, p.exitcode) for i, p in enumerate(procs) if p.exitcode]
+            if any(code == 130 for _, code in bad):
+                raise KeyboardInterrupt
+            if bad:
+                raise SwsError(f"search workers failed (worker, exit code): {bad}")
+    finally:
+        sessions = RunDir(out).read_json("metrics.json", {}).get("search_sessions", [])
+        RunDir(out).update_json("metrics.json", "search_sessions", sessions + [
+            {"started": t0, "wall_seconds": time.time() - t0, "n_workers": n_workers,
+             "trials_requested": n_trials}])
+    counts = {}
+    for t in open_study(out).get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    counts["wall_seconds"] = time.time() - t0
+    return counts
+
+
+def _inside(p: Param, v) -> bool:
+    return v in p.choices if p.choices else p.low <= v <= p.high
+
+
+# ---- the report --------------------------------------------------------------------------------
+
+def pareto_front(study) -> list:
+    """The complete trials no other complete trial beats in both objectives, by CR."""
+    return sorted(study.best_trials, key=lambda t: t.values[1])
+
+
+def format_report(study, out: Path) -> str:
+    from optuna.trial import TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    lines = [f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)]
+    if not complete:
+        return "\n".join(lines + ["no complete trials yet"])
+    front = pareto_front(study)
+    base = next((t for t in complete if t.user_attrs.get("baseline")), None)
+    head = f"{'trial':>6}{'val err %':>10}{'CR':>9}{'test err %':>11}{'non-zero %':>11}{'bytes':>9}  file"
+    lines += [f"Pareto front ({len(front)} of {len(complete)} complete trials; validation error "
+              "is the objective, test error is shown only):", head]
+
+    def row(t, mark=""):
+        a = t.user_attrs
+        return (f"{mark + str(t.number):>6}{100 * t.values[0]:>10.2f}{t.values[1]:>9.1f}"
+                f"{100 * a.get('test_error', math.nan):>11.2f}{100 * a.get('nonzero_share', math.nan):>11.2f}"
+                f"{a.get('file_bytes', 0):>9}  {out / a.get('sws', '?')}")
+    lines += [row(t, "*" if t is base else "") for t in front]
+    if base is not None and base not in front:
+        lines += ["tutorial baseline (not on the front):", row(base, "*")]
+    lines.append("parameters:")
+    for t in front + ([base] if base is not None and base not in front else []):
+        lines.append(f"  {t.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()))
+    if base is not None:
+        better = [t for t in front if t.values[0] <= base.values[0] and t.values[1] > base.values[1]]
+        if better:
+            b = max(better, key=lambda t: t.values[1])
+            lines.append(f"beats the tutorial settings at equal or lower validation error: trial "
+                         f"{b.number}, CR {b.values[1]:.1f} vs {base.values[1]:.1f} "
+                         f"({100 * b.values[0]:.2f}% vs {100 * base.values[0]:.2f}%)")
+        else:
+            lines.append("no trial beats the tutorial settings at equal or lower validation error")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def plot_pareto(study, path: Path) -> Path:
+    """Validation error against CR (log scale) for every complete trial, the front highlighted."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    front = pareto_front(study)
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    ax.scatter([t.values[1] for t in complete], [100 * t.values[0] for t in complete], s=14,
+               color="0.65", label="trials")
+    ax.step([t.values[1] for t in front], [100 * t.values[0] for t in front], where="post",
+            color="tab:red", marker="o", ms=4, label="Pareto front")
+    for t in complete:
+        if t.user_attrs.get("baseline"):
+            ax.scatter([t.values[1]], [100 * t.values[0]], marker="*", s=140, color="tab:blue",
+                       zorder=3, label="tutorial settings")
+    ax.set_xscale("log")
+    ax.set_xlabel("compression rate (from the .sws file's bytes)")
+    ax.set_ylabel("validation error (%)")
+    ax.set_title(f"{study.study_name}: {len(complete)} trials")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
