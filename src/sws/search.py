@@ -109,6 +109,11 @@ def _quiet_optuna():
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+def _url(out: Path, settings: dict) -> str:
+    """The study's storage URL; none recorded: OUT/study.db, wherever the folder now is."""
+    return settings.get("storage") or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+
+
 def open_study(out: Path, settings: dict | None = None, sampler_seed: int | None = None):
     """The search folder's Optuna study (created when ``settings`` are given and it is missing)."""
     import optuna
@@ -119,16 +124,17 @@ def open_study(out: Path, settings: dict | None = None, sampler_seed: int | None
     s = settings or recorded
     sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True,
                                          constant_liar=True)
-    storage = _storage(s["storage"])
+    url = _url(out, s)
+    storage = _storage(url)
     if settings is None:
         try:
             return optuna.load_study(study_name=s["study_name"], storage=storage, sampler=sampler)
         except KeyError:
-            raise RunDirError(f"{s['storage']}: holds no study {s['study_name']!r}") from None
+            raise RunDirError(f"{url}: holds no study {s['study_name']!r}") from None
     study = optuna.create_study(storage=storage, study_name=s["study_name"], directions=DIRECTIONS,
                                 sampler=sampler, load_if_exists=True)
     if [d.name.lower() for d in study.directions] != DIRECTIONS:
-        raise ConfigError(f"study {s['study_name']!r} in {s['storage']} is not an sws search "
+        raise ConfigError(f"study {s['study_name']!r} in {url} is not an sws search "
                           "(other objectives); choose another --study-name")
     return study
 
@@ -280,6 +286,7 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
     Args:
       given: fixed settings set by the caller (keys of ``DEFAULTS``); on resume they must match.
       storage: SQLAlchemy URL of the study [sqlite:///OUT/study.db]; recorded in search.json.
+      study_name: the study's name in the storage [OUT's folder name].
       baseline: queue the tutorial's settings (``TUTORIAL``) as a new study's first trial.
 
     Returns:
@@ -294,15 +301,18 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
         raise RunDirError(f"{out}: exists and is not a search folder (only a copy of another "
                           "search's pretrained.* may be there); choose another folder")
     t0 = time.time()
-    if storage and not (out / "search.json").is_file():   # joining a study begun elsewhere
+    resumed = (out / "search.json").is_file()
+    if storage and not resumed:   # joining a study begun elsewhere
         given = {**_study_settings(storage, study_name or out.resolve().name), **given}
     settings = resolve_settings(out, given)
-    default_url = f"sqlite:///{(out / 'study.db').resolve()}"
-    for key, value in (("storage", storage), ("study_name", study_name)):
-        if value and settings.get(key) not in (None, value):
-            raise ConfigError(f"{out} was started with {key} {settings[key]!r}, not {value!r}")
-    settings["storage"] = settings.get("storage") or storage or default_url
-    settings["study_name"] = settings.get("study_name") or study_name or out.resolve().name
+    if resumed:
+        for key, value, was in (("storage", storage, _url(out, settings)),
+                                ("study_name", study_name, settings["study_name"])):
+            if value and value != was:
+                raise ConfigError(f"{out} was started with {key} {was!r}, not {value!r}")
+    else:
+        settings["storage"] = storage   # None: OUT/study.db, so the folder can move
+        settings["study_name"] = study_name or out.resolve().name
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         atomic_write(out / "search.json", (json.dumps(settings, indent=2) + "\n").encode())
@@ -427,7 +437,7 @@ def plot_pareto(study, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     ax.scatter([t.values[1] for t in complete], [100 * t.values[0] for t in complete], s=14,
                color="0.65", label="trials")
-    ax.step([t.values[1] for t in front], [100 * t.values[0] for t in front], where="post",
+    ax.step([t.values[1] for t in front], [100 * t.values[0] for t in front], where="pre",
             color="tab:red", marker="o", ms=4, label="Pareto front")
     for t in complete:
         if t.user_attrs.get("baseline"):
