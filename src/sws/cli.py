@@ -129,6 +129,15 @@ merge_option = click.option("--merge-threshold", type=float, default=QuantizeCon
                             show_default=True, help="KL divergence below which components merge.")
 
 
+def _pretrain_cfg(model, epochs, lr, input_norm, weight_init, train_subset, val_size, batch_size,
+                  seed) -> PretrainConfig:
+    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+                         weight_init=weight_init, train_subset=train_subset, val_size=val_size,
+                         batch_size=batch_size, seed=seed)
+    cfg.validate()
+    return cfg
+
+
 def _retrain_cfg(preset, batch_size, seed, **kw):
     return retrain_config(preset, batch_size=batch_size, seed=seed, **kw)
 
@@ -175,11 +184,8 @@ def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_in
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    cfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
-                         weight_init=weight_init,
-                         train_subset=train_subset, val_size=val_size, batch_size=batch_size,
-                         seed=seed)
-    cfg.validate()
+    cfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
+                        val_size, batch_size, seed)
     run = RunDir.create(out, force)
     _record_command(run, "pretrain", vars(cfg))
     with _resume_hint("pretrain", run):
@@ -293,11 +299,8 @@ def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, t
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    pcfg = PretrainConfig(model=model, epochs=pretrain_epochs, lr=pretrain_lr, input_norm=input_norm,
-                         weight_init=weight_init,
-                          train_subset=train_subset, val_size=val_size, batch_size=batch_size,
-                          seed=seed)
-    pcfg.validate()
+    pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
+                         val_size, batch_size, seed)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = QuantizeConfig(merge_threshold)
     qcfg.validate()
