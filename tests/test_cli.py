@@ -78,3 +78,15 @@ def test_console_script_entry_point(tmp_path):
     assert r.returncode == 0 and "version" in r.stdout
     r = sws("evaluate", str(tmp_path / "nothing.sws"))
     assert r.returncode == 2 and r.stderr.startswith("error:") and r.stderr.count("\n") == 1
+
+
+def test_report_warns_when_post_processing_wrecks_the_net(capsys):
+    from sws.cli import _print_report
+    m = {"layers": {}, "retrained_test_accuracy": 0.95, "test_accuracy": 0.098,
+         "nonzero_share": 0.0, "distinct_values": 1, "components_before_merge": 16,
+         "components_after_merge": 1}
+    _print_report(m)
+    err = capsys.readouterr().err
+    assert err.startswith("warning: every weight was snapped to 0") and err.count("\n") == 1
+    _print_report({**m, "test_accuracy": 0.94, "nonzero_share": 0.05})
+    assert capsys.readouterr().err == ""

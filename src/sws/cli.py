@@ -496,6 +496,13 @@ def _print_report(m: dict):
                f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "
                f"distinct values: {m['distinct_values']} "
                f"({m['components_before_merge']} components -> {m['components_after_merge']})")
+    loss = m["retrained_test_accuracy"] - m["test_accuracy"]
+    if m["nonzero_share"] == 0.0 or loss > 0.05:
+        what = ("every weight was snapped to 0" if m["nonzero_share"] == 0.0
+                else f"post-processing cost {100 * loss:.1f} accuracy points")
+        click.echo(f"warning: {what}: the mixture had not settled (weights still spread inside "
+                   "the zero component); retrain longer, or raise --lr-weights, "
+                   "--lr-log-precisions and --lr-mixing", err=True)
 
 
 class _Terminated(KeyboardInterrupt):
