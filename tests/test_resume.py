@@ -159,11 +159,14 @@ def test_cli_retrain_killed_at_random_point_resumes_bit_identical(tmp_path, pret
                                                                   mnist_dir):
     run = _copy_run(pretrained, tmp_path / "killed")
     p = _sws(mnist_dir, "retrain", str(run.path), "--epochs", "3", "--seed", "7", "--quiet")
+    _wait_for_epoch(run.path, 1, p)
+    t1 = time.time()
     _wait_for_epoch(run.path, 2, p)
-    time.sleep(random.uniform(0.0, 0.8))  # somewhere in epoch 2
+    epoch_seconds = time.time() - t1  # about one epoch: epoch 1 ran in between
+    time.sleep(random.uniform(0.0, 0.7) * epoch_seconds)  # somewhere in epoch 2
     p.send_signal(sig)
     out, err = p.communicate(timeout=120)
-    if p.returncode == 0:
+    if p.returncode == 0 or run.has("retrained"):
         pytest.skip("the run finished before the signal (machine too fast for this timing)")
     assert not run.has("retrained")
     if sig == signal.SIGKILL:

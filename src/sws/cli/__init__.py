@@ -1,0 +1,237 @@
+"""Command-line interface: ``sws pretrain | retrain | quantize | evaluate | run | ...``.
+
+This module holds the ``sws`` group, the options the commands share and the
+entry point; the commands live in ``pipeline_cmds`` (the pipeline's stages),
+``file_cmds`` (compress, inspect, report) and ``study_cmds`` (bench, search).
+Bad input gets a one-line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from sws.config import PRESETS, PretrainConfig, QuantizeConfig, retrain_config
+from sws.errors import ConfigError, RunDirError, SwsError, TrainingInterrupted
+from sws.models import MODELS
+from sws.runs import RunDir
+
+__all__ = ["main", "cli"]
+
+
+def _options(*decorators):
+    def wrap(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return wrap
+
+
+data_option = click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+                           help="Folder with the MNIST IDX files (default: $SWS_DATA_DIR, "
+                                "then the user cache, downloading there if online).")
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+figures_option = click.option("--figures", is_flag=True,
+                               help="Save per-epoch snapshots and draw the figures and the "
+                                    "animation into RUN/figures/.")
+force_option = click.option("--force", is_flag=True, help="Overwrite existing results.")
+resume_option = click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+                             help="Continue an interrupted run from its last saved state, with the "
+                                  "settings recorded there (bit for bit as if it had not stopped).")
+guard_option = click.option("--guard/--no-guard", default=True, show_default=True,
+                            help="Stop on divergence: a non-finite loss, exploding precisions or "
+                                 "components collapsed onto each other.")
+# what may still be given with --resume: nothing that changes the numbers
+_RESUME_OK = {"resume", "data_dir", "quiet", "figures", "guard"}
+
+
+def _no_settings_with_resume():
+    ctx = click.get_current_context()
+    from click.core import ParameterSource
+    given = [p.opts[0] if getattr(p, "opts", None) else p.name for p in ctx.command.params
+             if p.name not in _RESUME_OK and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise ConfigError(f"--resume continues with the settings recorded in the run folder; "
+                          f"drop {', '.join(given)}")
+
+
+@contextlib.contextmanager
+def _resume_hint(command: str, run: "RunDir"):
+    """Add to an interruption message the command that continues the run."""
+    try:
+        yield
+    except TrainingInterrupted as e:
+        raise TrainingInterrupted(f"{e}; continue with: sws {command} --resume {shlex.quote(str(run.path))}",
+                                  e.signum) from None
+
+
+def _refuse_interrupted(run: "RunDir", stage: str, command: str, force: bool):
+    if run.has_state(stage) and not force:
+        raise RunDirError(f"{run.path}: holds an interrupted {stage} "
+                          f"({run.state_path(stage).name}.safetensors); continue it with "
+                          f"'sws {command} --resume {run.path}' or pass --force to start over")
+
+pretrain_options = _options(
+    click.option("--model", type=click.Choice(list(MODELS)), default="tutorial-conv",
+                 show_default=True, help="Reference network."),
+    click.option("--pretrain-epochs", "pretrain_epochs", type=int, default=PretrainConfig.epochs,
+                 help="Pretraining epochs (the tutorial runs 100; 20 reach its error).",
+                 show_default=True),
+    click.option("--pretrain-lr", "pretrain_lr", type=float, default=PretrainConfig.lr, show_default=True,
+                 help="Adam learning rate of pretraining."),
+    click.option("--input-norm", type=click.Choice(["none", "standardize"]), default="none",
+                 show_default=True, help="'none': pixels/255 (tutorial); 'standardize': MNIST "
+                 "mean/std, applied inside the model."),
+    click.option("--weight-init", type=click.Choice(["torch", "keras"]), default="torch",
+                 show_default=True, help="Initial weights: PyTorch's defaults, or Keras' "
+                 "(Glorot-uniform, zero biases) as in the tutorial."),
+    click.option("--train-subset", type=int, default=0, help="Use the first N training images."),
+    click.option("--val-size", type=int, default=0,
+                 help="Hold out N training images as a validation set."),
+)
+
+retrain_options = _options(
+    click.option("--preset", type=click.Choice(list(PRESETS)), default="tutorial",
+                 show_default=True, help="Named settings: the tutorial's or the paper's."),
+    click.option("--epochs", type=int, default=None, help="Retraining epochs [preset]."),
+    click.option("--tau", type=float, default=None, help="Weight of the complexity term [0.003]."),
+    click.option("--lr-weights", type=float, default=None,
+                 help="Adam learning rate of the network's weights [5e-4]."),
+    click.option("--lr-means", type=float, default=None,
+                 help="Learning rate of the mixture's means [tutorial 1e-4, paper 5e-4]."),
+    click.option("--lr-log-precisions", type=float, default=None,
+                 help="Learning rate of the log-precisions [tutorial 3e-3, paper 5e-4]."),
+    click.option("--lr-mixing", type=float, default=None,
+                 help="Learning rate of the mixing logits (and a learned pi0) [3e-3 / 5e-4]."),
+    click.option("--components", "n_components", type=int, default=None,
+                 help="Mixture components, the zero component included [16]."),
+    click.option("--pi0", type=float, default=None, help="Zero component's mixing proportion."),
+    click.option("--init", type=click.Choice(["linspace", "range"]), default=None,
+                 help="Means: linspace(-0.6, 0.6) or spread over the pretrained weights."),
+    click.option("--cover", type=click.Choice(["all", "weights"]), default=None,
+                 help="Prior over all parameters (tutorial) or weights only."),
+    click.option("--tau-schedule", type=click.Choice(["constant", "linear", "exponential"]),
+                 default=None, help="Warm tau up from --tau-start over --tau-warmup-epochs."),
+    click.option("--tau-start", type=float, default=None, help="tau at the first step of a warm-up."),
+    click.option("--tau-warmup-epochs", type=float, default=None,
+                 help="Epochs over which tau reaches --tau."),
+    click.option("--learn-pi0/--fixed-pi0", "learn_pi0", default=None,
+                 help="Learn pi0 under a Beta(--pi0-a, --pi0-b) prior (paper option)."),
+    click.option("--pi0-a", type=float, default=None, help="Beta prior on pi0: a [1]."),
+    click.option("--pi0-b", type=float, default=None, help="Beta prior on pi0: b [1]."),
+)
+
+merge_option = click.option("--merge-threshold", type=float, default=QuantizeConfig.merge_threshold,
+                            show_default=True, help="KL divergence below which components merge.")
+
+
+def _pretrain_cfg(model, epochs, lr, input_norm, weight_init, train_subset, val_size, batch_size,
+                  seed) -> PretrainConfig:
+    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+                         weight_init=weight_init, train_subset=train_subset, val_size=val_size,
+                         batch_size=batch_size, seed=seed)
+    cfg.validate()
+    return cfg
+
+
+def _retrain_cfg(preset, batch_size, seed, **kw):
+    return retrain_config(preset, batch_size=batch_size, seed=seed, **kw)
+
+
+_ARGV: list[str] = []  # the arguments main() was called with, recorded with each run
+
+
+def _record_command(run: RunDir, stage: str, settings: dict):
+    run.update_json("config.json", stage, {"command": shlex.join(["sws", *_ARGV]),
+                                           "settings": settings})
+
+
+def _echo_metrics(title: str, metrics: dict):
+    keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and k != "layers"]
+    click.echo(f"{title}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sws")
+def cli():
+    """Compress neural networks by soft weight-sharing (Ullrich, Meeds & Welling, 2017)."""
+
+
+def _print_report(m: dict):
+    click.echo(f"{'layer':<16}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
+    for name, row in m["layers"].items():
+        click.echo(f"{name:<16}{'x'.join(map(str, row['shape'])):>16}{row['nonzero']:>12}"
+                   f"{100 * row['nonzero_share']:>8.2f}%{row['distinct']:>8}")
+    click.echo(f"accuracy: pretrained {m.get('pretrained_test_accuracy', float('nan')):.4f}, "
+               f"retrained {m['retrained_test_accuracy']:.4f}, "
+               f"post-processed {m['test_accuracy']:.4f}")
+    click.echo(f"non-zero weights: {100 * m['nonzero_share']:.2f}% "
+               f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "
+               f"distinct values: {m['distinct_values']} "
+               f"({m['components_before_merge']} components -> {m['components_after_merge']})")
+    loss = m["retrained_test_accuracy"] - m["test_accuracy"]
+    if m["nonzero_share"] == 0.0 or loss > 0.05:
+        what = ("every weight was snapped to 0" if m["nonzero_share"] == 0.0
+                else f"post-processing cost {100 * loss:.1f} accuracy points")
+        click.echo(f"warning: {what}: the mixture had not settled (weights still spread inside "
+                   "the zero component); retrain longer, or raise --lr-weights, "
+                   "--lr-log-precisions and --lr-mixing", err=True)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop (the loops save their state first)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def main(argv=None):
+    """Entry point: run the CLI, turning the project's errors into exit code 2.
+
+    SIGINT and SIGTERM exit with 130 and 143; during training, after saving
+    the state that ``--resume`` continues from.
+    """
+    _ARGV[:] = sys.argv[1:] if argv is None else list(argv)
+    old_term = None
+    try:
+        old_term = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except TrainingInterrupted as e:
+        click.echo(f"interrupted: {e}", err=True)
+        sys.exit(e.exit_code)
+    except _Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(143)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SwsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    sys.exit(0)
+
+
+
+
+# the commands register themselves on ``cli`` when their modules are imported
+from sws.cli import file_cmds as _file_cmds  # noqa: E402,F401
+from sws.cli import pipeline_cmds as _pipeline_cmds  # noqa: E402,F401
+from sws.cli import study_cmds as _study_cmds  # noqa: E402,F401

@@ -1,0 +1,218 @@
+"""The pipeline's commands: pretrain, retrain, quantize, evaluate, run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sws.cli import (
+    _echo_metrics,
+    _no_settings_with_resume,
+    _pretrain_cfg,
+    _print_report,
+    _record_command,
+    _refuse_interrupted,
+    _resume_hint,
+    _retrain_cfg,
+    cli,
+    data_option,
+    figures_option,
+    force_option,
+    guard_option,
+    merge_option,
+    pretrain_options,
+    quiet_option,
+    resume_option,
+    retrain_options,
+)
+from sws.cli.file_cmds import _draw_figures, _write_sws
+from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
+from sws.errors import RunDirError, SwsError
+from sws.pipeline import evaluate_path, run_pretrain, run_quantize, run_retrain
+from sws.runs import RunDir
+
+
+@cli.command("pretrain")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
+@pretrain_options
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_option
+@force_option
+@quiet_option
+@resume_option
+@guard_option
+def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, batch_size, seed,
+                 data_dir, force, quiet, resume, guard):
+    """Train a reference network with plain cross-entropy."""
+    if resume is not None:
+        _no_settings_with_resume()
+        run = RunDir.open(resume)
+        if run.complete("pretrained") and not run.has_state("pretrain"):
+            raise RunDirError(f"{run.path}: pretraining already finished; nothing to resume")
+        with _resume_hint("pretrain", run):
+            _echo_metrics("pretrained", run_pretrain(run, None, data_dir, quiet, resume=True, guard=guard))
+        return
+    if out is None:
+        raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
+    cfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
+                        val_size, batch_size, seed)
+    run = RunDir.create(out, force)
+    _record_command(run, "pretrain", vars(cfg))
+    with _resume_hint("pretrain", run):
+        _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard))
+
+
+@cli.command("retrain")
+@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Write into a new run folder (the pretrained net is copied) instead of RUN_DIR.")
+@retrain_options
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@data_option
+@force_option
+@quiet_option
+@figures_option
+@resume_option
+@guard_option
+def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
+    """Retrain a pretrained run with the Gaussian-mixture prior."""
+    import dataclasses
+    if resume is not None:
+        if run_dir is not None:
+            raise click.UsageError("give RUN_DIR or --resume RUN_DIR, not both")
+        _no_settings_with_resume()
+        run = RunDir.open(resume)
+        if run.complete("retrained") and not run.has_state("retrain"):
+            raise RunDirError(f"{run.path}: retraining already finished; nothing to resume")
+        with _resume_hint("retrain", run):
+            _echo_metrics("retrained", run_retrain(run, None, data_dir, quiet, snapshots=figures,
+                                                   resume=True, guard=guard))
+        if figures:
+            _draw_figures(run)
+        return
+    if run_dir is None:
+        raise click.UsageError("missing RUN_DIR (or --resume RUN_DIR)")
+    cfg = _retrain_cfg(preset, batch_size, seed, **kw)
+    src = RunDir.open(run_dir)
+    src.require("pretrained", "run 'sws pretrain' first")
+    if out is not None:
+        run = RunDir.create(out, force)
+        tensors, meta = src.load("pretrained")
+        run.save("pretrained", tensors, meta)
+        if "pretrained" in src.read_json("metrics.json", {}):
+            run.update_json("metrics.json", "pretrained", src.read_json("metrics.json", {})["pretrained"])
+    else:
+        run = src
+        run.refuse_overwrite("retrained", force)
+        _refuse_interrupted(run, "retrain", "retrain", force)
+    _record_command(run, "retrain", dataclasses.asdict(cfg))
+    with _resume_hint("retrain", run):
+        _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures, guard=guard))
+    if figures:
+        _draw_figures(run)
+
+
+@cli.command("quantize")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@merge_option
+@data_option
+@force_option
+def quantize_cmd(run_dir, merge_threshold, data_dir, force):
+    """Post-process a retrained run: merge components, snap weights to the codebook."""
+    cfg = QuantizeConfig(merge_threshold)
+    cfg.validate()
+    run = RunDir.open(run_dir)
+    run.require("retrained", "run 'sws retrain' first")
+    run.refuse_overwrite("quantized", force)
+    _record_command(run, "quantize", vars(cfg))
+    _print_report(run_quantize(run, cfg, data_dir))
+
+
+@cli.command("evaluate")
+@click.argument("path", type=click.Path(path_type=Path))
+@data_option
+def evaluate_cmd(path, data_dir):
+    """Test accuracy of a run folder's checkpoints or of one checkpoint file."""
+    if not path.exists():
+        raise SwsError(f"{path}: no such file or folder")
+    if path.suffix == ".sws":
+        from sws.fileformat import evaluate_file
+        results = evaluate_file(path, data_dir)
+    else:
+        results = evaluate_path(path, data_dir)
+    for stage, m in results.items():
+        click.echo(f"{stage:<11} accuracy {m['accuracy']:.4f}  error {100 * m['error']:.2f}%  "
+                   f"non-zero {100 * m['nonzero_share']:.2f}%  distinct values {m['distinct_values']}")
+
+
+@cli.command("run")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
+@pretrain_options
+@retrain_options
+@merge_option
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@data_option
+@force_option
+@quiet_option
+@figures_option
+@resume_option
+@guard_option
+def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, merge_threshold,
+            preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
+    """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
+    import dataclasses
+    if resume is not None:
+        _no_settings_with_resume()
+        _resume_run(RunDir.open(resume), data_dir, quiet, figures, guard)
+        return
+    if out is None:
+        raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
+    pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
+                         val_size, batch_size, seed)
+    rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
+    qcfg = QuantizeConfig(merge_threshold)
+    qcfg.validate()
+    run = RunDir.create(out, force)
+    _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
+                                 "quantize": vars(qcfg)})
+    with _resume_hint("run", run):
+        _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard))
+        _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard))
+    _print_report(run_quantize(run, qcfg, data_dir))
+    if figures:
+        _draw_figures(run)
+    _write_sws(run.path, run.path / "model.sws")
+
+
+def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
+    """Continue 'sws run' where it stopped: the unfinished stages, with the recorded settings."""
+    rec = run.read_json("config.json", {}).get("run")
+    if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
+        raise RunDirError(f"{run.path}: not made by 'sws run' (config.json has no 'run' entry); "
+                          "resume its stage with 'sws pretrain --resume' or 'sws retrain --resume'")
+    settings = rec["settings"]
+    try:
+        pcfg = from_dict(PretrainConfig, settings["pretrain"])
+        rcfg = from_dict(RetrainConfig, settings["retrain"])
+        qcfg = from_dict(QuantizeConfig, settings["quantize"])
+    except (KeyError, TypeError) as e:
+        raise RunDirError(f"{run.path / 'config.json'}: incomplete 'run' settings ({e})") from None
+    with _resume_hint("run", run):
+        if not run.complete("pretrained") or run.has_state("pretrain"):
+            again = run.has_state("pretrain")
+            _echo_metrics("pretrained", run_pretrain(run, None if again else pcfg, data_dir, quiet,
+                                                     resume=again, guard=guard))
+        if not run.complete("retrained") or run.has_state("retrain"):
+            again = run.has_state("retrain")
+            _echo_metrics("retrained", run_retrain(run, None if again else rcfg, data_dir, quiet,
+                                                   snapshots=figures, resume=again, guard=guard))
+    if not run.complete("quantized"):
+        _print_report(run_quantize(run, qcfg, data_dir))
+    if figures:
+        _draw_figures(run)
+    if not (run.path / "model.sws").is_file():
+        _write_sws(run.path, run.path / "model.sws")
