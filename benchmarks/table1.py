@@ -85,7 +85,7 @@ VARIANTS = {
     "pi0-9999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60}),
 }
 # run by default: both presets and the candidate chosen on validation
-DEFAULT_VARIANTS = ["tutorial", "paper", "pi0-9995"]
+DEFAULT_VARIANTS = ["tutorial", "paper", "lenet-300-100:pi0-9998", "lenet-5-caffe:fast-tau-3e-2-30ep"]
 
 
 def _hash(obj) -> str:
