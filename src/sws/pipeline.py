@@ -20,7 +20,7 @@ from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, Tr
 from sws.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
 from sws.quantize import Mixture, layer_stats, quantize_weights
-from sws.runs import RunDir
+from sws.runs import RunDir, load_strict
 from sws.train import evaluate, pretrain, retrain
 
 __all__ = ["run_pretrain", "run_retrain", "run_quantize", "evaluate_path", "model_from_checkpoint",
@@ -46,12 +46,7 @@ def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") 
     """Rebuild the named model and load its tensors; a mismatch raises CheckpointError."""
     model = build_model(meta["model"], meta.get("input_norm", "none"))
     state = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"{where}: tensors do not match model {meta['model']!r} ({detail})") from None
+    load_strict(model, state, where, f"tensors do not match model {meta['model']!r}")
     return model
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import torch
 
 from sws.errors import CheckpointError
+from sws.runs import load_strict
 
 __all__ = ["STATE_VERSION", "Position", "capture", "restore"]
 
@@ -68,15 +69,6 @@ def capture(stage: str, config, pos: Position, history: list[dict], model, opt, 
     return tensors, meta
 
 
-def _load(module, state: dict, what: str, where: str):
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{where}: {what} tensors do not match ({detail})") from None
-
-
 def restore(tensors: dict, meta: dict, stage: str, model, opt, prior=None,
             where: str = "training state") -> tuple[Position, list[dict]]:
     """Put a captured state back into ``model``, ``opt``, ``prior`` and the global RNG.
@@ -96,9 +88,9 @@ def restore(tensors: dict, meta: dict, stage: str, model, opt, prior=None,
     for k, v in tensors.items():
         head, _, rest = k.partition(".")
         groups.setdefault(head, {})[rest] = v
-    _load(model, groups.get("model", {}), "network", where)
+    load_strict(model, groups.get("model", {}), where, "network tensors do not match")
     if prior is not None:
-        _load(prior, groups.get("prior", {}), "prior", where)
+        load_strict(prior, groups.get("prior", {}), where, "prior tensors do not match")
     params = [p for g in opt.param_groups for p in g["params"]]
     state: dict[int, dict] = {}
     for k, v in groups.get("opt", {}).items():

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save
 
 from sws.errors import CheckpointError, RunDirError, StorageError
 
-__all__ = ["RunDir", "atomic_write", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["RunDir", "atomic_write", "load_strict", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
 
 STAGES = ("pretrained", "retrained", "quantized")
 
@@ -76,6 +76,17 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def load_strict(module, state: dict, where: str, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch raises
+    ``CheckpointError("WHERE: WHAT (first line of PyTorch's complaint)")``."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{where}: {what} ({detail})") from None
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
