@@ -133,6 +133,13 @@ class _Loop:
         raise TrainingInterrupted(f"{self.stage} stopped by {name} at epoch {self.pos.epoch}, "
                                   f"step {step}; its state is saved", signals.signum)
 
+    def batches(self, train: Dataset, batch_size: int, skip: int):
+        """The epoch's (step, x, y), drawn in the seeded order, the first ``skip``
+        (already done before a resume) left out."""
+        for step, (x, y) in enumerate(batches(train, batch_size, self.gen)):
+            if step >= skip:
+                yield step, x, y
+
     def end_epoch(self, rec: dict, on_epoch, signals: _Signals):
         self.history.append(rec)
         if on_epoch:
@@ -176,9 +183,7 @@ def pretrain(model: torch.nn.Module, train: Dataset, cfg: PretrainConfig,
             t0 = time.perf_counter() - sums.get("seconds", 0.0)
             with _bar(steps, f"pretrain {epoch}/{cfg.epochs}", quiet) as bar:
                 bar.update(skip)
-                for step, (x, y) in enumerate(batches(train, cfg.batch_size, loop.gen)):
-                    if step < skip:
-                        continue
+                for step, x, y in loop.batches(train, cfg.batch_size, skip):
                     loss = F.cross_entropy(model(x), y)
                     value = loss.item()
                     if guard and not math.isfinite(value):
@@ -265,9 +270,7 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
             t0 = time.perf_counter() - sums.get("seconds", 0.0)
             with _bar(steps, f"retrain {epoch}/{cfg.epochs}", quiet) as bar:
                 bar.update(skip)
-                for step, (x, y) in enumerate(batches(train, cfg.batch_size, loop.gen)):
-                    if step < skip:
-                        continue
+                for step, x, y in loop.batches(train, cfg.batch_size, skip):
                     tau = cfg.tau_at(epoch - 1 + step / steps)
                     scale = tau / len(train)
                     ce = F.cross_entropy(model(x), y)
