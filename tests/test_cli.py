@@ -1,5 +1,6 @@
 """The command line: help, exit codes and one-line errors."""
 
+import math
 import subprocess
 import sys
 
@@ -90,3 +91,19 @@ def test_report_warns_when_post_processing_wrecks_the_net(capsys):
     assert err.startswith("warning: every weight was snapped to 0") and err.count("\n") == 1
     _print_report({**m, "test_accuracy": 0.94, "nonzero_share": 0.05})
     assert capsys.readouterr().err == ""
+
+
+def test_cosine_schedules_reach_the_loops(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "r"
+    code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(out), "--data-dir",
+                        str(mnist_dir), "--train-subset", "512", "--pretrain-epochs", "2", "--epochs", "2",
+                        "--pretrain-lr-schedule", "cosine", "--lr-schedule", "cosine", "--quiet")
+    assert code == 0, err
+    import json
+    settings = json.loads((out / "config.json").read_text())["run"]["settings"]
+    assert settings["pretrain"]["lr_schedule"] == settings["retrain"]["lr_schedule"] == "cosine"
+    history = json.loads((out / "history.json").read_text())
+    # 2 steps per epoch: the last steps ran at cos-annealed shares 0.5 (step 2 of 4) and 0.146
+    for stage in ("pretrain", "retrain"):
+        scales = [r["lr_scale"] for r in history if r["stage"] == stage]
+        assert scales == pytest.approx([0.5 * (1 + math.cos(math.pi * 1 / 4)), 0.5 * (1 + math.cos(math.pi * 3 / 4))])

@@ -8,7 +8,8 @@ import torch
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from sws.config import PriorConfig
+from sws.config import PretrainConfig, PriorConfig, lr_factor, retrain_config
+from sws.errors import ConfigError
 from sws.kernel import Workspace, mixture_nll, mixture_nll_reference
 from sws.prior import GaussianMixturePrior
 
@@ -127,6 +128,15 @@ def test_learned_pi0_with_beta_prior():
     prior.complexity([w]).backward()
     assert prior.pi0_logit.grad is not None and prior.pi0_logit.grad.abs() > 0
     assert not isinstance(fixed.pi0_logit, torch.nn.Parameter)  # presets keep pi0 fixed
+
+
+def test_lr_schedules():
+    assert [lr_factor("constant", d, 10) for d in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("cosine", d, 10) for d in (0, 5, 10, 12)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    with pytest.raises(ConfigError, match="lr_schedule must be one of constant, cosine"):
+        retrain_config(lr_schedule="step")
+    with pytest.raises(ConfigError, match="lr_schedule must be one of"):
+        PretrainConfig(lr_schedule="linear").validate()
 
 
 def test_tau_schedules():

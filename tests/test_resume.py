@@ -6,6 +6,7 @@ tensor of the final checkpoint.
 """
 
 import json
+import math
 import os
 import random
 import signal
@@ -85,8 +86,9 @@ def _raise():
     raise Crash
 
 
-def test_pretrain_crash_mid_epoch_resumes_bit_identical(tmp_path, mnist_dir, monkeypatch):
-    cfg = PretrainConfig(**{**SMALL, "epochs": 2})
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_pretrain_crash_mid_epoch_resumes_bit_identical(tmp_path, mnist_dir, monkeypatch, schedule):
+    cfg = PretrainConfig(**{**SMALL, "epochs": 2, "lr_schedule": schedule})
     ref = RunDir.create(tmp_path / "ref")
     run_pretrain(ref, cfg, mnist_dir, quiet=True)
     run = RunDir.create(tmp_path / "crash")
@@ -99,13 +101,18 @@ def test_pretrain_crash_mid_epoch_resumes_bit_identical(tmp_path, mnist_dir, mon
     run_pretrain(run, None, mnist_dir, quiet=True, resume=True)
     _same(ref.path, run.path, "pretrained")
     assert not run.has_state("pretrain")  # removed once the stage is done
-    hist = [r["epoch"] for r in run.read_json("history.json", []) if r["stage"] == "pretrain"]
-    assert hist == [1, 2]
+    hist = [r for r in run.read_json("history.json", []) if r["stage"] == "pretrain"]
+    assert [r["epoch"] for r in hist] == [1, 2]
+    # the last step of each epoch ran at this share of the rate (cosine: 8 steps per epoch)
+    want = [1.0, 1.0] if schedule == "constant" else [0.5 * (1 + math.cos(math.pi * 7 / 16)),
+                                                       0.5 * (1 + math.cos(math.pi * 15 / 16))]
+    assert [r["lr_scale"] for r in hist] == pytest.approx(want)
 
 
 def test_retrain_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, mnist_dir, pretrained,
                                                                   monkeypatch):
-    cfg = retrain_config("tutorial", epochs=2, seed=5)
+    # cosine: the resumed optimiser must not take its (decayed) rates for the base rates
+    cfg = retrain_config("tutorial", epochs=2, seed=5, lr_schedule="cosine")
     ref = _copy_run(pretrained, tmp_path / "ref")
     run_retrain(ref, cfg, mnist_dir, quiet=True)
     run = _copy_run(pretrained, tmp_path / "int")

@@ -13,8 +13,18 @@ from dataclasses import dataclass, field
 from sws.errors import ConfigError
 from sws.models import MODELS
 
-__all__ = ["PretrainConfig", "PriorConfig", "RetrainConfig", "QuantizeConfig", "PRESETS",
+__all__ = ["LR_SCHEDULES", "lr_factor", "PretrainConfig", "PriorConfig", "RetrainConfig", "QuantizeConfig", "PRESETS",
            "retrain_config", "from_dict"]
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, done: int, total: int) -> float:
+    """The learning-rate multiplier after ``done`` of ``total`` steps: 1 throughout for
+    "constant"; for "cosine", half a cosine from 1 down to 0 at the last step."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(done, total) / total))
 
 
 @dataclass
@@ -23,6 +33,7 @@ class PretrainConfig:
     epochs: int = 20                 # tutorial runs 100; about 20 reach the same error
     batch_size: int = 256            # tutorial
     lr: float = 1e-3                 # Adam, tutorial
+    lr_schedule: str = "constant"    # "cosine": anneal lr to 0 over all steps (per step)
     seed: int = 0
     input_norm: str = "none"         # tutorial feeds pixels / 255 unchanged
     weight_init: str = "torch"       # "keras": Glorot-uniform, zero biases, as the tutorial's Keras nets
@@ -35,6 +46,8 @@ class PretrainConfig:
         _positive(self, "epochs", "batch_size", "lr")
         if self.input_norm not in ("none", "standardize"):
             raise ConfigError(f"input_norm must be 'none' or 'standardize', got {self.input_norm!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.weight_init not in ("torch", "keras"):
             raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
         if self.train_subset < 0 or self.val_size < 0:
@@ -85,6 +98,7 @@ class RetrainConfig:
     tau_schedule: str = "constant"   # tutorial; "linear" / "exponential": warm tau up from tau_start
     tau_start: float = 0.0           # tau at step 0 of a warm-up (> 0 for "exponential")
     tau_warmup_epochs: float = 0.0   # epochs over which tau goes from tau_start to tau
+    lr_schedule: str = "constant"    # tutorial; "cosine": all four rates annealed to 0 (per step)
     seed: int = 0
     prior: PriorConfig = field(default_factory=PriorConfig)
 
@@ -100,6 +114,8 @@ class RetrainConfig:
             raise ConfigError(f"tau_start must be a finite number >= 0, got {self.tau_start}")
         if not (self.tau_warmup_epochs >= 0 and math.isfinite(self.tau_warmup_epochs)):
             raise ConfigError(f"tau_warmup_epochs must be >= 0, got {self.tau_warmup_epochs}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
             raise ConfigError("an exponential tau warm-up needs tau_start > 0 and tau > 0")
         self.prior.validate()

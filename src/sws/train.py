@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sws.config import PretrainConfig, RetrainConfig
+from sws.config import PretrainConfig, RetrainConfig, lr_factor
 from sws.data import Dataset, batches
 from sws.errors import DivergenceError, TrainingInterrupted
 from sws.models import covered_parameters
@@ -100,6 +100,7 @@ class _Loop:
     def __init__(self, stage, cfg, model, opt, prior, resume, on_state):
         self.stage, self.cfg, self.model, self.opt, self.prior = stage, cfg, model, opt, prior
         self.on_state, self.saved = on_state, None
+        self.base_lrs = [g["lr"] for g in opt.param_groups]  # from cfg: a resumed state holds decayed ones
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         if resume is None:
@@ -139,6 +140,13 @@ class _Loop:
         for step, (x, y) in enumerate(batches(train, batch_size, self.gen)):
             if step >= skip:
                 yield step, x, y
+
+    def schedule_lr(self, epoch: int, step: int, steps: int) -> float:
+        """Set the optimiser's rates for this step per ``cfg.lr_schedule``; the factor."""
+        factor = lr_factor(self.cfg.lr_schedule, (epoch - 1) * steps + step, self.cfg.epochs * steps)
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return factor
 
     def end_epoch(self, rec: dict, on_epoch, signals: _Signals):
         self.history.append(rec)
@@ -191,6 +199,7 @@ def pretrain(model: torch.nn.Module, train: Dataset, cfg: PretrainConfig,
                                       f"lower --pretrain-lr (now {cfg.lr:g})")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    loop.schedule_lr(epoch, step, steps)
                     opt.step()
                     total += value * len(y)
                     seen += len(y)
@@ -198,6 +207,7 @@ def pretrain(model: torch.nn.Module, train: Dataset, cfg: PretrainConfig,
                     loop.interrupted(signals, step + 1, {"ce": total, "seen": seen,
                                                          "seconds": time.perf_counter() - t0})
             rec = {"stage": "pretrain", "epoch": epoch, "seconds": time.perf_counter() - t0,
+                   "lr_scale": lr_factor(cfg.lr_schedule, epoch * steps - 1, cfg.epochs * steps),
                    "train_cross_entropy": total / seen, **_eval_sets(model, val, test)}
             loop.end_epoch(rec, on_epoch, signals)
     return loop.history
@@ -286,6 +296,7 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
                                       f"lower --lr-weights (now {cfg.lr_weights:g}), "
                                       f"--lr-log-precisions (now {cfg.lr_log_precisions:g}) "
                                       f"or --tau (now {cfg.tau:g})")
+                    loop.schedule_lr(epoch, step, steps)
                     opt.step()
                     ce_sum += ce_value * len(y)
                     cx_sum += complexity * len(y)
@@ -306,6 +317,7 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train: Dataset,
                 mu, gamma, _ = prior.mixture()
                 near_zero = (flat.abs() < 2.0 * torch.exp(-0.5 * gamma[0])).float().mean().item()
             rec = {"stage": "retrain", "epoch": epoch, "seconds": seconds, "tau": tau,
+                   "lr_scale": lr_factor(cfg.lr_schedule, epoch * steps - 1, cfg.epochs * steps),
                    "train_cross_entropy": ce_sum / seen, "complexity": cx_sum / seen,
                    "share_within_2sd_of_zero": near_zero, "prior": prior.summary(),
                    **_eval_sets(model, val, test)}

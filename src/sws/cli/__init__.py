@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from sws.config import PRESETS, PretrainConfig, QuantizeConfig, retrain_config
+from sws.config import LR_SCHEDULES, PRESETS, PretrainConfig, QuantizeConfig, retrain_config
 from sws.errors import ConfigError, RunDirError, SwsError, TrainingInterrupted
 from sws.models import MODELS
 from sws.runs import RunDir
@@ -84,6 +84,9 @@ pretrain_options = _options(
                  show_default=True),
     click.option("--pretrain-lr", "pretrain_lr", type=float, default=PretrainConfig.lr, show_default=True,
                  help="Adam learning rate of pretraining."),
+    click.option("--pretrain-lr-schedule", "pretrain_lr_schedule", type=click.Choice(LR_SCHEDULES),
+                 default=PretrainConfig.lr_schedule, show_default=True,
+                 help="'cosine': anneal the rate to 0 over pretraining."),
     click.option("--input-norm", type=click.Choice(["none", "standardize"]), default="none",
                  show_default=True, help="'none': pixels/255 (tutorial); 'standardize': MNIST "
                  "mean/std, applied inside the model."),
@@ -120,6 +123,8 @@ retrain_options = _options(
     click.option("--tau-start", type=float, default=None, help="tau at the first step of a warm-up."),
     click.option("--tau-warmup-epochs", type=float, default=None,
                  help="Epochs over which tau reaches --tau."),
+    click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=None,
+                 help="'cosine': anneal all four rates to 0 over retraining [constant]."),
     click.option("--learn-pi0/--fixed-pi0", "learn_pi0", default=None,
                  help="Learn pi0 under a Beta(--pi0-a, --pi0-b) prior (paper option)."),
     click.option("--pi0-a", type=float, default=None, help="Beta prior on pi0: a [1]."),
@@ -130,9 +135,9 @@ merge_option = click.option("--merge-threshold", type=float, default=QuantizeCon
                             show_default=True, help="KL divergence below which components merge.")
 
 
-def _pretrain_cfg(model, epochs, lr, input_norm, weight_init, train_subset, val_size, batch_size,
-                  seed) -> PretrainConfig:
-    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, input_norm=input_norm,
+def _pretrain_cfg(model, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
+                  batch_size, seed) -> PretrainConfig:
+    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
                          batch_size=batch_size, seed=seed)
     cfg.validate()

@@ -43,8 +43,8 @@ from sws.runs import RunDir
 @quiet_option
 @resume_option
 @guard_option
-def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, batch_size, seed,
-                 data_dir, force, quiet, resume, guard):
+def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+                 train_subset, val_size, batch_size, seed, data_dir, force, quiet, resume, guard):
     """Train a reference network with plain cross-entropy."""
     if resume is not None:
         _no_settings_with_resume()
@@ -56,8 +56,8 @@ def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_in
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    cfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
-                        val_size, batch_size, seed)
+    cfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+                        train_subset, val_size, batch_size, seed)
     run = RunDir.create(out, force)
     _record_command(run, "pretrain", vars(cfg))
     with _resume_hint("pretrain", run):
@@ -161,8 +161,8 @@ def evaluate_cmd(path, data_dir):
 @figures_option
 @resume_option
 @guard_option
-def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset, val_size, merge_threshold,
-            preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
+def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+            train_subset, val_size, merge_threshold, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
     if resume is not None:
@@ -171,8 +171,8 @@ def run_cmd(out, model, pretrain_epochs, pretrain_lr, input_norm, weight_init, t
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, input_norm, weight_init, train_subset,
-                         val_size, batch_size, seed)
+    pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+                         train_subset, val_size, batch_size, seed)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = QuantizeConfig(merge_threshold)
     qcfg.validate()
