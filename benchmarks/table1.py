@@ -419,8 +419,8 @@ def parse_args(argv):
             args.models = ["lenet-300-100"]
     extra = dict(_parse_variant(v) for v in args.variant)
     args.specs = {**VARIANTS, **extra}
-    for name in extra:
-        if name not in args.variants:
+    for name in extra:   # a --variant runs even when --variants does not name it
+        if name not in (v.split(":")[-1] for v in args.variants):
             args.variants.append(name)
     unknown = [v for v in args.variants if v.split(":")[-1] not in args.specs]
     if unknown:

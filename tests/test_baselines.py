@@ -137,6 +137,15 @@ def test_results_section_is_replaced_and_other_sections_kept(tmp_path):
     assert "third" in text and "second" not in text and "also kept" in text and "keep me" in text
 
 
+def test_table1_extra_variant_runs_once_whether_or_not_variants_names_it():
+    t1 = _table1()
+    extra = ["--variant", "mine=tutorial,tau=0.01,lr_schedule=cosine"]
+    assert t1.parse_args(extra).variants == [*t1.DEFAULT_VARIANTS, "mine"]
+    args = t1.parse_args(["--variants", "lenet-5-caffe:mine", *extra])
+    assert args.variants == ["lenet-5-caffe:mine"]
+    assert args.specs["mine"] == ("tutorial", {"tau": 0.01, "lr_schedule": "cosine"})
+
+
 @pytest.mark.slow
 def test_table1_quick_writes_the_markdown_table_and_files(tmp_path, mnist_dir):
     t1 = _table1()
