@@ -107,3 +107,10 @@ def test_cosine_schedules_reach_the_loops(capsys, tmp_path, mnist_dir):
     for stage in ("pretrain", "retrain"):
         scales = [r["lr_scale"] for r in history if r["stage"] == stage]
         assert scales == pytest.approx([0.5 * (1 + math.cos(math.pi * 1 / 4)), 0.5 * (1 + math.cos(math.pi * 3 / 4))])
+
+
+def test_bench_table1_runs_the_benchmark_script_from_the_checkout():
+    r = sws("bench", "table1", "--help")
+    assert r.returncode == 0 and "usage: table1" in r.stdout and "--pretrain-lr-schedule" in r.stdout
+    r = sws("bench", "table1", "--models", "lenet-7")
+    assert r.returncode == 2 and "invalid choice: 'lenet-7'" in r.stderr

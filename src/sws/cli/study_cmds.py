@@ -24,7 +24,7 @@ def bench_table1_cmd(args):
     """Table 1: soft weight-sharing and the baselines on the LeNets (benchmarks/table1.py;
     options: sws bench table1 --help)."""
     import importlib.util
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "table1.py"
+    script = Path(__file__).resolve().parents[3] / "benchmarks" / "table1.py"  # src/sws/cli/ -> root
     if not script.is_file():
         raise SwsError(f"{script}: not found; 'sws bench' runs from a source checkout")
     spec = importlib.util.spec_from_file_location("sws_bench_table1", script)
