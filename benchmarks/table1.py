@@ -75,6 +75,12 @@ VARIANTS = {
                                   "lr_mixing": 1e-2, "lr_schedule": "cosine", "epochs": 50}),
     "tau-5e-2-cos": ("tutorial", {"lr_weights": 1e-3, "tau": 0.05, "lr_log_precisions": 1e-2,
                                   "lr_mixing": 1e-2, "lr_schedule": "cosine", "epochs": 50}),
+    "tau-3e-2-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
+                                          "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
+                                          "epochs": 50}),
+    "tau-3e-2-cos-pi0-9995": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
+                                           "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.9995,
+                                           "epochs": 50}),
     "pi0-9999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60}),
 }
 # run by default: both presets and the candidate chosen on validation
