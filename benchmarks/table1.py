@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
@@ -36,10 +37,11 @@ from sws.baselines import (DeepCompressionConfig, deep_compression, prune_and_qu
                            save_baseline, weight_names)
 from sws.config import LR_SCHEDULES, PretrainConfig, QuantizeConfig, retrain_config
 from sws.errors import DivergenceError
+from sws import fileformat
 from sws.fileformat import compress_run, load
 from sws.filestats import file_stats
 from sws.pipeline import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
-from sws.runs import RunDir
+from sws.runs import RunDir, atomic_write
 from sws.train import evaluate
 
 HERE = Path(__file__).resolve().parent
@@ -162,6 +164,23 @@ def _file_result(path: Path, val, test) -> dict:
             "cr_file": stats["cr_file"], "cr_paper": stats["cr_paper"]}
 
 
+def _cached(result_path: Path, data) -> dict:
+    """A finished row; its .sws file rewritten first if an older format version wrote it (same
+    tensors, the current layout), with the file's numbers measured again."""
+    res = json.loads(result_path.read_text())
+    path = result_path.parent / "model.sws"
+    raw = path.read_bytes() if path.is_file() else b""
+    if "diverged" in res or struct.unpack_from("<I", raw, 8)[0] == fileformat.VERSION:
+        return res
+    old = fileformat.decode(raw)
+    sparse = [h["name"] for h in old.header["tensors"] if h["coding"] != "raw"]
+    atomic_write(path, fileformat.encode(old.tensors, old.codebook, sparse, old.header["model"]))
+    res.update(_file_result(path, data[1], data[2]))
+    result_path.write_text(json.dumps(res, indent=2) + "\n")
+    _log(f"{res['model']} {res['variant']}: {path} rewritten in format version {fileformat.VERSION}")
+    return res
+
+
 def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
     """Retrain, quantize and compress one variant in its own run folder (resumable)."""
     preset, over = spec
@@ -181,7 +200,7 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
     result_path = run.path / "result.json"
     if result_path.is_file():
         _log(f"{model} sws {variant}: done before ({run.path})")
-        return json.loads(result_path.read_text())
+        return _cached(result_path, data)
     run.path.mkdir(parents=True, exist_ok=True)
     if not run.has("pretrained"):
         tensors, meta = pre_run.load("pretrained")
@@ -230,7 +249,7 @@ def baseline(args, model, pre_run, kind: str, data) -> dict:
     result_path = folder / "result.json"
     if result_path.is_file():
         _log(f"{model} {kind}: done before ({folder})")
-        return json.loads(result_path.read_text())
+        return _cached(result_path, data)
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = pre_run.load("pretrained")
     net = model_from_checkpoint(tensors, meta)

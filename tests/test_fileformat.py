@@ -15,7 +15,8 @@ import sws
 from sws import fileformat as ff
 from sws import sparsecode
 
-GOLDEN = Path(__file__).parent / "golden" / "tiny.sws"
+GOLDEN = Path(__file__).parent / "golden" / "tiny.sws"          # version 2, as written now
+GOLDEN_V1 = Path(__file__).parent / "golden" / "tiny-v1.sws"    # the same model, version 1
 CODEBOOK = np.array([0.0, -0.5, 0.25, 1.0], dtype=np.float32)
 
 
@@ -45,9 +46,23 @@ def test_golden_bytes():
 def test_golden_layout():
     data = GOLDEN.read_bytes()
     magic, version, hlen, plen = struct.unpack_from("<8sIIQ", data)
-    assert magic == b"\x89SWS\r\n\x1a\n" and version == 1
+    assert magic == b"\x89SWS\r\n\x1a\n" and version == 2
     assert len(data) == 24 + hlen + plen + 4
     assert struct.unpack("<I", data[-4:])[0] == zlib.crc32(data[:-4])
+    text = zlib.decompress(data[24:24 + hlen], -15)   # the header: raw deflate of the JSON
+    assert text.startswith(b'{"model":{"name":"tiny"') and len(text) > hlen
+
+
+def test_version_1_files_still_read_the_same():
+    old, new = ff.decode(GOLDEN_V1.read_bytes()), ff.decode(GOLDEN.read_bytes())
+    assert struct.unpack_from("<I", GOLDEN_V1.read_bytes(), 8)[0] == 1
+    assert old.header == new.header and np.array_equal(old.codebook, new.codebook)
+    for k, v in tiny_model().items():
+        assert torch.equal(old.tensors[k], v) and torch.equal(new.tensors[k], v)
+    # the payloads are the same bytes; only the header is smaller
+    (text1, payload1), (text2, payload2) = _parts(GOLDEN_V1.read_bytes()), _parts(GOLDEN.read_bytes())
+    assert text1 == text2 and payload1 == payload2
+    assert len(GOLDEN.read_bytes()) < len(GOLDEN_V1.read_bytes())
 
 
 # --- round trips -------------------------------------------------------------
@@ -124,8 +139,15 @@ def _rebuild(header: bytes, payload: bytes, version=1, magic=ff.MAGIC, hlen=None
 
 
 def _parts(data):
-    _, _, hlen, plen = struct.unpack_from("<8sIIQ", data)
-    return data[24:24 + hlen], data[24 + hlen:24 + hlen + plen]
+    """(header JSON text, payload bytes) of a file of either version."""
+    _, version, hlen, plen = struct.unpack_from("<8sIIQ", data)
+    header = data[24:24 + hlen]
+    return (zlib.decompress(header, -15) if version == 2 else header), data[24 + hlen:24 + hlen + plen]
+
+
+def _deflate(text: bytes) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return packer.compress(text) + packer.flush()
 
 
 def _with_header(edit):
@@ -155,7 +177,16 @@ def _bad_bits(h):
 BAD = {
     "magic": (lambda: b"PK\x03\x04" + tiny_bytes()[4:], ff.BadMagicError),
     "empty": (lambda: b"", ff.BadMagicError),
-    "version": (lambda: _rebuild(*_parts(tiny_bytes()), version=2), ff.UnsupportedVersionError),
+    "version": (lambda: _rebuild(*_parts(tiny_bytes()), version=3), ff.UnsupportedVersionError),
+    "v2 header not deflate": (lambda: _rebuild(_parts(tiny_bytes())[0], _parts(tiny_bytes())[1], version=2),
+                              ff.MalformedHeaderError),
+    "v2 header cut short": (lambda: _rebuild(_deflate(_parts(tiny_bytes())[0])[:-3], _parts(tiny_bytes())[1],
+                                             version=2), ff.MalformedHeaderError),
+    "v2 bytes after header": (lambda: _rebuild(_deflate(_parts(tiny_bytes())[0]) + b"{}",
+                                               _parts(tiny_bytes())[1], version=2), ff.MalformedHeaderError),
+    "v2 header inflates past 1 MiB": (lambda: _rebuild(_deflate(b" " * (ff.MAX_HEADER_BYTES + 1)), b"",
+                                                       version=2), ff.HeaderTooLargeError),
+    "v2 header not json": (lambda: _rebuild(_deflate(b"{nope"), b"", version=2), ff.MalformedHeaderError),
     "header too large": (lambda: _rebuild(b"", b"", hlen=ff.MAX_HEADER_BYTES + 1),
                          ff.HeaderTooLargeError),
     "header not json": (lambda: _rebuild(b"{nope", _parts(tiny_bytes())[1]), ff.MalformedHeaderError),

@@ -3,7 +3,7 @@
 The layout is specified in ``docs/FORMAT.md``::
 
     magic (8) | version u32 | header length u32 | payload length u64
-    | JSON header | payloads, one per tensor in header order | CRC32 u32
+    | JSON header (version 2: raw-deflated) | payloads, one per tensor in header order | CRC32 u32
 
 Quantised tensors use the sparse Huffman layout of ``sws.sparsecode``; every
 other tensor is stored exactly as raw little-endian bytes.  No pickle.
@@ -31,8 +31,9 @@ __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError
            "Decoded", "USER_PREFIX", "encode", "decode", "save", "load", "read", "compress_run", "evaluate_file"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
-VERSION = 1
-MAX_HEADER_BYTES = 1 << 20     # 1 MiB; a LeNet header is about 1 kB
+VERSION = 2                    # what the writer writes: the header raw-deflated (RFC 1951)
+READABLE_VERSIONS = (1, 2)     # version 1: the same with the header as plain JSON
+MAX_HEADER_BYTES = 1 << 20     # 1 MiB, stored and inflated; a LeNet header is 800 B, 350 deflated
 MAX_ELEMENTS = 1 << 31         # per tensor
 MAX_CODEBOOK = 1 << 12
 _PREAMBLE = struct.Struct("<8sIIQ")
@@ -150,9 +151,11 @@ def encode(tensors: dict[str, torch.Tensor], codebook, quantized, model: dict) -
             payloads.append(t.numpy().astype(_RAW_DTYPES[h["raw"]][1]).tobytes())
         entries.append(h)
     header = {"model": model, "codebook": [_f32_json(x) for x in cb], "tensors": entries}
-    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
-    if len(hb) > MAX_HEADER_BYTES:
-        raise ValueError(f"header of {len(hb)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(text) > MAX_HEADER_BYTES:
+        raise ValueError(f"header of {len(text)} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15, 9)   # raw deflate, no zlib wrapper
+    hb = packer.compress(text) + packer.flush()
     body = _PREAMBLE.pack(MAGIC, VERSION, len(hb), sum(map(len, payloads))) + hb + b"".join(payloads)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -230,6 +233,20 @@ def _payload_size(h: dict) -> int:
     return sparsecode.payload_size(h)
 
 
+def _inflate_header(stored: bytes) -> bytes:
+    """A version 2 header: exactly one raw deflate stream, at most MAX_HEADER_BYTES inflated."""
+    unpacker = zlib.decompressobj(-15)
+    try:
+        text = unpacker.decompress(stored, MAX_HEADER_BYTES)
+    except zlib.error as e:
+        raise MalformedHeaderError(f"header is not a valid deflate stream ({e})") from None
+    if not unpacker.eof and (unpacker.unconsumed_tail or len(text) >= MAX_HEADER_BYTES):
+        raise HeaderTooLargeError(f"header inflates to more than {MAX_HEADER_BYTES} bytes")
+    if not unpacker.eof or unpacker.unused_data:
+        raise MalformedHeaderError("header's deflate stream is cut short or followed by other bytes")
+    return text
+
+
 def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
     """Check preamble, lengths, checksum and header; return (header, codebook, payload)."""
     data = memoryview(data)
@@ -238,8 +255,9 @@ def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
     if len(data) < _PREAMBLE.size:
         raise TruncatedFileError(f"file of {len(data)} bytes ends inside the preamble")
     _, version, hlen, plen = _PREAMBLE.unpack_from(data)
-    if version != VERSION:
-        raise UnsupportedVersionError(f"format version {version} not supported (this reader: {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise UnsupportedVersionError(f"format version {version} not supported (this reader: "
+                                      f"{', '.join(map(str, READABLE_VERSIONS))})")
     if hlen > MAX_HEADER_BYTES:
         raise HeaderTooLargeError(f"header of {hlen} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
     need = _PREAMBLE.size + hlen + plen + 4
@@ -250,9 +268,11 @@ def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
     (crc,) = struct.unpack_from("<I", data, need - 4)
     if zlib.crc32(data[:need - 4]) != crc:
         raise ChecksumError("checksum mismatch: the file is corrupt")
+    text = bytes(data[_PREAMBLE.size:_PREAMBLE.size + hlen])
+    if version == 2:
+        text = _inflate_header(text)
     try:
-        header = json.loads(bytes(data[_PREAMBLE.size:_PREAMBLE.size + hlen]).decode("utf-8"),
-                            object_pairs_hook=_no_duplicates)
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise MalformedHeaderError(f"header is not valid JSON ({e})") from None
     cb = _check_header(header)
