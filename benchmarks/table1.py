@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import struct
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from sws import fileformat
 from sws.fileformat import compress_run, load
 from sws.filestats import file_stats
 from sws.pipeline import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
+from sws.quantize import drop_dead_units
 from sws.runs import RunDir, atomic_write
 from sws.train import evaluate
 
@@ -100,7 +100,8 @@ _KEYED = {"PretrainConfig": {"model", "epochs", "batch_size", "lr", "seed", "inp
           "RetrainConfig": {"epochs", "batch_size", "tau", "lr_weights", "lr_means",
                             "lr_log_precisions", "lr_mixing", "seed", "prior"},
           "PriorConfig": {"n_components", "pi0", "init", "init_range", "init_sigma", "zero_alpha",
-                          "zero_beta", "alpha", "beta", "cover"}}
+                          "zero_beta", "alpha", "beta", "cover"},
+          "QuantizeConfig": {"merge_threshold"}}
 
 
 def _settings(cfg) -> dict:
@@ -165,19 +166,23 @@ def _file_result(path: Path, val, test) -> dict:
 
 
 def _cached(result_path: Path, data) -> dict:
-    """A finished row; its .sws file rewritten first if an older format version wrote it (same
-    tensors, the current layout), with the file's numbers measured again."""
+    """A finished row.  A file written before the current post-processing and format (format
+    version 1, or dead units not yet dropped) is brought up to date first: the net decoded from
+    it, ``drop_dead_units`` (lossless), written again with the current writer, and its numbers
+    measured again."""
     res = json.loads(result_path.read_text())
     path = result_path.parent / "model.sws"
-    raw = path.read_bytes() if path.is_file() else b""
-    if "diverged" in res or struct.unpack_from("<I", raw, 8)[0] == fileformat.VERSION:
+    if "diverged" in res or "dead_unit_weights_dropped" in res:
         return res
-    old = fileformat.decode(raw)
+    old = fileformat.read(path)
+    net = fileformat.load(path)
+    res["dead_unit_weights_dropped"] = drop_dead_units(net)
     sparse = [h["name"] for h in old.header["tensors"] if h["coding"] != "raw"]
-    atomic_write(path, fileformat.encode(old.tensors, old.codebook, sparse, old.header["model"]))
+    atomic_write(path, fileformat.encode(net.state_dict(), old.codebook, sparse, old.header["model"]))
     res.update(_file_result(path, data[1], data[2]))
     result_path.write_text(json.dumps(res, indent=2) + "\n")
-    _log(f"{res['model']} {res['variant']}: {path} rewritten in format version {fileformat.VERSION}")
+    _log(f"{res['model']} {res['variant']}: {path} rewritten (format version {fileformat.VERSION}, "
+         f"{res['dead_unit_weights_dropped']} weights of dead units dropped)")
     return res
 
 
@@ -232,6 +237,7 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
            "retrained_test_error": 1 - metrics["retrained"]["test_accuracy"],
            "retrained_val_error": 1 - metrics["retrained"].get("val_accuracy", float("nan")),
            "seconds": metrics["retrained"]["seconds"],
+           "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
            **_file_result(run.path / "model.sws", data[1], data[2])}
     run.write_json("result.json", res)
     _log(f"{model} sws {variant}: {_summary(res)}")
@@ -265,8 +271,9 @@ def baseline(args, model, pre_run, kind: str, data) -> dict:
         info = prune_and_quantize(net, model, cfg)
         label = "pruning + k-means, no retraining (ours)"
     seconds = time.perf_counter() - t0
-    save_baseline(folder / "model.sws", net, model, meta.get("input_norm", "none"))
-    res = {"model": model, "method": label, "variant": kind, "config": dataclasses.asdict(cfg),
+    before = sum(int(p.ne(0).sum()) for p in net.parameters())
+    save_baseline(folder / "model.sws", net, model, meta.get("input_norm", "none"))   # drops dead units
+    res = {"dead_unit_weights_dropped": before - sum(int(p.ne(0).sum()) for p in net.parameters()),"model": model, "method": label, "variant": kind, "config": dataclasses.asdict(cfg),
            "keep": info["keep"], "clusters": info["clusters"], "run": str(folder),
            "pretrained_test_error": 1 - pre["test_accuracy"],
            "pretrained_val_error": 1 - pre.get("val_accuracy", float("nan")), "seconds": seconds,

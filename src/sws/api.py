@@ -29,6 +29,7 @@ from sws.config import RetrainConfig, retrain_config
 from sws.errors import ConfigError
 from sws.fileformat import USER_PREFIX, encode
 from sws.prior import GaussianMixturePrior
+from sws import quantize
 from sws.quantize import Mixture, assign, layer_stats, merge_components
 from sws.train import retrain_optimizer
 
@@ -303,7 +304,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
              include: Iterable[Pattern] | None = None, exclude: Iterable[Pattern] | None = None,
              skip_norm: bool = True, merge_threshold: float = 1e-2,
              loss_fn: Callable = F.cross_entropy, n_train: int | None = None, out=None,
-             recalibrate_bn: bool = True, device=None, quiet: bool = True, on_epoch: Callable[[dict], None] | None = None,
+             recalibrate_bn: bool = True, drop_dead_units: bool = True, device=None, quiet: bool = True, on_epoch: Callable[[dict], None] | None = None,
              **overrides) -> tuple[nn.Module, CompressionReport]:
     """Retrain ``model`` with the mixture prior, quantise it, optionally write ``out``.
 
@@ -325,6 +326,8 @@ def compress(model: nn.Module, train_loader, val_loader=None,
       out: path of the ``.sws`` file to write (rank 0 only).
       recalibrate_bn: after quantising, re-estimate batch-norm running statistics
         with one pass over ``train_loader`` (``recalibrate_batchnorm``).
+      drop_dead_units: after quantising, zero the weights that cannot change the output
+        (``sws.quantize.drop_dead_units``: plain ``nn.Sequential`` nets only; lossless).
       device: where to train (default: where the model is).
     Returns:
       (the post-processed model, a ``CompressionReport``).
@@ -352,6 +355,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
     history = retrain_loader(net, model, prior, covered, train_loader, cfg, n_train, loss_fn,
                              val_loader, device, on_epoch, quiet)
     codebook, _ = quantize_module(covered, prior, merge_threshold)
+    dropped = quantize.drop_dead_units(model) if drop_dead_units else 0
     if recalibrate_bn:
         recalibrate_batchnorm(model, train_loader, device)
     if val_loader is not None:
@@ -360,7 +364,9 @@ def compress(model: nn.Module, train_loader, val_loader=None,
     stats = layer_stats(dict(covered))
     report = CompressionReport(
         config=dataclasses.asdict(cfg) | {"merge_threshold": merge_threshold, "n_train": n_train,
-                                              "recalibrate_bn": recalibrate_bn},
+                                              "recalibrate_bn": recalibrate_bn,
+                                              "drop_dead_units": drop_dead_units,
+                                              "dead_unit_weights_dropped": dropped},
         covered=list(covered), history=history, codebook=codebook.tolist(), layers=stats["layers"],
         nonzero_share=stats["total"]["nonzero_share"], distinct_values=stats["total"]["distinct"],
         seconds=time.perf_counter() - t0, world_size=distributed.world_size(), metrics=metrics)

@@ -274,6 +274,8 @@ def save_baseline(path: str | Path, model: torch.nn.Module, model_name: str,
     every layer's centroids (the format has one codebook, entry 0 = 0).
     """
     from sws.fileformat import save
+    from sws.quantize import drop_dead_units
+    drop_dead_units(model)   # lossless: the same post-processing as soft weight-sharing gets
     names = weight_names(model)
     for n in names:   # -0.0 is not a codebook entry; the sparse layout stores +0.0
         p = model.get_parameter(n)

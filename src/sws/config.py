@@ -133,6 +133,7 @@ class RetrainConfig:
 @dataclass
 class QuantizeConfig:
     merge_threshold: float = 1e-2    # merge components whose KL divergence (either way) is below this
+    drop_dead_units: bool = True     # then zero the weights that cannot change the output (lossless)
 
     def validate(self):
         if not self.merge_threshold >= 0:

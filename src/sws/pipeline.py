@@ -19,7 +19,7 @@ from sws.data import load_mnist, load_mnist_test
 from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
 from sws.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
-from sws.quantize import Mixture, layer_stats, quantize_weights
+from sws.quantize import Mixture, drop_dead_units, layer_stats, quantize_weights
 from sws.runs import RunDir, load_strict
 from sws.train import evaluate, pretrain, retrain
 
@@ -213,6 +213,8 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     with torch.no_grad():
         for name, value in quantized.items():
             model.get_parameter(name).copy_(value)
+    dropped = drop_dead_units(model) if cfg.drop_dead_units else 0
+    quantized = {name: model.get_parameter(name).detach() for name in quantized}
     quantized_eval = evaluate(model, test)
     stats = layer_stats(quantized)
     metrics = {"test_accuracy": quantized_eval["accuracy"], "test_error": quantized_eval["error"],
@@ -222,7 +224,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
                "components_after_merge": int(codebook.numel()),
                "nonzero_share": stats["total"]["nonzero_share"],
                "distinct_values": stats["total"]["distinct"], "layers": stats["layers"],
-               "covered": list(covered), "cover": cover}
+               "covered": list(covered), "cover": cover, "dead_unit_weights_dropped": dropped}
     pre = run.read_json("metrics.json", {}).get("pretrained", {})
     if run.has("pretrained"):
         ptensors, pmeta = run.load("pretrained")

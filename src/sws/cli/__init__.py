@@ -131,8 +131,13 @@ retrain_options = _options(
     click.option("--pi0-b", type=float, default=None, help="Beta prior on pi0: b [1]."),
 )
 
-merge_option = click.option("--merge-threshold", type=float, default=QuantizeConfig.merge_threshold,
-                            show_default=True, help="KL divergence below which components merge.")
+merge_option = _options(
+    click.option("--merge-threshold", type=float, default=QuantizeConfig.merge_threshold,
+                 show_default=True, help="KL divergence below which components merge."),
+    click.option("--drop-dead-units/--keep-dead-units", default=QuantizeConfig.drop_dead_units,
+                 show_default=True, help="After snapping, zero the weights that cannot change the "
+                 "output: leaving units that output 0, entering units nobody reads (lossless)."),
+)
 
 
 def _pretrain_cfg(model, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,

@@ -120,9 +120,9 @@ def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, 
 @merge_option
 @data_option
 @force_option
-def quantize_cmd(run_dir, merge_threshold, data_dir, force):
+def quantize_cmd(run_dir, merge_threshold, drop_dead_units, data_dir, force):
     """Post-process a retrained run: merge components, snap weights to the codebook."""
-    cfg = QuantizeConfig(merge_threshold)
+    cfg = QuantizeConfig(merge_threshold, drop_dead_units)
     cfg.validate()
     run = RunDir.open(run_dir)
     run.require("retrained", "run 'sws retrain' first")
@@ -162,7 +162,7 @@ def evaluate_cmd(path, data_dir):
 @resume_option
 @guard_option
 def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-            train_subset, val_size, merge_threshold, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
+            train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
     if resume is not None:
@@ -174,7 +174,7 @@ def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, inpu
     pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                          train_subset, val_size, batch_size, seed)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
-    qcfg = QuantizeConfig(merge_threshold)
+    qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
     qcfg.validate()
     run = RunDir.create(out, force)
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
