@@ -83,6 +83,14 @@ VARIANTS = {
     "tau-3e-2-cos-pi0-9995": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
                                            "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.9995,
                                            "epochs": 50}),
+    "tau-2e-2-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.02, "lr_log_precisions": 1e-2,
+                                          "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
+                                          "epochs": 50}),
+    "tau-15e-3-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.015, "lr_log_precisions": 1e-2,
+                                           "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
+                                           "epochs": 50}),
+    # the paper's settings run on past the divergence guard (components collapse onto each other)
+    "paper-no-guard": ("paper", {"guard": False}),
     "pi0-9999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60}),
 }
 # run by default: both presets and the candidate chosen on validation
@@ -195,9 +203,10 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
     over["epochs"] = min(over.get("epochs") or retrain_config(preset).epochs, cap)
     qcfg = QuantizeConfig(float(over.get("merge_threshold", QuantizeConfig.merge_threshold)))
     rcfg = retrain_config(preset, seed=args.seed,
-                          **{k: v for k, v in over.items() if k != "merge_threshold"})
+                          **{k: v for k, v in over.items() if k not in ("merge_threshold", "guard")})
+    guard = bool(over.get("guard", True))   # False: run on through collapsed components
     keys = [_hash({"pretrained": pre_run.path.name, "retrain": _settings(rcfg),
-                   "quantize": _settings(qcfg)}),
+                   "quantize": _settings(qcfg), **({} if guard else {"guard": False})}),
             _hash({"pretrained": pre_run.path.name, "retrain": dataclasses.asdict(rcfg),
                    "quantize": dataclasses.asdict(qcfg)})]   # the keys of earlier versions
     folders = [args.work / "runs" / model / f"sws-{variant}-{k}" for k in keys]
@@ -218,7 +227,8 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
                                                    "settings": dataclasses.asdict(rcfg)})
         resume = (run.path / "state-retrain.safetensors").is_file()   # interrupted: continue
         try:
-            run_retrain(run, None if resume else rcfg, args.data_dir, quiet=True, resume=resume)
+            run_retrain(run, None if resume else rcfg, args.data_dir, quiet=True, resume=resume,
+                        guard=guard)
         except DivergenceError as e:   # the outcome of these settings: a row that says so
             res = {"model": model, "method": "soft weight-sharing", "variant": variant,
                    "preset": preset, "overrides": over, "retrain_epochs": rcfg.epochs,
