@@ -304,7 +304,8 @@ def compress(model: nn.Module, train_loader, val_loader=None,
              include: Iterable[Pattern] | None = None, exclude: Iterable[Pattern] | None = None,
              skip_norm: bool = True, merge_threshold: float = 1e-2,
              loss_fn: Callable = F.cross_entropy, n_train: int | None = None, out=None,
-             recalibrate_bn: bool = True, drop_dead_units: bool = True, device=None, quiet: bool = True, on_epoch: Callable[[dict], None] | None = None,
+             recalibrate_bn: bool = True, drop_dead_units: bool = True, device=None,
+             quiet: bool = True, on_epoch: Callable[[dict], None] | None = None,
              **overrides) -> tuple[nn.Module, CompressionReport]:
     """Retrain ``model`` with the mixture prior, quantise it, optionally write ``out``.
 

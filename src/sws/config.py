@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from sws.errors import ConfigError
 from sws.models import MODELS
 
-__all__ = ["LR_SCHEDULES", "lr_factor", "PretrainConfig", "PriorConfig", "RetrainConfig", "QuantizeConfig", "PRESETS",
-           "retrain_config", "from_dict"]
+__all__ = ["LR_SCHEDULES", "lr_factor", "PretrainConfig", "PriorConfig", "RetrainConfig",
+           "QuantizeConfig", "PRESETS", "retrain_config", "from_dict"]
 
 LR_SCHEDULES = ("constant", "cosine")
 
@@ -47,7 +47,8 @@ class PretrainConfig:
         if self.input_norm not in ("none", "standardize"):
             raise ConfigError(f"input_norm must be 'none' or 'standardize', got {self.input_norm!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
         if self.weight_init not in ("torch", "keras"):
             raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
         if self.train_subset < 0 or self.val_size < 0:
@@ -115,7 +116,8 @@ class RetrainConfig:
         if not (self.tau_warmup_epochs >= 0 and math.isfinite(self.tau_warmup_epochs)):
             raise ConfigError(f"tau_warmup_epochs must be >= 0, got {self.tau_warmup_epochs}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {self.lr_schedule!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
             raise ConfigError("an exponential tau warm-up needs tau_start > 0 and tau > 0")
         self.prior.validate()

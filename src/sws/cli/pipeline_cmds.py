@@ -162,7 +162,8 @@ def evaluate_cmd(path, data_dir):
 @resume_option
 @guard_option
 def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-            train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
+            train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed,
+            data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
     if resume is not None:
