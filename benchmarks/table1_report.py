@@ -53,7 +53,9 @@ def _stage_minutes(rows: list[dict], args) -> str:
 def markdown(rows: list[dict], args, wall: float) -> str:
     """The Table 1 section for RESULTS.md."""
     out = [SECTION, "",
-           "Command: `" + " ".join(["python benchmarks/table1.py", *args.argv]) + "`  ",
+           "Command: `" + " ".join(["python benchmarks/table1.py", *args.argv]) + "` (MNIST from "
+           + ("--data-dir" if args.data_dir else "$SWS_DATA_DIR" if os.environ.get("SWS_DATA_DIR")
+              else "the user cache") + ")  ",
            f"Machine: {_cpu()}, {os.cpu_count()} cores, "
            f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
            f"torch {torch.__version__}.  Wall time of this invocation: {wall / 60:.1f} min "
