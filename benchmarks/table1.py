@@ -52,8 +52,13 @@ PRETRAIN_EPOCHS = {"lenet-300-100": 20, "lenet-5-caffe": 30}
 # LeNet-5-Caffe needs the decay to reach the paper's 0.88 % (constant-rate Adam ends noisy)
 PRETRAIN_LR_SCHEDULE = {"lenet-300-100": "constant", "lenet-5-caffe": "cosine"}
 RETRAIN_EPOCHS = {"lenet-300-100": 100, "lenet-5-caffe": 50}
+# the full-length LeNet-5-Caffe study: what the short one found lets the mixture sharpen (faster
+# log-precisions and mixing), every rate annealed to 0 over 50 epochs; tau and pi0 vary
+_FULL_L5 = {"lr_weights": 1e-3, "lr_log_precisions": 1e-2, "lr_mixing": 1e-2, "lr_schedule": "cosine",
+            "epochs": 50}
 # soft weight-sharing variants: name -> (preset, overrides).  The tutorial's and the paper's
-# presets, and the candidates tried on LeNet-300-100's validation split (benchmarks/table1/NOTES.md)
+# presets, and the candidates tried on LeNet-300-100's and LeNet-5-Caffe's validation splits
+# (benchmarks/table1/NOTES.md)
 VARIANTS = {
     "tutorial": ("tutorial", {}),
     "paper": ("paper", {}),
@@ -72,23 +77,13 @@ VARIANTS = {
                                         "lr_mixing": 1e-2, "epochs": 30}),
     "fast-tau-5e-2": ("tutorial", {"lr_weights": 1e-3, "tau": 0.05, "lr_log_precisions": 1e-2,
                                    "lr_mixing": 1e-2, "epochs": 15}),
-    # the full-length run: 50 epochs, all four rates annealed to 0 (cosine)
-    "tau-3e-2-cos": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
-                                  "lr_mixing": 1e-2, "lr_schedule": "cosine", "epochs": 50}),
-    "tau-5e-2-cos": ("tutorial", {"lr_weights": 1e-3, "tau": 0.05, "lr_log_precisions": 1e-2,
-                                  "lr_mixing": 1e-2, "lr_schedule": "cosine", "epochs": 50}),
-    "tau-3e-2-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
-                                          "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
-                                          "epochs": 50}),
-    "tau-3e-2-cos-pi0-9995": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
-                                           "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.9995,
-                                           "epochs": 50}),
-    "tau-2e-2-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.02, "lr_log_precisions": 1e-2,
-                                          "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
-                                          "epochs": 50}),
-    "tau-15e-3-cos-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.015, "lr_log_precisions": 1e-2,
-                                           "lr_mixing": 1e-2, "lr_schedule": "cosine", "pi0": 0.999,
-                                           "epochs": 50}),
+    # the full-length LeNet-5-Caffe study (_FULL_L5)
+    "tau-3e-2-cos": ("tutorial", {**_FULL_L5, "tau": 0.03}),
+    "tau-5e-2-cos": ("tutorial", {**_FULL_L5, "tau": 0.05}),
+    "tau-3e-2-cos-pi0-999": ("tutorial", {**_FULL_L5, "tau": 0.03, "pi0": 0.999}),
+    "tau-3e-2-cos-pi0-9995": ("tutorial", {**_FULL_L5, "tau": 0.03, "pi0": 0.9995}),
+    "tau-2e-2-cos-pi0-999": ("tutorial", {**_FULL_L5, "tau": 0.02, "pi0": 0.999}),
+    "tau-15e-3-cos-pi0-999": ("tutorial", {**_FULL_L5, "tau": 0.015, "pi0": 0.999}),
     # the paper's settings run on past the divergence guard (components collapse onto each other)
     "paper-no-guard": ("paper", {"guard": False}),
     "pi0-9999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60}),
