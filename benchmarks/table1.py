@@ -52,6 +52,10 @@ PRETRAIN_EPOCHS = {"lenet-300-100": 20, "lenet-5-caffe": 30}
 # LeNet-5-Caffe needs the decay to reach the paper's 0.88 % (constant-rate Adam ends noisy)
 PRETRAIN_LR_SCHEDULE = {"lenet-300-100": "constant", "lenet-5-caffe": "cosine"}
 RETRAIN_EPOCHS = {"lenet-300-100": 100, "lenet-5-caffe": 50}
+# the shared settings of the candidates: LeNet-300-100's, the short and the full-length LeNet-5-Caffe
+# studies (the short one found that faster log-precisions and mixing let the mixture sharpen)
+_L300 = {"lr_weights": 1e-3, "tau": 0.01, "epochs": 60}
+_SHORT_L5 = {"lr_weights": 1e-3, "lr_log_precisions": 1e-2, "lr_mixing": 1e-2, "epochs": 15}
 # the full-length LeNet-5-Caffe study: what the short one found lets the mixture sharpen (faster
 # log-precisions and mixing), every rate annealed to 0 over 50 epochs; tau and pi0 vary
 _FULL_L5 = {"lr_weights": 1e-3, "lr_log_precisions": 1e-2, "lr_mixing": 1e-2, "lr_schedule": "cosine",
@@ -63,20 +67,16 @@ VARIANTS = {
     "tutorial": ("tutorial", {}),
     "paper": ("paper", {}),
     "tau-5e-3": ("tutorial", {"lr_weights": 1e-3, "tau": 0.005, "epochs": 60}),
-    "tau-1e-2": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "epochs": 60}),
-    "tau-1e-2-pi0-999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.999, "epochs": 60}),
-    "pi0-9995": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9995, "epochs": 60}),
-    "pi0-999-80ep": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.999, "epochs": 80}),
-    "pi0-9998": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9998, "epochs": 60}),
+    "tau-1e-2": ("tutorial", {**_L300}),
+    "tau-1e-2-pi0-999": ("tutorial", {**_L300, "pi0": 0.999}),
+    "pi0-9995": ("tutorial", {**_L300, "pi0": 0.9995}),
+    "pi0-999-80ep": ("tutorial", {**_L300, "pi0": 0.999, "epochs": 80}),
+    "pi0-9998": ("tutorial", {**_L300, "pi0": 0.9998}),
     # LeNet-5-Caffe, short runs: the mixture must sharpen within the budget
-    "fast-tau-1e-2": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "lr_log_precisions": 1e-2,
-                                   "lr_mixing": 1e-2, "epochs": 15}),
-    "fast-tau-3e-2": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
-                                   "lr_mixing": 1e-2, "epochs": 15}),
-    "fast-tau-3e-2-30ep": ("tutorial", {"lr_weights": 1e-3, "tau": 0.03, "lr_log_precisions": 1e-2,
-                                        "lr_mixing": 1e-2, "epochs": 30}),
-    "fast-tau-5e-2": ("tutorial", {"lr_weights": 1e-3, "tau": 0.05, "lr_log_precisions": 1e-2,
-                                   "lr_mixing": 1e-2, "epochs": 15}),
+    "fast-tau-1e-2": ("tutorial", {**_SHORT_L5, "tau": 0.01}),
+    "fast-tau-3e-2": ("tutorial", {**_SHORT_L5, "tau": 0.03}),
+    "fast-tau-3e-2-30ep": ("tutorial", {**_SHORT_L5, "tau": 0.03, "epochs": 30}),
+    "fast-tau-5e-2": ("tutorial", {**_SHORT_L5, "tau": 0.05}),
     # the full-length LeNet-5-Caffe study (_FULL_L5)
     "tau-3e-2-cos": ("tutorial", {**_FULL_L5, "tau": 0.03}),
     "tau-5e-2-cos": ("tutorial", {**_FULL_L5, "tau": 0.05}),
@@ -86,11 +86,9 @@ VARIANTS = {
     "tau-15e-3-cos-pi0-999": ("tutorial", {**_FULL_L5, "tau": 0.015, "pi0": 0.999}),
     # the paper's settings run on past the divergence guard (components collapse onto each other)
     "paper-no-guard": ("paper", {"guard": False}),
-    "pi0-9999": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60}),
-    "pi0-9998-cos": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9998, "epochs": 60,
-                                  "lr_schedule": "cosine"}),
-    "pi0-9999-cos": ("tutorial", {"lr_weights": 1e-3, "tau": 0.01, "pi0": 0.9999, "epochs": 60,
-                                  "lr_schedule": "cosine"}),
+    "pi0-9999": ("tutorial", {**_L300, "pi0": 0.9999}),
+    "pi0-9998-cos": ("tutorial", {**_L300, "pi0": 0.9998, "lr_schedule": "cosine"}),
+    "pi0-9999-cos": ("tutorial", {**_L300, "pi0": 0.9999, "lr_schedule": "cosine"}),
 }
 # run by default: both presets and every candidate tried on the validation split (the choice
 # among them is made on validation error; benchmarks/table1/NOTES.md).  The LeNet-5-Caffe

@@ -8,6 +8,7 @@ import click
 
 from sws.cli import (
     _echo_metrics,
+    _options,
     _no_settings_with_resume,
     _pretrain_cfg,
     _print_report,
@@ -33,14 +34,19 @@ from sws.pipeline import evaluate_path, run_pretrain, run_quantize, run_retrain
 from sws.runs import RunDir
 
 
+def new_run_options(*settings):
+    """The options of a command that starts a new run folder from scratch (pretrain, run):
+    --out, the given settings, then batch size, seed, data, --force and --quiet."""
+    return _options(
+        click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder."),
+        *settings,
+        click.option("--batch-size", type=int, default=256, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        data_option, force_option, quiet_option)
+
+
 @cli.command("pretrain")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
-@pretrain_options
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@data_option
-@force_option
-@quiet_option
+@new_run_options(pretrain_options)
 @resume_option
 @guard_option
 def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
@@ -149,15 +155,7 @@ def evaluate_cmd(path, data_dir):
 
 
 @cli.command("run")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="New run folder.")
-@pretrain_options
-@retrain_options
-@merge_option
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@data_option
-@force_option
-@quiet_option
+@new_run_options(pretrain_options, retrain_options, merge_option)
 @figures_option
 @resume_option
 @guard_option
