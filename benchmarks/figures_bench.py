@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sws.figures import MAX_POINTS, draw_frame, make_animation, subsample
+from sws.viz.figures import MAX_POINTS, draw_frame, make_animation, subsample
 
 LENET5_CAFFE = [(20, 1, 5, 5), (20,), (50, 20, 5, 5), (50,), (500, 800), (500,), (10, 500), (10,)]
 

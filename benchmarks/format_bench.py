@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import sws
-from sws import fileformat
-from sws.filestats import file_stats
-from sws.runs import RunDir
+from sws.format import container as fileformat
+from sws.format.stats import file_stats
+from sws.runs.rundir import RunDir
+from sws.runs.stages import evaluate_file
 
 
 def best_of(fn, repeat: int, number: int = 1) -> float:
@@ -93,7 +94,8 @@ def bench_run(run_dir: Path, data_dir, threads: int) -> dict:
     encode_s = best_of(lambda: fileformat.encode(tensors, meta["codebook"], meta["covered"],
                                                  {"name": args["model"],
                                                   "input_norm": args["input_norm"]}), 5)
-    size = sws.save(out, tensors, **args)
+    size = sws.save(out, tensors, name=args['model'], input_norm=args['input_norm'],
+                    codebook=args['codebook'], quantized=args['quantized'])
     assert size == len(blob)
     decode_s = best_of(lambda: sws.load(out), 10)
     model = sws.load(out)
@@ -110,7 +112,7 @@ def bench_run(run_dir: Path, data_dir, threads: int) -> dict:
            "nonzero": sum(r["nonzero"] or 0 for r in stats["layers"]),
            "gap_bits": {r["name"]: r["gap_bits"] for r in stats["layers"] if r["gap_bits"]}}
     if data_dir:
-        res["test_accuracy"] = fileformat.evaluate_file(out, data_dir)["model"]["accuracy"]
+        res["test_accuracy"] = evaluate_file(out, data_dir)["model"]["accuracy"]
     torch.set_num_threads(threads)
     sparse = sparse_copy(model)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from pathlib import Path
 STREAM = r"""
 import json, sys, torch
 import sws
-from sws.data import load_mnist
+from sws.zoo.mnist import load_mnist
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):

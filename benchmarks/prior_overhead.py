@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from sws.config import from_dict, PriorConfig, retrain_config
-from sws.models import covered_parameters
-from sws.kernel import mixture_nll_reference
-from sws.pipeline import _prior_from_checkpoint, model_from_checkpoint
+from sws.zoo.models import covered_parameters
+from sws.prior.kernel import mixture_nll_reference
+from sws.runs.stages import _prior_from_checkpoint, model_from_checkpoint
 from sws.prior import GaussianMixturePrior
-from sws.runs import RunDir
-from sws.train import retrain_optimizer
+from sws.runs.rundir import RunDir
+from sws.method.loop import retrain_optimizer
 
 
 def time_block(fn, steps):

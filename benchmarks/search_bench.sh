@@ -25,12 +25,12 @@ echo "wall: $(( $(date +%s) - start )) s"
 "${PYTHON:-.venv/bin/python}" - "$OUT" 30 <<'PY'
 import json, sys, time
 from pathlib import Path
-from sws.fileformat import compress_run
-from sws.filestats import file_stats
-from sws.pipeline import load_data, run_quantize, run_retrain
-from sws.runs import RunDir
-from sws.search import _val_error
-from sws.searchspace import TUTORIAL, configs
+from sws.runs.stages import compress_run
+from sws.format.stats import file_stats
+from sws.runs.stages import load_data, run_quantize, run_retrain
+from sws.runs.rundir import RunDir
+from sws.study.search import _val_error
+from sws.study.searchspace import TUTORIAL, configs
 
 search, epochs = Path(sys.argv[1]), int(sys.argv[2])
 settings = json.loads((search / "search.json").read_text())

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws import distributed
+from sws.method import distributed
 
 
 class SmallCNN(nn.Module):

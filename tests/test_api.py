@@ -10,10 +10,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws.api import save_module, select_parameters
+from sws.method.compress import save_module, select_parameters
 from sws.config import PriorConfig
 from sws.errors import ConfigError
-from sws.fileformat import FormatError, InconsistentPayloadError, read
+from sws.format.container import FormatError, InconsistentPayloadError, read
 from sws.prior import GaussianMixturePrior
 
 ROOT = Path(__file__).resolve().parents[1]

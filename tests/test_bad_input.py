@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-import sws.runs
+import sws.runs.rundir
+import sws.storage
 from sws.cli import main
-from sws.data import write_idx
-from sws.models import build_model
+from sws.zoo.mnist import write_idx
+from sws.zoo.models import build_model
 
 
 def call(capsys, *args):
@@ -163,7 +164,7 @@ def test_sidecar_not_json(capsys, run, data):
 
 def _interrupted_retrain(run, data, monkeypatch):
     """Leave a retraining state in ``run`` as a crash in epoch 1 would."""
-    import sws.train as train_mod
+    import sws.method.loop as train_mod
     real = train_mod.batches
 
     def crashing(d, bs, generator=None):
@@ -230,10 +231,10 @@ def test_checkpoint_is_not_a_state(capsys, run, data):
 # -- .sws files ----------------------------------------------------------------------------
 
 def test_sws_file_from_a_newer_version(capsys, tmp_path, data):
-    from sws.fileformat import save
+    from sws.method.files import save
     state = {k: torch.zeros_like(v) for k, v in build_model("lenet-300-100").state_dict().items()}
     path = tmp_path / "m.sws"
-    save(path, state, model="lenet-300-100")
+    save(path, state, name="lenet-300-100")
     blob = bytearray(path.read_bytes())
     blob[8:12] = struct.pack("<I", 99)
     path.write_bytes(bytes(blob))
@@ -253,7 +254,7 @@ def _disk_full_above(monkeypatch, limit):
         if os.fstat(fd).st_size > limit:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd)
-    monkeypatch.setattr(sws.runs.os, "fsync", fsync)
+    monkeypatch.setattr(sws.storage.os, "fsync", fsync)
 
 
 def test_disk_full_while_writing_training_state(capsys, run, data, monkeypatch):
@@ -270,11 +271,11 @@ def test_disk_full_while_writing_training_state(capsys, run, data, monkeypatch):
 
 
 def test_disk_full_while_overwriting_a_checkpoint(capsys, run, data, monkeypatch):
-    tensors, meta = sws.runs.load_checkpoint(run / "pretrained")
+    tensors, meta = sws.runs.rundir.load_checkpoint(run / "pretrained")
     before = files(run)
     _disk_full_above(monkeypatch, 0)
     with pytest.raises(sws.errors.StorageError, match="the previous version, if any, is unchanged"):
-        sws.runs.save_checkpoint(run / "pretrained", {k: v + 1 for k, v in tensors.items()}, meta)
+        sws.runs.rundir.save_checkpoint(run / "pretrained", {k: v + 1 for k, v in tensors.items()}, meta)
     monkeypatch.undo()
     assert files(run) == before
 

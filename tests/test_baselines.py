@@ -1,18 +1,18 @@
-"""Deep Compression and the pruning + k-means floor (sws.baselines), and benchmarks/table1.py."""
+"""Deep Compression and the pruning + k-means floor (sws.study.baselines), and benchmarks/table1.py."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sws import fileformat
-from sws.baselines import (DeepCompressionConfig, apply_masks, deep_compression, finetune_centroids, kmeans_1d,
+import sws
+from sws.format import container as fileformat
+from sws.study.baselines import (DeepCompressionConfig, apply_masks, deep_compression, finetune_centroids, kmeans_1d,
                            keep_rates, magnitude_masks, prune_and_quantize, save_baseline,
                            share_weights, weight_names)
-from sws.data import Dataset
-from sws.models import build_model
+from sws.zoo.mnist import Dataset
+from sws.zoo.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +91,7 @@ def test_written_file_decodes_to_the_baseline_weights_bit_for_bit(tmp_path):
     for name, t in state.items():
         assert np.array_equal(decoded.tensors[name].numpy().view(np.uint32), t.numpy().view(np.uint32))
     assert decoded.codebook[0] == 0 and len(decoded.codebook) <= 1 + 2 * 8 + 2 * 16
-    loaded = fileformat.load(tmp_path / "dc.sws")
+    loaded = sws.load(tmp_path / "dc.sws")
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(loaded(x), net.eval()(x))
 
@@ -116,10 +116,8 @@ def test_deep_compression_prunes_to_han_rates_and_resumes(tmp_path):
 
 
 def _table1():
-    spec = importlib.util.spec_from_file_location("table1", ROOT / "benchmarks" / "table1.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import sws.study.table1 as table1
+    return table1
 
 
 def test_results_section_is_replaced_and_other_sections_kept(tmp_path):

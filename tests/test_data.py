@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from sws.data import load_mnist, read_idx, resolve_data_dir, write_idx
+from sws.zoo.mnist import load_mnist, read_idx, resolve_data_dir, write_idx
 from sws.errors import DataError
 
 NAMES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
@@ -109,7 +109,7 @@ def test_download_checks_sha256_and_writes_atomically(tmp_path, monkeypatch):
     import io
     import urllib.request
 
-    from sws import data
+    from sws.zoo import mnist as data
     monkeypatch.delenv("SWS_DATA_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     src = make_folder(tmp_path / "src")

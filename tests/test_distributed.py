@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws import distributed
+from sws.method import distributed
 
 N, LOCAL_BATCH, WORLD = 128, 16, 2
 SETTINGS = dict(epochs=2, init_sigma=0.05, lr_log_precisions=1e-2, tau=0.01)

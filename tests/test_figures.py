@@ -24,11 +24,11 @@ from PIL import Image
 
 from sws.cli import main
 from sws.config import PretrainConfig
-from sws.figures import (draw_frame, draw_run_figures, make_animation, mixture_from_state,
+from sws.viz.figures import (draw_frame, draw_run_figures, make_animation, mixture_from_state,
                          snapshots_are_current, subsample)
-from sws.pipeline import run_pretrain
-from sws.report import compression_ratio
-from sws.runs import RunDir
+from sws.runs.stages import run_pretrain
+from sws.viz.report import compression_ratio
+from sws.runs.rundir import RunDir
 
 EPOCHS = 2
 FINAL = ("histograms", "layer_sparsity", "training_curves", "mixture")

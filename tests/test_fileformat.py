@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sws
-from sws import fileformat as ff
-from sws import sparsecode
+from sws.format import container as ff
+from sws.format import sparsecode
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny.sws"          # version 2, as written now
 GOLDEN_V1 = Path(__file__).parent / "golden" / "tiny-v1.sws"    # the same model, version 1
@@ -258,7 +258,7 @@ def test_fuzz_mutated_files_raise_only_format_errors(seed):
 # --- save / load ---------------------------------------------------------------
 
 def test_save_load_real_model_bit_exact(tmp_path):
-    from sws.models import build_model
+    from sws.zoo.models import build_model
     model = build_model("lenet-300-100", "standardize", seed=0)
     cb = np.array([0.0, -0.05, 0.04, 0.1], np.float32)
     rng = np.random.default_rng(0)
@@ -270,7 +270,7 @@ def test_save_load_real_model_bit_exact(tmp_path):
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.copy_(torch.randn(p.shape))
-    size = sws.save(tmp_path / "m.sws", model, model="lenet-300-100", input_norm="standardize",
+    size = sws.save(tmp_path / "m.sws", model, name="lenet-300-100", input_norm="standardize",
                     codebook=cb, quantized=covered)
     assert size == (tmp_path / "m.sws").stat().st_size
     loaded = sws.load(tmp_path / "m.sws")
@@ -299,8 +299,8 @@ def test_load_missing_file(tmp_path):
 
 def _quantized_run(tmp_path):
     """A run folder holding only a quantised LeNet-300-100 (random weights on a codebook)."""
-    from sws.models import build_model
-    from sws.runs import RunDir
+    from sws.zoo.models import build_model
+    from sws.runs.rundir import RunDir
     model = build_model("lenet-300-100", "standardize", seed=1)
     cb = np.array([0.0, -0.08, 0.05, 0.12], np.float32)
     rng = np.random.default_rng(1)

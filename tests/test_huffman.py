@@ -1,4 +1,4 @@
-"""Canonical Huffman codes and bit streams (sws.huffman)."""
+"""Canonical Huffman codes and bit streams (sws.format.huffman)."""
 
 import heapq
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sws import huffman
+from sws.format import huffman
 
 
 def _optimal_bits(counts):

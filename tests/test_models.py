@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sws import ConfigError, build_model
-from sws.models import covered_parameters
+from sws.zoo.models import covered_parameters
 
 
 @pytest.mark.parametrize("name, params, weights", [

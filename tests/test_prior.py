@@ -10,7 +10,7 @@ from scipy.stats import norm
 
 from sws.config import PretrainConfig, PriorConfig, lr_factor, retrain_config
 from sws.errors import ConfigError
-from sws.kernel import Workspace, mixture_nll, mixture_nll_reference
+from sws.prior.kernel import Workspace, mixture_nll, mixture_nll_reference
 from sws.prior import GaussianMixturePrior
 
 

@@ -5,11 +5,12 @@ import math
 import pytest
 import torch
 
-from sws.quantize import Mixture, assign, merge_components, quantize_weights
+from sws.method.postprocess import Mixture, assign, merge_components, quantize_weights
 
 
 def mixture(mus, sds, pis):
-    t = lambda v: torch.tensor(v, dtype=torch.float64)
+    def t(v):
+        return torch.tensor(v, dtype=torch.float64)
     return Mixture(t(mus), -2 * torch.log(t(sds)), torch.log(t(pis) / sum(pis)))
 
 
@@ -51,8 +52,8 @@ def test_far_weight_goes_to_nearest_plausible_component_not_zero():
 
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5-caffe"])
 def test_dropping_dead_units_is_lossless_and_finds_them_all(name):
-    from sws.models import build_model
-    from sws.quantize import drop_dead_units
+    from sws.zoo.models import build_model
+    from sws.method.postprocess import drop_dead_units
     torch.manual_seed(0)
     net = build_model(name, seed=0).eval()
     layers = [m for m in net if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
@@ -80,7 +81,7 @@ def test_dropping_dead_units_is_lossless_and_finds_them_all(name):
 
 
 def test_dead_units_are_kept_across_layers_that_do_not_map_zero_to_zero():
-    from sws.quantize import drop_dead_units
+    from sws.method.postprocess import drop_dead_units
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2),
                               torch.nn.Sigmoid(), torch.nn.Linear(2, 2))
     with torch.no_grad():

@@ -19,10 +19,10 @@ import torch
 
 from sws.config import PretrainConfig, retrain_config
 from sws.errors import DivergenceError, TrainingInterrupted
-from sws.pipeline import run_pretrain, run_retrain
+from sws.runs.stages import run_pretrain, run_retrain
 from sws.prior import GaussianMixturePrior
-from sws.runs import RunDir, load_checkpoint
-import sws.train as train_mod
+from sws.runs.rundir import RunDir, load_checkpoint
+import sws.method.loop as train_mod
 
 DETERMINISTIC = ("import torch; torch.use_deterministic_algorithms(True); "
                  "from sws.cli import main; main()")
@@ -224,7 +224,7 @@ def test_guard_catches_exploding_precision_and_collapsed_components():
 
 
 def test_workspace_state_round_trip_continues_identically():
-    from sws.kernel import Workspace, kernel_available, mixture_nll_accumulate
+    from sws.prior.kernel import Workspace, kernel_available, mixture_nll_accumulate
     if not kernel_available():
         pytest.skip("C kernel not built")
     g = torch.Generator().manual_seed(0)

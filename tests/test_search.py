@@ -13,8 +13,8 @@ from optuna.trial import TrialState  # noqa: E402
 
 from sws.cli import main  # noqa: E402
 from sws.errors import ConfigError  # noqa: E402
-from sws.search import open_study, run_search  # noqa: E402
-from sws.searchspace import make_space, suggest  # noqa: E402
+from sws.study.search import open_study, run_search  # noqa: E402
+from sws.study.searchspace import make_space, suggest  # noqa: E402
 
 TINY = {"model": "lenet-300-100", "train_subset": 1000, "val_size": 500, "pretrain_epochs": 1,
         "epochs": 1}
@@ -64,8 +64,8 @@ def test_tiny_study_completes_resumes_and_reports(tmp_path, mnist_dir, capsys):
 
     # the objective is the .sws file's error on the validation split, not on the test set
     import sws
-    from sws.pipeline import load_data
-    from sws.runs import RunDir
+    from sws.runs.stages import load_data
+    from sws.runs.rundir import RunDir
     _, val, test = load_data(RunDir(out).load("pretrained")[1]["data"], mnist_dir)
     model = sws.load(out / first[1].user_attrs["sws"])
     assert first[1].values[0] == pytest.approx(sws.evaluate(model, val)["error"])

@@ -9,9 +9,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws.cifar import TEST_BATCH, TRAIN_BATCHES, load_cifar10, random_crop_flip, read_batch, write_batch
+from sws.zoo.cifar import TEST_BATCH, TRAIN_BATCHES, load_cifar10, random_crop_flip, read_batch, write_batch
 from sws.errors import DataError
-from sws.wrn import WideResNet, build_wrn
+from sws.zoo.wrn import WideResNet, build_wrn
 
 
 def test_wrn_16_4_size_forward_backward():

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from sws.errors import ConfigError
-from sws.models import MODELS
+from sws.zoo.models import MODELS
 
 __all__ = ["LR_SCHEDULES", "lr_factor", "PretrainConfig", "PriorConfig", "RetrainConfig",
            "QuantizeConfig", "PRESETS", "retrain_config", "from_dict"]
@@ -59,7 +59,7 @@ class PretrainConfig:
 class PriorConfig:
     n_components: int = 16           # tutorial: zero component + 15 (paper: 17)
     pi0: float = 0.99                # fixed mixing proportion of the zero component (paper: 0.999)
-    init: str = "linspace"           # tutorial: means linspace(-init_range, init_range); "range": spread over the pretrained weights
+    init: str = "linspace"           # tutorial: linspace(-init_range, init_range); "range": over the weights
     init_range: float = 0.6          # tutorial
     init_sigma: float = 0.25         # tutorial: every component starts with sigma 0.25
     zero_alpha: float = 5000.0       # Gamma hyper-prior on the zero precision (expected variance 4e-4)

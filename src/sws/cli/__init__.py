@@ -18,8 +18,8 @@ import click
 
 from sws.config import LR_SCHEDULES, PRESETS, PretrainConfig, QuantizeConfig, retrain_config
 from sws.errors import ConfigError, RunDirError, SwsError, TrainingInterrupted
-from sws.models import MODELS
-from sws.runs import RunDir
+from sws.zoo.models import MODELS
+from sws.runs.rundir import RunDir
 
 __all__ = ["main", "cli"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sws.cli import cli
-from sws.runs import RunDir
+from sws.runs.rundir import RunDir
 
 
 @cli.command("report")
@@ -18,12 +18,12 @@ from sws.runs import RunDir
               "even where they exist.")
 def report_cmd(run_dir, out, redraw):
     """Write one self-contained HTML page: figures, metrics, command and settings."""
-    from sws.report import write_report
+    from sws.viz.report import write_report
     click.echo(f"report: {write_report(run_dir, out, redraw)}")
 
 
 def _draw_figures(run: RunDir):
-    from sws.figures import draw_run_figures
+    from sws.viz.figures import draw_run_figures
     figs = draw_run_figures(run.path)
     click.echo(f"figures: {len(figs)} files in {run.path / 'figures'}")
 
@@ -41,8 +41,8 @@ def compress_cmd(run_dir, out):
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_cmd(path):
     """Per-layer bits of a .sws file and its compression rate three ways."""
-    from sws.fileformat import FormatError, _read_bytes
-    from sws.filestats import file_stats, format_stats
+    from sws.format.container import FormatError, _read_bytes
+    from sws.format.stats import file_stats, format_stats
     data = _read_bytes(path)
     try:
         click.echo(format_stats(file_stats(data)))
@@ -51,8 +51,8 @@ def inspect_cmd(path):
 
 
 def _write_sws(run_dir, out: Path):
-    from sws.fileformat import compress_run
-    from sws.filestats import file_stats
+    from sws.runs.stages import compress_run
+    from sws.format.stats import file_stats
     size = compress_run(run_dir, out)
     t = file_stats(out.read_bytes())["total"]
     click.echo(f"wrote {out}: {size} bytes, CR {t['cr_file']:.1f} from the file's bytes "

@@ -30,8 +30,8 @@ from sws.cli import (
 from sws.cli.file_cmds import _draw_figures, _write_sws
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
 from sws.errors import RunDirError, SwsError
-from sws.pipeline import evaluate_path, run_pretrain, run_quantize, run_retrain
-from sws.runs import RunDir
+from sws.runs.stages import evaluate_path, run_pretrain, run_quantize, run_retrain
+from sws.runs.rundir import RunDir
 
 
 def new_run_options(*settings):
@@ -145,7 +145,7 @@ def evaluate_cmd(path, data_dir):
     if not path.exists():
         raise SwsError(f"{path}: no such file or folder")
     if path.suffix == ".sws":
-        from sws.fileformat import evaluate_file
+        from sws.runs.stages import evaluate_file
         results = evaluate_file(path, data_dir)
     else:
         results = evaluate_path(path, data_dir)

@@ -8,29 +8,22 @@ from pathlib import Path
 import click
 
 from sws.cli import cli, data_option, quiet_option
-from sws.errors import SwsError
-from sws.models import MODELS
+from sws.zoo.models import MODELS
 
 
 @cli.group("bench")
 def bench_group():
-    """Benchmarks that reproduce the paper's results (from a source checkout)."""
+    """Benchmarks that reproduce the paper's results."""
 
 
 @bench_group.command("table1", context_settings={"ignore_unknown_options": True,
                                                  "help_option_names": []})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def bench_table1_cmd(args):
-    """Table 1: soft weight-sharing and the baselines on the LeNets (benchmarks/table1.py;
-    options: sws bench table1 --help)."""
-    import importlib.util
-    script = Path(__file__).resolve().parents[3] / "benchmarks" / "table1.py"  # src/sws/cli/ -> root
-    if not script.is_file():
-        raise SwsError(f"{script}: not found; 'sws bench' runs from a source checkout")
-    spec = importlib.util.spec_from_file_location("sws_bench_table1", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rc = module.main(list(args))
+    """Table 1: soft weight-sharing and the baselines on the LeNets
+    (options: sws bench table1 --help)."""
+    from sws.study.table1 import main as table1_main
+    rc = table1_main(list(args))
     if rc:
         sys.exit(rc)
 
@@ -45,7 +38,7 @@ def search_group():
 
 
 def _search_space_epilog() -> str:
-    from sws.search import space_help
+    from sws.study.search import space_help
     return ("\b\nSearched parameters (NAME RANGE, narrow with --range / --choice):\n"
             + "\n".join(f"  {row}" for row in space_help().splitlines()))
 
@@ -80,7 +73,7 @@ def _search_space_epilog() -> str:
 def search_run_cmd(out, trials, n_workers, storage, study_name, ranges, choices, no_baseline,
                    data_dir, quiet, **given):
     """Search the paper's hyper-parameters; every trial keeps its run folder and .sws file."""
-    from sws.search import format_report, open_study, run_search
+    from sws.study.search import format_report, open_study, run_search
     given["ranges"] = {name: [low, high] for name, low, high in ranges}
     given["choices"] = {name: values.split(",") for name, values in choices}
     counts = run_search(out, given, trials, n_workers, storage, study_name, data_dir, quiet,
@@ -95,7 +88,7 @@ def search_run_cmd(out, trials, n_workers, storage, study_name, ranges, choices,
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="Figure to write [OUT/pareto.png].")
 def search_report_cmd(out, plot):
     """Print the Pareto front (validation error, CR) and plot it, CR on a log scale."""
-    from sws.search import format_report, open_study, plot_pareto
+    from sws.study.search import format_report, open_study, plot_pareto
     study = open_study(out)
     click.echo(format_report(study, out))
     click.echo(f"plot: {plot_pareto(study, plot or Path(out) / 'pareto.png')}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sws.data import Dataset
+from sws.zoo.mnist import Dataset
 from sws.errors import DataError
 
 __all__ = ["load_cifar10", "read_batch", "write_batch", "resolve_cifar_dir", "TRAIN_BATCHES",

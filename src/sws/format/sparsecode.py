@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sws import huffman
+from sws.format import huffman
 
 __all__ = ["LayerCode", "MAX_GAP_BITS", "entries", "encode_layer", "decode_layer",
            "stream_counts", "payload_size"]

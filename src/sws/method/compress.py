@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sws import distributed
+from sws.method import distributed, files
 from sws.config import RetrainConfig, retrain_config
 from sws.errors import ConfigError
-from sws.fileformat import USER_PREFIX, encode
 from sws.prior import GaussianMixturePrior
-from sws import quantize
-from sws.quantize import Mixture, assign, layer_stats, merge_components
-from sws.train import retrain_optimizer
+from sws.method import postprocess as quantize
+from sws.method.postprocess import layer_stats
+from sws.prior.merge import Mixture, assign, merge_components
+from sws.method.loop import retrain_optimizer
 
 __all__ = ["NORM_TYPES", "select_parameters", "evaluate_loader", "retrain_loader",
            "quantize_module", "recalibrate_batchnorm", "save_module", "CompressionReport",
@@ -145,7 +145,7 @@ def retrain_loader(net: nn.Module, model: nn.Module, prior: GaussianMixturePrior
                    on_epoch: Callable[[dict], None] | None = None, quiet: bool = True) -> list[dict]:
     """Retrain ``model`` (run as ``net``, possibly its DDP wrapper) with loss + tau/N C.
 
-    ``sws.train.retrain`` for any DataLoader of (input, target) batches; N is
+    ``sws.method.loop.retrain`` for any DataLoader of (input, target) batches; N is
     the global training set size.  Returns the per-epoch records.
     """
     device = device or next(model.parameters()).device
@@ -254,29 +254,8 @@ def recalibrate_batchnorm(model: nn.Module, loader, device=None, max_batches: in
 
 
 def save_module(path, model: nn.Module, codebook, quantized: Iterable[str]) -> int:
-    """Write ``model``'s state dict as a ``.sws`` file; return its size in bytes.
-
-    Tensors are stored under their ``state_dict`` keys; a tensor reachable under
-    several keys (tied parameters) is stored once, the other keys recorded as
-    aliases in the header's ``model`` object.  ``quantized``: names of the
-    tensors whose values are all codebook entries (stored sparse).
-    """
-    from sws.runs import atomic_write
-    first, tensors, aliases = {}, {}, {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if id(t) in first:
-            aliases[key] = first[id(t)]
-        else:
-            first[id(t)] = key
-            tensors[key] = t.detach()
-    names = {aliases.get(n, n) for n in quantized}
-    cls = type(model)
-    header = {"name": f"{USER_PREFIX}{cls.__qualname__}", "class": f"{cls.__module__}.{cls.__qualname__}"}
-    if aliases:
-        header["aliases"] = aliases
-    blob = encode(tensors, codebook, names, header)
-    atomic_write(Path(path), blob)
-    return len(blob)
+    """Write ``model`` as a ``.sws`` file (``sws.method.files.save``); return its size in bytes."""
+    return files.save(path, model, codebook=codebook, quantized=quantized)
 
 
 @dataclass
@@ -328,7 +307,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
       recalibrate_bn: after quantising, re-estimate batch-norm running statistics
         with one pass over ``train_loader`` (``recalibrate_batchnorm``).
       drop_dead_units: after quantising, zero the weights that cannot change the output
-        (``sws.quantize.drop_dead_units``: plain ``nn.Sequential`` nets only; lossless).
+        (``sws.method.postprocess.drop_dead_units``: plain ``nn.Sequential`` nets only; lossless).
       device: where to train (default: where the model is).
     Returns:
       (the post-processed model, a ``CompressionReport``).
@@ -372,7 +351,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
         nonzero_share=stats["total"]["nonzero_share"], distinct_values=stats["total"]["distinct"],
         seconds=time.perf_counter() - t0, world_size=distributed.world_size(), metrics=metrics)
     if out is not None and distributed.is_main():
-        from sws.filestats import file_stats
+        from sws.format.stats import file_stats
         size = save_module(out, model, codebook, covered)
         total = file_stats(Path(out).read_bytes())["total"]
         report.file = {"path": str(out), "bytes": size, "cr_file": total["cr_file"],

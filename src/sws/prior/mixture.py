@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sws.config import PriorConfig
-from sws.kernel import Workspace, mixture_nll, mixture_nll_accumulate
+from sws.prior.kernel import Workspace, mixture_nll, mixture_nll_accumulate
 
 __all__ = ["GaussianMixturePrior"]
 
@@ -79,7 +79,7 @@ class GaussianMixturePrior(nn.Module):
         return torch.logsumexp(lj, dim=-1)
 
     def neg_log_likelihood(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        """-sum_i log p(w_i) over all tensors, with closed-form gradients (sws.kernel)."""
+        """-sum_i log p(w_i) over all tensors, with closed-form gradients (sws.prior.kernel)."""
         mu, gamma, log_pi = self.mixture()
         return mixture_nll(mu, gamma, log_pi, weights, workspace=self._workspace)
 

@@ -23,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sws.runs import RunDir, load_checkpoint
+from sws.runs.rundir import RunDir, load_checkpoint
 
 __all__ = ["MAX_POINTS", "mixture_from_state", "subsample", "draw_frame", "draw_frames",
            "snapshot_paths", "snapshots_are_current",
@@ -230,8 +230,8 @@ def stage_weights(run_dir) -> dict[str, dict[str, np.ndarray]]:
 
     The cover ("all" or "weights") is the one the run was retrained with.
     """
-    from sws.models import covered_parameters
-    from sws.pipeline import model_from_checkpoint
+    from sws.zoo.models import covered_parameters
+    from sws.runs.stages import model_from_checkpoint
     run = RunDir.open(run_dir)
     cover = "all"
     if run.has("retrained"):

@@ -40,9 +40,10 @@ from pathlib import Path
 
 from sws.config import PretrainConfig
 from sws.errors import ConfigError, RunDirError, SwsError
-from sws.models import MODELS
-from sws.runs import RunDir, atomic_write
-from sws.searchspace import SPACE, TUTORIAL, Param, configs, make_space, space_help, suggest
+from sws.zoo.models import MODELS
+from sws.runs.rundir import RunDir
+from sws.storage import atomic_write
+from sws.study.searchspace import SPACE, TUTORIAL, Param, configs, make_space, space_help, suggest
 
 __all__ = ["SPACE", "Param", "make_space", "resolve_settings", "run_search", "open_study",
            "pareto_front", "format_report", "plot_pareto", "space_help"]
@@ -186,15 +187,15 @@ def _requeue_dead(study, host: str):
 
 def _val_error(sws_path: Path, val) -> float:
     """Error of the network in the ``.sws`` file on the validation split."""
-    from sws.fileformat import load
-    from sws.train import evaluate
+    from sws.method.files import load
+    from sws.method.loop import evaluate
     return evaluate(load(sws_path), val)["error"]
 
 
 def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, data_dir) -> tuple:
-    from sws.fileformat import compress_run
-    from sws.filestats import file_stats
-    from sws.pipeline import run_quantize, run_retrain
+    from sws.runs.stages import compress_run
+    from sws.format.stats import file_stats
+    from sws.runs.stages import run_quantize, run_retrain
     t0 = time.perf_counter()
     params = suggest(trial, space)
     rcfg, qcfg = configs(params, settings)
@@ -226,7 +227,7 @@ def _interrupted(e: BaseException) -> bool:
 def _work(out: Path, n_trials: int, index: int, data_dir, quiet: bool, sampler_seed: int) -> int:
     """One worker: start trials until the study holds ``n_trials`` complete or running ones."""
     from optuna.trial import TrialState
-    from sws.pipeline import load_data
+    from sws.runs.stages import load_data
     study = open_study(out, sampler_seed=sampler_seed)
     settings = RunDir(out).read_json("search.json", {})
     space = make_space(settings["ranges"], settings["choices"])
@@ -292,7 +293,7 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
     Returns:
       counts of the study's trials by state, and this call's wall time in seconds.
     """
-    from sws.pipeline import run_pretrain
+    from sws.runs.stages import run_pretrain
     if n_trials < 1 or n_workers < 1:
         raise ConfigError(f"trials and n_workers must be >= 1, got {n_trials} and {n_workers}")
     out = Path(out)

@@ -5,7 +5,7 @@ The layout is specified in ``docs/FORMAT.md``::
     magic (8) | version u32 | header length u32 | payload length u64
     | JSON header (version 2: raw-deflated) | payloads, one per tensor in header order | CRC32 u32
 
-Quantised tensors use the sparse Huffman layout of ``sws.sparsecode``; every
+Quantised tensors use the sparse Huffman layout of ``sws.format.sparsecode``; every
 other tensor is stored exactly as raw little-endian bytes.  No pickle.
 Every way a file can be bad raises its own subclass of ``FormatError``.
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sws import huffman, sparsecode
+from sws.format import huffman, sparsecode
 from sws.errors import SwsError
 
 __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError",
            "UnsupportedVersionError", "HeaderTooLargeError", "MalformedHeaderError",
            "TruncatedFileError", "TrailingDataError", "ChecksumError", "InconsistentPayloadError",
-           "Decoded", "USER_PREFIX", "encode", "decode", "save", "load", "read", "compress_run", "evaluate_file"]
+           "Decoded", "encode", "decode", "read", "read_header"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
 VERSION = 2                    # what the writer writes: the header raw-deflated (RFC 1951)
@@ -321,104 +321,3 @@ def read(path) -> Decoded:
         return decode(data)
     except FormatError as e:
         raise type(e)(f"{path}: {e}") from None
-
-
-USER_PREFIX = "user:"   # model names of user-defined modules (``sws.compress``); load needs the module
-
-
-def _expand_aliases(path, m: dict, tensors: dict) -> dict:
-    """Add the state-dict keys of tied tensors, stored once, under every name (``model.aliases``)."""
-    aliases = m.get("aliases", {})
-    if not isinstance(aliases, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v in tensors and k not in tensors
-            for k, v in aliases.items()):
-        raise MalformedHeaderError(f"{path}: model 'aliases' must map new names to stored tensors")
-    return {**tensors, **{k: tensors[v] for k, v in aliases.items()}}
-
-
-def load(path, model: torch.nn.Module | None = None) -> torch.nn.Module:
-    """The network stored at ``path``, ready for inference (eval mode).
-
-    A reference net (``sws.models``) is built from the file alone; it takes images
-    as float tensors in [0, 1], shape (n, 1, 28, 28), and any input normalisation
-    it was trained with is inside it.  A user-defined module (a file written by
-    ``sws.compress``) is loaded into ``model``, an instance of the same
-    architecture, whose ``state_dict`` keys and shapes must match the file; the
-    values are copied, so the module keeps its device, dtypes and tied parameters.
-    """
-    from sws.models import build_model
-    d = read(path)
-    m = d.header["model"]
-    tensors = _expand_aliases(path, m, d.tensors)
-    if model is None:
-        if m["name"].startswith(USER_PREFIX):
-            raise FormatError(f"{path}: holds a user-defined model ({m['name'][len(USER_PREFIX):]}); "
-                              "pass an instance of it: sws.load(path, model=module)")
-        try:
-            with torch.device("meta"):   # no random init, no memory: the file's tensors are used as they are
-                model = build_model(m["name"], m.get("input_norm", "none"))
-        except SwsError as e:
-            raise MalformedHeaderError(f"{path}: {e}") from None
-        assign = True
-    else:
-        assign = False
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in tensors.items()}
-    if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))[:3]
-        raise InconsistentPayloadError(f"{path}: tensors do not match model {m['name']!r} "
-                                       f"(first differences: {diff})")
-    model.load_state_dict(tensors, strict=True, assign=assign)
-    return model.eval()
-
-
-def save(path, state, *, model: str, input_norm: str = "none", codebook=None,
-         quantized=None) -> int:
-    """Write a ``.sws`` file atomically; return its size in bytes.
-
-    Args:
-      path: output file.
-      state: an ``nn.Module`` or a state dict.
-      model, input_norm: the name and input normalisation ``build_model`` takes.
-      codebook: shared values, entry 0 = 0.0; default: the distinct values of the
-        quantised tensors.
-      quantized: names of the tensors stored with the codebook (the pipeline passes
-        the sidecar's 'covered'); default: every tensor named '*weight' or '*bias'.
-    """
-    from sws.runs import atomic_write
-    if isinstance(state, torch.nn.Module):
-        state = state.state_dict()
-    state = dict(state)
-    if quantized is None:
-        quantized = [k for k in state if k.endswith(("weight", "bias"))]
-    if codebook is None:
-        vals = torch.cat([state[k].detach().reshape(-1).float() for k in quantized]) if quantized \
-            else torch.zeros(0)
-        vals = np.unique(vals.numpy())
-        codebook = np.concatenate([[0.0], vals[vals != 0]]).astype(np.float32)
-    blob = encode(state, codebook, quantized, {"name": model, "input_norm": input_norm})
-    atomic_write(Path(path), blob)
-    return len(blob)
-
-
-def compress_run(run_dir, out) -> int:
-    """Write the post-processed network of a run folder as a ``.sws`` file; return its size."""
-    from sws.runs import RunDir
-    run = RunDir.open(run_dir)
-    run.require("quantized", "run 'sws quantize' first")
-    tensors, meta = run.load("quantized")
-    return save(out, tensors, model=meta["model"], input_norm=meta.get("input_norm", "none"),
-                codebook=meta["codebook"], quantized=meta["covered"])
-
-
-def evaluate_file(path, data_dir=None) -> dict:
-    """Test accuracy of the network in a ``.sws`` file, keyed by the file's stem."""
-    from sws.models import covered_parameters
-    from sws.pipeline import load_test
-    from sws.quantize import layer_stats
-    from sws.train import evaluate
-    model = load(path)
-    test = load_test(data_dir)
-    stats = layer_stats(covered_parameters(model, "all"))
-    return {Path(path).stem: {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
-                              "distinct_values": stats["total"]["distinct"]}}

@@ -18,7 +18,7 @@ import dataclasses
 import torch
 
 from sws.errors import CheckpointError
-from sws.runs import load_strict
+from sws.storage import load_strict
 
 __all__ = ["STATE_VERSION", "Position", "capture", "restore"]
 

@@ -10,7 +10,7 @@ A run folder accumulates the stages of one pipeline::
     RUN/quantized.safetensors  + quantized.json      (post-processed network, codebook)
     RUN/state-pretrain.safetensors, RUN/state-retrain.safetensors (+ .json)
                                a stage in progress: its complete training state
-                               (sws.resume), removed when the stage finishes
+                               (sws.method.state), removed when the stage finishes
 
 Every file is written atomically (temporary file, fsync, rename), so an
 interrupted write never leaves a half-written file behind.
@@ -19,8 +19,6 @@ interrupted write never leaves a half-written file behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,65 +26,12 @@ from safetensors import SafetensorError
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from sws.errors import CheckpointError, RunDirError, StorageError
+from sws.errors import CheckpointError, RunDirError
+from sws.storage import atomic_write, json_bytes, load_strict
 
 __all__ = ["RunDir", "atomic_write", "load_strict", "save_checkpoint", "load_checkpoint", "save_state", "load_state"]
 
 STAGES = ("pretrained", "retrained", "quantized")
-
-
-def _file_mode(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and a rename.
-
-    Raises:
-      StorageError: the write failed (disk full, read-only, no permission);
-        ``path`` is left as it was and the temporary file is removed.
-    """
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    except OSError as e:
-        raise StorageError(f"{path}: cannot write ({e.strerror or e}); nothing was changed") from None
-    try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; keep the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise StorageError(f"{path}: cannot write ({e.strerror or e}); the previous version, "
-                               "if any, is unchanged") from None
-        raise
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
-
-
-def load_strict(module, state: dict, where: str, what: str) -> None:
-    """``module.load_state_dict(state, strict=True)``; a mismatch raises
-    ``CheckpointError("WHERE: WHAT (first line of PyTorch's complaint)")``."""
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{where}: {what} ({detail})") from None
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -95,7 +40,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata={"sws": "1"})
     atomic_write(path.with_suffix(".safetensors"), blob)
-    atomic_write(path.with_suffix(".json"), _json_bytes(meta))
+    atomic_write(path.with_suffix(".json"), json_bytes(meta))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -130,7 +75,7 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None
     blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata={"sws": "1", STATE_KEY: json.dumps(meta)})
     atomic_write(path.with_suffix(".safetensors"), blob)
-    atomic_write(path.with_suffix(".json"), _json_bytes(meta))
+    atomic_write(path.with_suffix(".json"), json_bytes(meta))
 
 
 def load_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -229,7 +174,7 @@ class RunDir:
             raise RunDirError(f"{p}: malformed JSON ({e})") from None
 
     def write_json(self, name: str, obj) -> None:
-        atomic_write(self.path / name, _json_bytes(obj))
+        atomic_write(self.path / name, json_bytes(obj))
 
     def update_json(self, name: str, key: str, value) -> None:
         data = self.read_json(name, {})

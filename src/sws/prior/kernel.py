@@ -45,7 +45,7 @@ class _Table(ctypes.Structure):
 
 def _load():
     try:
-        from sws import _kernel  # built by setup.py
+        from sws.prior import _kernel  # built by setup.py
     except ImportError:
         return None
     lib = ctypes.CDLL(_kernel.__file__)
@@ -289,7 +289,7 @@ def mixture_nll(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
         raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
     use_c = kernel_available() if use_kernel is None else use_kernel
     if use_c and not kernel_available():
-        raise RuntimeError("the C kernel sws._kernel is not built; reinstall the package")
+        raise RuntimeError("the C kernel sws.prior._kernel is not built; reinstall the package")
     return _MixtureNLL.apply(workspace or Workspace(), use_c, mu, gamma, log_pi, *weights)
 
 

@@ -19,8 +19,8 @@ import math
 
 import numpy as np
 
-from sws import huffman, sparsecode
-from sws.fileformat import _PREAMBLE, _payload_size, read_header
+from sws.format import huffman, sparsecode
+from sws.format.container import _PREAMBLE, _payload_size, read_header
 
 __all__ = ["file_stats", "format_stats"]
 

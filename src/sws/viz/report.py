@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sws.figures import draw_run_figures, stage_weights
-from sws.runs import RunDir, atomic_write
+from sws.viz.figures import draw_run_figures, stage_weights
+from sws.runs.rundir import RunDir
+from sws.storage import atomic_write
 
 __all__ = ["compression_ratio", "write_report"]
 

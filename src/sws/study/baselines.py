@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from sws.data import Dataset, batches
+from sws.zoo.mnist import Dataset, batches
 
 __all__ = ["HAN_KEEP", "DeepCompressionConfig", "weight_names", "keep_rates", "magnitude_masks",
            "apply_masks", "train_masked", "linear_init", "kmeans_1d", "share_weights", "finetune_centroids",
@@ -223,7 +223,7 @@ def deep_compression(model: torch.nn.Module, model_name: str, train: Dataset,
 
     Returns: per-stage seconds, keep rates and codebook sizes.
     """
-    from sws.runs import load_checkpoint, save_checkpoint
+    from sws.runs.rundir import load_checkpoint, save_checkpoint
     torch.manual_seed(cfg.seed)
     keep = keep_rates(model, model_name)
     info = {"keep": keep, "seconds": {}}
@@ -273,12 +273,12 @@ def save_baseline(path: str | Path, model: torch.nn.Module, model_name: str,
     The quantised tensors are the weight tensors; the codebook is the union of
     every layer's centroids (the format has one codebook, entry 0 = 0).
     """
-    from sws.fileformat import save
-    from sws.quantize import drop_dead_units
+    from sws.method.files import save
+    from sws.method.postprocess import drop_dead_units
     drop_dead_units(model)   # lossless: the same post-processing as soft weight-sharing gets
     names = weight_names(model)
     for n in names:   # -0.0 is not a codebook entry; the sparse layout stores +0.0
         p = model.get_parameter(n)
         with torch.no_grad():
             p.copy_(torch.where(p == 0, torch.zeros((), dtype=p.dtype), p))
-    return save(path, model, model=model_name, input_norm=input_norm, quantized=names)
+    return save(path, model, name=model_name, input_norm=input_norm, quantized=names)

@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
-from sws.data import load_mnist, load_mnist_test
+from sws.zoo.mnist import load_mnist, load_mnist_test
 from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
-from sws.models import build_model, covered_parameters
+from sws.zoo.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
-from sws.quantize import Mixture, drop_dead_units, layer_stats, quantize_weights
-from sws.runs import RunDir, load_strict
-from sws.train import evaluate, pretrain, retrain
+from sws.method.postprocess import Mixture, drop_dead_units, layer_stats, quantize_weights
+from sws.method.files import load, save
+from sws.runs.rundir import RunDir
+from sws.storage import load_strict
+from sws.method.loop import evaluate, pretrain, retrain
 
 __all__ = ["run_pretrain", "run_retrain", "run_quantize", "evaluate_path", "model_from_checkpoint",
            "load_data", "load_test"]
@@ -131,7 +133,7 @@ def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb, initi
     def save(epoch):
         tensors = {k: v.detach() for k, v in covered.items()}
         tensors.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
-        from sws.runs import save_checkpoint
+        from sws.runs.rundir import save_checkpoint
         save_checkpoint(folder / f"epoch_{epoch:03d}", tensors, {"model": "snapshot", "epoch": epoch})
 
     def on_epoch(rec):
@@ -256,7 +258,7 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
     else:
         raise CheckpointError(f"{path}: not a run folder or a .safetensors checkpoint")
     results, test = {}, None
-    from sws.runs import load_checkpoint
+    from sws.runs.rundir import load_checkpoint
     for stage, ckpt in targets:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
@@ -269,3 +271,24 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
     if path.is_dir():
         RunDir(path).update_json("metrics.json", "evaluate", results)
     return results
+def compress_run(run_dir, out) -> int:
+    """Write the post-processed network of a run folder as a ``.sws`` file; return its size."""
+    from sws.runs.rundir import RunDir
+    run = RunDir.open(run_dir)
+    run.require("quantized", "run 'sws quantize' first")
+    tensors, meta = run.load("quantized")
+    return save(out, tensors, name=meta["model"], input_norm=meta.get("input_norm", "none"),
+                codebook=meta["codebook"], quantized=meta["covered"])
+
+
+def evaluate_file(path, data_dir=None) -> dict:
+    """Test accuracy of the network in a ``.sws`` file, keyed by the file's stem."""
+    from sws.zoo.models import covered_parameters
+    from sws.runs.stages import load_test
+    from sws.method.postprocess import layer_stats
+    from sws.method.loop import evaluate
+    model = load(path)
+    test = load_test(data_dir)
+    stats = layer_stats(covered_parameters(model, "all"))
+    return {Path(path).stem: {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
+                              "distinct_values": stats["total"]["distinct"]}}

@@ -4,7 +4,7 @@ Each loop returns its history, a list of per-epoch records (plain dicts).
 Progress display and callbacks are passed in; nothing here writes files.
 
 Both loops can be stopped and resumed bit for bit: they hand their complete
-state (``sws.resume``) to ``on_state`` before the first step and after every
+state (``sws.method.state``) to ``on_state`` before the first step and after every
 epoch, and on SIGINT/SIGTERM after the step in progress, then raise
 ``TrainingInterrupted``; given that state as ``resume`` they continue exactly
 where it was taken.  A divergence guard stops a loop with ``DivergenceError``
@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sws.config import PretrainConfig, RetrainConfig, lr_factor
-from sws.data import Dataset, batches
+from sws.zoo.mnist import Dataset, batches
 from sws.errors import DivergenceError, TrainingInterrupted
-from sws.models import covered_parameters
+from sws.zoo.models import covered_parameters
 from sws.prior import GaussianMixturePrior
-from sws.resume import Position, capture, restore
+from sws.method.state import Position, capture, restore
 
 __all__ = ["evaluate", "pretrain", "retrain", "retrain_optimizer", "MAX_LOG_PRECISION",
            "COLLAPSE_KL"]
@@ -228,7 +228,7 @@ def retrain_optimizer(model, prior: GaussianMixturePrior, cfg: RetrainConfig) ->
 
 def _check_prior(loop: _Loop, prior: GaussianMixturePrior, epoch: int, step: int, cfg: RetrainConfig):
     """End-of-epoch guard: exploding precisions, weighty components collapsed onto each other."""
-    from sws.quantize import kl_divergence
+    from sws.prior.merge import kl_divergence
     with torch.no_grad():
         mu, gamma, log_pi = (t.detach().double() for t in prior.mixture())
         if not (torch.isfinite(mu).all() and torch.isfinite(gamma).all() and torch.isfinite(log_pi).all()):

@@ -1,0 +1,1 @@
+"""Run folders: checkpoints, training states and the pipeline stages that read and write them."""

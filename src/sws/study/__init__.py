@@ -1,0 +1,1 @@
+"""Studies: hyper-parameter search, the baselines and Table 1."""
