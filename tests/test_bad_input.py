@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import sws.runs.rundir
+import sws.runs.checkpoint
 import sws.storage
 from sws.cli import main
 from sws.zoo.mnist import write_idx
@@ -271,11 +271,11 @@ def test_disk_full_while_writing_training_state(capsys, run, data, monkeypatch):
 
 
 def test_disk_full_while_overwriting_a_checkpoint(capsys, run, data, monkeypatch):
-    tensors, meta = sws.runs.rundir.load_checkpoint(run / "pretrained")
+    tensors, meta = sws.runs.checkpoint.load_checkpoint(run / "pretrained")
     before = files(run)
     _disk_full_above(monkeypatch, 0)
     with pytest.raises(sws.errors.StorageError, match="the previous version, if any, is unchanged"):
-        sws.runs.rundir.save_checkpoint(run / "pretrained", {k: v + 1 for k, v in tensors.items()}, meta)
+        sws.runs.checkpoint.save_checkpoint(run / "pretrained", {k: v + 1 for k, v in tensors.items()}, meta)
     monkeypatch.undo()
     assert files(run) == before
 

@@ -53,7 +53,7 @@ def test_far_weight_goes_to_nearest_plausible_component_not_zero():
 @pytest.mark.parametrize("name", ["lenet-300-100", "lenet-5-caffe"])
 def test_dropping_dead_units_is_lossless_and_finds_them_all(name):
     from sws.zoo.models import build_model
-    from sws.method.postprocess import drop_dead_units
+    from sws.method.deadunits import drop_dead_units
     torch.manual_seed(0)
     net = build_model(name, seed=0).eval()
     layers = [m for m in net if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
@@ -81,7 +81,7 @@ def test_dropping_dead_units_is_lossless_and_finds_them_all(name):
 
 
 def test_dead_units_are_kept_across_layers_that_do_not_map_zero_to_zero():
-    from sws.method.postprocess import drop_dead_units
+    from sws.method.deadunits import drop_dead_units
     net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2),
                               torch.nn.Sigmoid(), torch.nn.Linear(2, 2))
     with torch.no_grad():

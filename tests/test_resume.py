@@ -21,7 +21,8 @@ from sws.config import PretrainConfig, retrain_config
 from sws.errors import DivergenceError, TrainingInterrupted
 from sws.runs.stages import run_pretrain, run_retrain
 from sws.prior import GaussianMixturePrior
-from sws.runs.rundir import RunDir, load_checkpoint
+from sws.runs.checkpoint import load_checkpoint
+from sws.runs.rundir import RunDir
 import sws.method.loop as train_mod
 
 DETERMINISTIC = ("import torch; torch.use_deterministic_algorithms(True); "

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from sws.method import distributed, files
+from sws.method.deadunits import drop_dead_units as drop_units
 from sws.config import RetrainConfig, retrain_config
 from sws.errors import ConfigError
 from sws.prior import GaussianMixturePrior
-from sws.method import postprocess as quantize
 from sws.method.postprocess import layer_stats
 from sws.prior.merge import Mixture, assign, merge_components
 from sws.method.loop import retrain_optimizer
@@ -307,7 +307,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
       recalibrate_bn: after quantising, re-estimate batch-norm running statistics
         with one pass over ``train_loader`` (``recalibrate_batchnorm``).
       drop_dead_units: after quantising, zero the weights that cannot change the output
-        (``sws.method.postprocess.drop_dead_units``: plain ``nn.Sequential`` nets only; lossless).
+        (``sws.method.deadunits.drop_dead_units``: plain ``nn.Sequential`` nets only; lossless).
       device: where to train (default: where the model is).
     Returns:
       (the post-processed model, a ``CompressionReport``).
@@ -335,7 +335,7 @@ def compress(model: nn.Module, train_loader, val_loader=None,
     history = retrain_loader(net, model, prior, covered, train_loader, cfg, n_train, loss_fn,
                              val_loader, device, on_epoch, quiet)
     codebook, _ = quantize_module(covered, prior, merge_threshold)
-    dropped = quantize.drop_dead_units(model) if drop_dead_units else 0
+    dropped = drop_units(model) if drop_dead_units else 0
     if recalibrate_bn:
         recalibrate_batchnorm(model, train_loader, device)
     if val_loader is not None:

@@ -19,7 +19,9 @@ from sws.zoo.mnist import load_mnist, load_mnist_test
 from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
 from sws.zoo.models import build_model, covered_parameters
 from sws.prior import GaussianMixturePrior
-from sws.method.postprocess import Mixture, drop_dead_units, layer_stats, quantize_weights
+from sws.method.deadunits import drop_dead_units
+from sws.method.postprocess import layer_stats, quantize_weights
+from sws.prior.merge import Mixture
 from sws.method.files import load, save
 from sws.runs.rundir import RunDir
 from sws.storage import load_strict
@@ -133,7 +135,7 @@ def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb, initi
     def save(epoch):
         tensors = {k: v.detach() for k, v in covered.items()}
         tensors.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
-        from sws.runs.rundir import save_checkpoint
+        from sws.runs.checkpoint import save_checkpoint
         save_checkpoint(folder / f"epoch_{epoch:03d}", tensors, {"model": "snapshot", "epoch": epoch})
 
     def on_epoch(rec):
@@ -258,7 +260,7 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
     else:
         raise CheckpointError(f"{path}: not a run folder or a .safetensors checkpoint")
     results, test = {}, None
-    from sws.runs.rundir import load_checkpoint
+    from sws.runs.checkpoint import load_checkpoint
     for stage, ckpt in targets:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")

@@ -223,7 +223,7 @@ def deep_compression(model: torch.nn.Module, model_name: str, train: Dataset,
 
     Returns: per-stage seconds, keep rates and codebook sizes.
     """
-    from sws.runs.rundir import load_checkpoint, save_checkpoint
+    from sws.runs.checkpoint import load_checkpoint, save_checkpoint
     torch.manual_seed(cfg.seed)
     keep = keep_rates(model, model_name)
     info = {"keep": keep, "seconds": {}}
@@ -274,7 +274,7 @@ def save_baseline(path: str | Path, model: torch.nn.Module, model_name: str,
     every layer's centroids (the format has one codebook, entry 0 = 0).
     """
     from sws.method.files import save
-    from sws.method.postprocess import drop_dead_units
+    from sws.method.deadunits import drop_dead_units
     drop_dead_units(model)   # lossless: the same post-processing as soft weight-sharing gets
     names = weight_names(model)
     for n in names:   # -0.0 is not a codebook entry; the sparse layout stores +0.0

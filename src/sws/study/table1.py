@@ -40,7 +40,7 @@ from sws.method.files import load
 from sws.runs.stages import compress_run
 from sws.format.stats import file_stats
 from sws.runs.stages import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
-from sws.method.postprocess import drop_dead_units
+from sws.method.deadunits import drop_dead_units
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 from sws.method.loop import evaluate

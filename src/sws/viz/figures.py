@@ -23,7 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sws.runs.rundir import RunDir, load_checkpoint
+from sws.runs.checkpoint import load_checkpoint
+from sws.runs.rundir import RunDir
 
 __all__ = ["MAX_POINTS", "mixture_from_state", "subsample", "draw_frame", "draw_frames",
            "snapshot_paths", "snapshots_are_current",
