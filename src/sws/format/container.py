@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ import numpy as np
 import torch
 
 from sws.format import huffman, sparsecode
-from sws.errors import SwsError
+from sws.errors import ConfigError, SwsError
 
-__all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "FormatError", "BadMagicError",
-           "UnsupportedVersionError", "HeaderTooLargeError", "MalformedHeaderError",
-           "TruncatedFileError", "TrailingDataError", "ChecksumError", "InconsistentPayloadError",
-           "Decoded", "encode", "decode", "read", "read_header"]
+__all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_ELEMENTS", "MAX_ELEMENTS_ENV",
+           "FormatError", "BadMagicError", "UnsupportedVersionError", "HeaderTooLargeError",
+           "MalformedHeaderError", "TruncatedFileError", "TrailingDataError", "ChecksumError",
+           "InconsistentPayloadError", "ElementLimitError", "Decoded", "encode", "decode", "read",
+           "read_header", "max_elements_limit"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
 VERSION = 2                    # what the writer writes: the header raw-deflated (RFC 1951)
@@ -36,6 +38,15 @@ READABLE_VERSIONS = (1, 2)     # version 1: the same with the header as plain JS
 MAX_HEADER_BYTES = 1 << 20     # 1 MiB, stored and inflated; a LeNet header is 800 B, 350 deflated
 MAX_ELEMENTS = 1 << 31         # per tensor
 MAX_CODEBOOK = 1 << 12
+# decoded values of one file, all tensors together, unless raised (``max_elements=`` or the
+# environment variable): 32 Mi values, 128 MiB as float32, so that no file of 1 MB costs
+# more than 500 MB to load (docs/FORMAT.md, "Bounded work")
+DEFAULT_MAX_ELEMENTS = 1 << 25
+MAX_ELEMENTS_ENV = "SWS_MAX_ELEMENTS"
+# every tensor has a fixed cost (tables, a few numpy calls): a file may hold at most
+# max(MIN_MAX_TENSORS, limit // VALUES_PER_TENSOR) tensors, 4096 under the default limit
+MIN_MAX_TENSORS = 4096
+VALUES_PER_TENSOR = 8192
 _PREAMBLE = struct.Struct("<8sIIQ")
 _RAW_DTYPES = {"float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"),
                "float16": (torch.float16, "<f2"), "int64": (torch.int64, "<i8"),
@@ -80,6 +91,11 @@ class ChecksumError(FormatError):
 
 class InconsistentPayloadError(FormatError):
     """Payloads that do not match the header: sizes, shapes, codes or positions."""
+
+
+class ElementLimitError(FormatError):
+    """The file declares more values than the reader's limit (a decompression bomb, or a
+    really large model: raise the limit with ``max_elements=`` or ``SWS_MAX_ELEMENTS``)."""
 
 
 @dataclass
@@ -161,10 +177,10 @@ def encode(tensors: dict[str, torch.Tensor], codebook, quantized, model: dict) -
 
 
 def _no_duplicates(pairs):
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
+    d = dict(pairs)
+    if len(d) != len(pairs):
         raise MalformedHeaderError("header has a duplicate key")
-    return dict(pairs)
+    return d
 
 
 def _int(h: dict, key: str, lo: int, hi: int) -> int:
@@ -188,9 +204,14 @@ def _check_header(header) -> np.ndarray:
     if (not isinstance(cbl, list) or not 1 <= len(cbl) <= MAX_CODEBOOK
             or not all(type(x) in (int, float) and math.isfinite(x) for x in cbl)):
         raise MalformedHeaderError("header 'codebook' must be a list of 1..4096 finite numbers")
-    cb = np.asarray(cbl, dtype=np.float64).astype(np.float32)
+    with np.errstate(over="ignore"):
+        cb = np.asarray(cbl, dtype=np.float64).astype(np.float32)
     if cb.view(np.uint32)[0] != 0:
         raise MalformedHeaderError("codebook entry 0 must be exactly 0")
+    if not np.isfinite(cb).all():
+        raise MalformedHeaderError("codebook entry beyond the float32 range")
+    if (cb[1:] == 0).any() or np.unique(cb.view(np.uint32)).size != cb.size:
+        raise MalformedHeaderError("codebook entries must be distinct, only entry 0 zero")
     if not isinstance(header["tensors"], list):
         raise MalformedHeaderError("header 'tensors' must be a list")
     names, norm = set(), []
@@ -233,6 +254,24 @@ def _payload_size(h: dict) -> int:
     return sparsecode.payload_size(h)
 
 
+def _check_sparse_sizes(h: dict) -> None:
+    """What a sparse tensor's streams can hold, checked before anything is decoded.
+
+    Every entry takes its own position (gap >= 0) and 1..15 bits in each stream, so the
+    entries are bounded by the tensor's size and by each stream's bits (and those by the
+    bytes present); an entry needs a code in both tables.
+    """
+    n, k = math.prod(h["shape"]), h["entries"]
+    if k > n:
+        raise InconsistentPayloadError(f"{h['name']}: {k} entries for {n} values")
+    for key in ("gap_stream_bits", "index_stream_bits"):
+        if not k <= h[key] <= huffman.MAX_CODE_LENGTH * k:
+            raise InconsistentPayloadError(f"{h['name']}: a stream of {h[key]} bits cannot hold "
+                                           f"{k} codes of 1..{huffman.MAX_CODE_LENGTH} bits")
+    if k and not (h["gap_symbols"] and h["index_symbols"]):
+        raise InconsistentPayloadError(f"{h['name']}: {k} entries but an empty code table")
+
+
 def _inflate_header(stored: bytes) -> bytes:
     """A version 2 header: exactly one raw deflate stream, at most MAX_HEADER_BYTES inflated."""
     unpacker = zlib.decompressobj(-15)
@@ -247,8 +286,13 @@ def _inflate_header(stored: bytes) -> bytes:
     return text
 
 
-def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
-    """Check preamble, lengths, checksum and header; return (header, codebook, payload)."""
+def read_header(data: bytes, *, max_elements: int | None = None) -> tuple[dict, np.ndarray, memoryview]:
+    """Check preamble, lengths, checksum and header; return (header, codebook, payload).
+
+    ``max_elements`` (see ``max_elements_limit``) bounds the number of tensors here, at
+    ``max(4096, max_elements // 8192)``; ``decode`` bounds the values.
+    """
+    limit = max_elements_limit(max_elements)
     data = memoryview(data)
     if len(data) < len(MAGIC) or bytes(data[:len(MAGIC)]) != MAGIC:
         raise BadMagicError("not an .sws file (bad magic number)")
@@ -273,18 +317,64 @@ def read_header(data: bytes) -> tuple[dict, np.ndarray, memoryview]:
         text = _inflate_header(text)
     try:
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise MalformedHeaderError(f"header is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:   # ValueError: JSON, huge ints
+        raise MalformedHeaderError(f"header is not valid JSON ({str(e)[:200]})") from None
+    max_tensors = max(MIN_MAX_TENSORS, limit // VALUES_PER_TENSOR)
+    if isinstance(header, dict) and isinstance(header.get("tensors"), list) \
+            and len(header["tensors"]) > max_tensors:
+        raise ElementLimitError(f"file declares {len(header['tensors']):,} tensors, more than the "
+                                f"limit of {max_tensors:,} (max_elements // {VALUES_PER_TENSOR}, "
+                                f"at least {MIN_MAX_TENSORS}); for a model this large pass "
+                                f"max_elements= or set {MAX_ELEMENTS_ENV}")
     cb = _check_header(header)
     sizes = [_payload_size(h) for h in header["tensors"]]
     if sum(sizes) != plen:
         raise InconsistentPayloadError(f"tensors declare {sum(sizes)} payload bytes, preamble {plen}")
+    for h in header["tensors"]:
+        if h["coding"] != "raw":
+            _check_sparse_sizes(h)
     return header, cb, data[_PREAMBLE.size + hlen:need - 4]
 
 
-def decode(data: bytes) -> Decoded:
-    """Decode a whole file; every failure raises a ``FormatError`` subclass."""
-    header, cb, payload = read_header(data)
+def max_elements_limit(max_elements: int | None = None) -> int:
+    """The limit on one file's decoded values: ``max_elements`` if given, else the environment
+    variable ``SWS_MAX_ELEMENTS``, else ``DEFAULT_MAX_ELEMENTS`` (2**25)."""
+    if max_elements is None:
+        env = os.environ.get(MAX_ELEMENTS_ENV, "").strip()
+        if not env:
+            return DEFAULT_MAX_ELEMENTS
+        try:
+            max_elements = int(env)
+        except ValueError:
+            raise ConfigError(f"{MAX_ELEMENTS_ENV}={env!r}: not a whole number of values") from None
+        where = MAX_ELEMENTS_ENV
+    else:
+        where = "max_elements"
+    if type(max_elements) is not int or max_elements < 0:
+        raise ConfigError(f"{where} must be a non-negative integer, not {max_elements!r}")
+    return max_elements
+
+
+def _check_elements(header: dict, limit: int) -> None:
+    total = sum(math.prod(h["shape"]) for h in header["tensors"])
+    if total > limit:
+        raise ElementLimitError(
+            f"file declares {total:,} values, more than the limit of {limit:,} (a protection "
+            f"against decompression bombs); for a model this large pass max_elements= or set "
+            f"{MAX_ELEMENTS_ENV}")
+
+
+def decode(data: bytes, *, max_elements: int | None = None) -> Decoded:
+    """Decode a whole file; every failure raises a ``FormatError`` subclass.
+
+    Work and memory are bounded by the file's bytes and its declared values, which may not
+    exceed ``max_elements`` (default: ``max_elements_limit()``, 2**25 unless the environment
+    variable ``SWS_MAX_ELEMENTS`` says otherwise; more raises ``ElementLimitError`` before
+    anything is allocated).
+    """
+    limit = max_elements_limit(max_elements)
+    header, cb, payload = read_header(data, max_elements=limit)
+    _check_elements(header, limit)
     tensors, offset = {}, 0
     for h in header["tensors"]:
         size = _payload_size(h)
@@ -299,7 +389,8 @@ def decode(data: bytes) -> Decoded:
             except huffman.CodeError as e:
                 raise InconsistentPayloadError(f"{h['name']}: {e}") from None
             arr = np.zeros(n, dtype=np.float32)
-            arr[pos] = cb[idx]
+            if pos.size:
+                arr[pos] = cb[idx]
         tensors[h["name"]] = torch.from_numpy(arr.reshape(h["shape"]))
     return Decoded(header, cb, tensors)
 
@@ -314,10 +405,11 @@ def _read_bytes(path) -> bytes:
         raise FormatError(f"{path}: cannot read ({e.strerror})") from None
 
 
-def read(path) -> Decoded:
-    """Decode the file at ``path``; errors name the file."""
+def read(path, *, max_elements: int | None = None) -> Decoded:
+    """Decode the file at ``path``; errors name the file.  ``max_elements``: as in ``decode``."""
+    limit = max_elements_limit(max_elements)
     data = _read_bytes(path)
     try:
-        return decode(data)
+        return decode(data, max_elements=limit)
     except FormatError as e:
         raise type(e)(f"{path}: {e}") from None

@@ -3,26 +3,32 @@
 A code is fully described by its code lengths (one per symbol, 0 = unused):
 codes are assigned in order of (length, symbol), as in DEFLATE (RFC 1951,
 section 3.2.2), so a file stores only the lengths.  Lengths are limited to
-``MAX_CODE_LENGTH`` bits so that they pack into one nibble and decoding can use
-one lookup table of ``2 ** max_length`` entries.
+``MAX_CODE_LENGTH`` bits so that they pack into one nibble.
 
-Decoding is table driven: the symbol and code length starting at *every* bit
-position are looked up at once (numpy); jump tables composed by gathers let the
-chain of symbol starts 0 -> 0 + len(0) -> ... be followed 16 symbols per Python
-step, and the starts in between are filled in vectorised.
+Decoding works on blocks of ``_BLOCK_BITS`` bits, so its working memory is bounded
+whatever the stream's length: the code length starting at *every* bit position of
+the block is found at once (numpy; canonical codes grow with their length, so a
+search over the at most 15 length limits finds it, with no table of
+``2 ** length`` entries); jump tables composed by gathers let the chain of symbol
+starts 0 -> 0 + len(0) -> ... be followed 128 symbols per Python step, and the
+starts in between are filled in vectorised.  Streams of a few symbols are decoded
+symbol by symbol in plain Python, which is faster for them (a file may hold
+thousands of tiny tensors).
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 
 import numpy as np
 
 __all__ = ["MAX_CODE_LENGTH", "CodeError", "code_lengths", "canonical_codes", "encode",
            "decode", "pack_lengths", "unpack_lengths", "coded_bits"]
 
-MAX_CODE_LENGTH = 15  # fits a nibble; the decode table has at most 32768 entries
-_STRIDE_LOG2 = 4      # decoding follows the chain of symbol starts 16 symbols at a time
+MAX_CODE_LENGTH = 15  # fits a nibble
+_STRIDE_LOG2 = 7      # decoding follows the chain of symbol starts 128 symbols at a time
+_SMALL = 128          # at most this many symbols and table entries: decoded in plain Python
 
 
 class CodeError(ValueError):
@@ -133,71 +139,221 @@ def encode(symbols, lengths) -> tuple[bytes, int]:
     return np.packbits(bits).tobytes(), int(ln.sum())
 
 
-def _decode_table(lengths: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(symbol, length) for every ``width``-bit window; length 0 marks no valid code."""
-    codes = canonical_codes(lengths)
-    sym = np.zeros(1 << width, dtype=np.int32)
-    ln = np.zeros(1 << width, dtype=np.int32)
-    for s in np.flatnonzero(lengths).tolist():
-        lo = int(codes[s]) << (width - int(lengths[s]))
-        hi = (int(codes[s]) + 1) << (width - int(lengths[s]))
-        sym[lo:hi] = s
-        ln[lo:hi] = int(lengths[s])
-    return sym, ln
+class _Canonical:
+    """What decoding needs of a canonical code: for a ``width``-bit window (the next bits, MSB
+    first) the length of the code it starts with, and then its symbol.
+
+    Canonical codes, left-justified to ``width`` bits, grow with their length, so the length
+    is one plus the number of limits ``limit[L]`` (the first left-justified code longer than
+    L) at or below the window: a search over at most 15 values, with no table of
+    ``2 ** width`` entries (for a short stream that table would cost more than the stream).
+    """
+
+    def __init__(self, lengths: np.ndarray):
+        if lengths.size <= _SMALL:
+            width, limit, first, base, order = _small_tables(lengths.tolist())
+        else:
+            if lengths.max() > MAX_CODE_LENGTH or lengths.min() < 0:
+                raise CodeError(f"code lengths must lie in 0..{MAX_CODE_LENGTH}")
+            used = np.flatnonzero(lengths)
+            ln = lengths[used]
+            if int(np.sum(np.left_shift(1, MAX_CODE_LENGTH - ln))) > 1 << MAX_CODE_LENGTH:
+                raise CodeError("code lengths are oversubscribed (Kraft sum > 1)")
+            order = used[np.argsort(ln, kind="stable")]   # by (length, symbol)
+            width, limit, first, base = _limits(np.bincount(ln, minlength=16).tolist())
+        self.width = width
+        self.limit = np.asarray(limit, dtype=np.int64)
+        self.first = np.asarray(first, dtype=np.int64)
+        self.base = np.asarray(base, dtype=np.int64)
+        self.order = np.asarray(order, dtype=np.int64)
+
+    def lengths_at(self, window: np.ndarray) -> np.ndarray:
+        """Code length starting at each window; 0 where no code starts (incomplete code)."""
+        n = np.searchsorted(self.limit, window, side="right").astype(np.int32)
+        n += 1
+        n[n > self.width] = 0
+        return n
+
+    def symbols_at(self, window: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """Symbol of each window given its code length ``n`` (all > 0)."""
+        rank = self.base[n] + (window >> (self.width - n)) - self.first[n]
+        return self.order[rank]
+
+
+def _limits(count: list[int]):
+    """(width, limit, first, base) of a canonical code with ``count[L]`` codes of length L:
+    the longest length, the left-justified end of the codes up to each length L = 1..width,
+    the first code of each length and the number of shorter codes."""
+    width = max(n for n in range(len(count)) if count[n]) if any(count[1:]) else 0
+    first, base, limit = [0] * (width + 1), [0] * (width + 1), []
+    code = below = 0
+    for n in range(1, width + 1):
+        code = (code + (count[n - 1] if n > 1 else 0)) << 1
+        first[n], base[n] = code, below
+        below += count[n]
+        limit.append((code + count[n]) << (width - n))
+    return width, limit, first, base
+
+
+def _small_tables(lengths: list[int]):
+    """``_Canonical``'s tables as Python lists, for a small code: (width, limit, first, base,
+    order); the same checks as ``canonical_codes``."""
+    if min(lengths) < 0 or max(lengths) > MAX_CODE_LENGTH:
+        raise CodeError(f"code lengths must lie in 0..{MAX_CODE_LENGTH}")
+    used = sorted((n, s) for s, n in enumerate(lengths) if n)
+    if sum(1 << (MAX_CODE_LENGTH - n) for n, _ in used) > 1 << MAX_CODE_LENGTH:
+        raise CodeError("code lengths are oversubscribed (Kraft sum > 1)")
+    count = [0] * (MAX_CODE_LENGTH + 1)
+    for n, _ in used:
+        count[n] += 1
+    return (*_limits(count), [s for _, s in used])
+
+
+def _decode_small(data: bytes, nbits: int, tables, count: int) -> list[int]:
+    width, limit, first, base, order = tables
+    total = 8 * len(data) + width
+    value = int.from_bytes(data, "big") << width      # zero bits past the end
+    mask = (1 << width) - 1
+    out, pos = [0] * count, 0
+    for i in range(count):
+        if pos >= nbits:
+            raise CodeError("stream ends before its last symbol")
+        w = (value >> (total - pos - width)) & mask
+        n = bisect_right(limit, w) + 1
+        if n > width:
+            raise CodeError("invalid code in the stream")
+        out[i] = order[base[n] + (w >> (width - n)) - first[n]]
+        pos += n
+    if pos != nbits:
+        raise CodeError("bits left over after the last symbol" if pos < nbits
+                        else "stream ends inside its last symbol")
+    return out
+
+
+def _decode_short(data, nbits: int, lengths: list[int], count: int) -> list[int]:
+    """``decode`` in plain Python for a short stream and a small table; the same checks."""
+    data = bytes(data)
+    if nbits < 0 or count < 0 or nbits > 8 * len(data):
+        raise CodeError("stream length out of range")
+    if count == 0:
+        if nbits:
+            raise CodeError("bits left over after the last symbol")
+        return []
+    if nbits < count:
+        raise CodeError("stream too short for its symbol count")
+    if nbits > MAX_CODE_LENGTH * count:
+        raise CodeError("stream longer than its symbols' longest codes")
+    if not any(lengths):
+        raise CodeError("empty code table for a non-empty stream")
+    return _decode_small(data[:(nbits + 7) // 8], nbits, _small_tables(lengths), count)
+
+
+def _unpack_short(data, n: int) -> list[int]:
+    """``unpack_lengths`` in plain Python, as a list."""
+    b = bytes(data)
+    if len(b) != (n + 1) // 2:
+        raise CodeError("code table has the wrong size")
+    out = [x for byte in b for x in (byte >> 4, byte & 15)]
+    if n % 2 and out[-1]:
+        raise CodeError("code table padding is not zero")
+    return out[:n]
+
+
+_BLOCK_BITS = 1 << 16   # bits examined per block: the working memory, about 60 bytes a bit
+
+
+def _windows(buf: np.ndarray, start: int, stop: int, width: int) -> np.ndarray:
+    """The ``width`` bits from every bit position start..stop-1, MSB first (zeros past the end)."""
+    lo = start >> 3
+    chunk = np.zeros((stop >> 3) - lo + 4, dtype=np.int32)
+    part = buf[lo:(stop >> 3) + 4]
+    chunk[:part.size] = part
+    p = np.arange(start - 8 * lo, stop - 8 * lo, dtype=np.int32)
+    byte = p >> 3
+    w24 = (chunk[byte] << 16) | (chunk[byte + 1] << 8) | chunk[byte + 2]
+    return (w24 >> (24 - width - (p & 7))) & ((1 << width) - 1)
 
 
 def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
     """Decode exactly ``count`` symbols that fill exactly ``nbits`` bits of ``data``.
 
-    Memory and time are O(nbits); the caller bounds ``nbits`` by the bytes
-    actually present, and ``count`` <= ``nbits`` is checked first.
+    Working memory is bounded (blocks of ``_BLOCK_BITS`` bits) and the result is
+    ``count`` values of the smallest unsigned type that holds the alphabet, so memory
+    is proportional to the output; time is O(nbits).  ``count <= nbits <= 15 count``
+    is checked before anything is allocated.
 
     Raises:
       CodeError: an invalid code, a stream that ends early or has bits left over.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
+    out_type = np.uint8 if lengths.size <= 1 << 8 else np.uint16 if lengths.size <= 1 << 16 \
+        else np.int64
+    if count <= _SMALL and lengths.size <= _SMALL:
+        return np.array(_decode_short(data, nbits, lengths.tolist(), count), dtype=out_type)
     buf = np.frombuffer(data, dtype=np.uint8)
     if nbits < 0 or count < 0 or nbits > 8 * buf.size:
         raise CodeError("stream length out of range")
     if count == 0:
         if nbits:
             raise CodeError("bits left over after the last symbol")
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=out_type)
     if nbits < count:
         raise CodeError("stream too short for its symbol count")
-    width = int(lengths.max()) if lengths.size else 0
-    if width == 0:
+    if nbits > MAX_CODE_LENGTH * count:
+        raise CodeError("stream longer than its symbols' longest codes")
+    if not lengths.size or not lengths.any():
         raise CodeError("empty code table for a non-empty stream")
-    table_sym, table_len = _decode_table(lengths, width)
-    padded = np.zeros(buf.size + 3, dtype=np.int32)
-    padded[:buf.size] = buf
-    p = np.arange(nbits, dtype=np.int64)
-    byte = p >> 3
-    w24 = (padded[byte] << 16) | (padded[byte + 1] << 8) | padded[byte + 2]
-    window = (w24 >> (24 - width - (p & 7))) & ((1 << width) - 1)
-    size = nbits + MAX_CODE_LENGTH + 1
-    ln = np.zeros(size, dtype=np.int64)
-    ln[:nbits] = table_len[window]
-    # jumps[k][p]: where the symbol 2**k symbols after one starting at p starts
-    # (an invalid code has length 0 and stalls, caught below)
-    jumps = [np.arange(size, dtype=np.int64) + ln]
-    for _ in range(_STRIDE_LOG2):
-        jumps.append(jumps[-1][jumps[-1]])
-    far = jumps.pop()
-    rows, pos = [0] * -(-count // (1 << _STRIDE_LOG2)), 0
-    for i in range(len(rows)):   # one Python step per 16 symbols
-        rows[i] = pos
-        pos = int(far[pos])
-    starts = np.asarray(rows, dtype=np.int64)[:, None]
-    for jump in jumps:            # fill in the 15 starts between
-        starts = np.concatenate([starts, jump[starts]], axis=1)
-    starts = starts.reshape(-1)[:count]
-    last = int(starts[-1])
-    if last >= nbits or not ln[starts].all():
-        raise CodeError("invalid code or stream ends before its last symbol")
-    if last + int(ln[last]) != nbits:
-        raise CodeError("bits left over after the last symbol")
-    return table_sym[window[starts]].astype(np.int64)
+    code = _Canonical(lengths)
+    width = code.width
+    levels = min(_STRIDE_LOG2, max(1, (count - 1).bit_length()))
+    stride = 1 << levels
+    out = np.empty(count, dtype=out_type)
+    done, pos = 0, 0
+    while done < count:
+        if pos >= nbits:
+            raise CodeError("stream ends before its last symbol")
+        stop = min(pos + _BLOCK_BITS, nbits)
+        size = stop - pos
+        window = _windows(buf, pos, stop, width)
+        ln = code.lengths_at(window)
+        # nxt[q]: where the symbol after the one at pos + q starts (block-relative); positions
+        # size..size+15 are past the block and stay put, as does an invalid code (length 0)
+        nxt = np.arange(size + MAX_CODE_LENGTH + 1, dtype=np.int32)
+        nxt[:size] += ln
+        jumps = [nxt]
+        for _ in range(levels):          # jumps[k][q]: 2**k symbols on
+            jumps.append(jumps[-1][jumps[-1]])
+        far = jumps.pop()
+        rows, q = [], 0
+        need_rows = -(-(count - done) // stride)
+        while q < size and len(rows) < need_rows:   # one Python step per `stride` symbols
+            rows.append(q)
+            nq = int(far[q])
+            if nq == q:
+                break
+            q = nq
+        starts = np.asarray(rows, dtype=np.int32)[:, None]
+        for jump in jumps:               # fill in the starts between, in order
+            starts = np.concatenate([starts, jump[starts]], axis=1)
+        starts = starts.reshape(-1)
+        inside = starts < size
+        inside[inside] = ln[starts[inside]] > 0
+        k = int(np.argmin(inside)) if not inside.all() else starts.size
+        take = min(k, count - done)
+        s = starts[:take]
+        out[done:done + take] = code.symbols_at(window[s].astype(np.int64),
+                                                ln[s].astype(np.int64))
+        done += take
+        if done == count:
+            last = int(s[-1])
+            if pos + last + int(ln[last]) != nbits:
+                raise CodeError("bits left over after the last symbol")
+            break
+        nxt_start = int(starts[k]) if k < starts.size else int(far[q])
+        if nxt_start < size:
+            raise CodeError("invalid code in the stream")
+        pos += nxt_start
+    return out
 
 
 def pack_lengths(lengths) -> bytes:
@@ -212,6 +368,8 @@ def pack_lengths(lengths) -> bytes:
 
 def unpack_lengths(data, n: int) -> np.ndarray:
     """Inverse of ``pack_lengths`` for ``n`` symbols."""
+    if n <= _SMALL:
+        return np.array(_unpack_short(data, n), dtype=np.uint8)
     b = np.frombuffer(data, dtype=np.uint8)
     if b.size != (n + 1) // 2:
         raise CodeError("code table has the wrong size")

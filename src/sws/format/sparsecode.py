@@ -24,7 +24,7 @@ import numpy as np
 from sws.format import huffman
 
 __all__ = ["LayerCode", "MAX_GAP_BITS", "entries", "encode_layer", "decode_layer",
-           "stream_counts", "payload_size"]
+           "stream_counts", "stream_counts_at", "payload_size"]
 
 MAX_GAP_BITS = 12  # 4096-symbol gap alphabet at most; larger never paid off on MNIST nets
 
@@ -78,15 +78,32 @@ def entries(indices: np.ndarray, gap_bits: int) -> tuple[np.ndarray, np.ndarray]
     return gap_sym, idx_sym
 
 
+def _gaps(pos: np.ndarray) -> np.ndarray:
+    """Zeros before each of the increasing positions ``pos`` (since the previous one)."""
+    gaps = np.empty(pos.size, dtype=np.int64)
+    if pos.size:
+        gaps[0] = pos[0]
+        np.subtract(pos[1:], pos[:-1] + 1, out=gaps[1:])
+    return gaps
+
+
 def stream_counts(indices: np.ndarray, gap_bits: int, n_index: int) -> tuple[np.ndarray, np.ndarray]:
     """Symbol counts of the gap and index streams, without building the streams."""
     pos = np.flatnonzero(indices)
-    gaps = np.diff(pos, prepend=-1) - 1
+    return stream_counts_at(pos, indices[pos], gap_bits, n_index)
+
+
+def stream_counts_at(pos: np.ndarray, idx: np.ndarray, gap_bits: int,
+                     n_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``stream_counts`` of a tensor given by its non-zeros only: their increasing flat
+    positions ``pos`` and codebook indices ``idx`` (none 0); memory O(len(pos)), whatever the
+    tensor's size."""
+    gaps = _gaps(np.asarray(pos, dtype=np.int64))
     fill = int((gaps >> gap_bits).sum())
     top = (1 << gap_bits) - 1
     gc = np.bincount(gaps & top, minlength=top + 1)
     gc[top] += fill
-    ic = np.bincount(indices[pos], minlength=n_index)
+    ic = np.bincount(np.asarray(idx, dtype=np.int64), minlength=n_index)
     ic[0] += fill
     return gc, ic
 
@@ -128,7 +145,11 @@ def encode_layer(indices: np.ndarray, n_index: int, gap_bits: int | None = None)
 
 
 def decode_layer(payload, h: dict, size: int, n_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Positions and codebook indices of a layer's entries (fillers dropped).
+    """Positions (int64, increasing) and codebook indices (unsigned, none 0) of a layer's
+    non-zero entries (fillers and other index-0 entries dropped).
+
+    Memory is O(entries) whatever ``size`` (the tensor is not built here), and ``entries``
+    is checked against ``size`` before the streams are decoded.
 
     Args:
       payload: the layer's bytes, exactly ``payload_size(h)`` long.
@@ -146,13 +167,46 @@ def decode_layer(payload, h: dict, size: int, n_index: int) -> tuple[np.ndarray,
     c = b + (h["gap_stream_bits"] + 7) // 8
     if h["gap_symbols"] > (1 << h["gap_bits"]) or h["index_symbols"] > n_index:
         raise huffman.CodeError("code table larger than its alphabet")
+    if len(mv) != payload_size(h):
+        raise huffman.CodeError("payload size differs from the header's")
+    n = h["entries"]
+    if n > size:
+        raise huffman.CodeError(f"{n} entries cannot fit {size} values")
+    if n <= huffman._SMALL and h["gap_symbols"] <= huffman._SMALL \
+            and h["index_symbols"] <= huffman._SMALL:
+        return _decode_short(mv, h, size, (a, b, c))
     gl = huffman.unpack_lengths(mv[:a], h["gap_symbols"])
     il = huffman.unpack_lengths(mv[a:b], h["index_symbols"])
-    n = h["entries"]
     gaps = huffman.decode(mv[b:c], h["gap_stream_bits"], gl, n)
     idx = huffman.decode(mv[c:], h["index_stream_bits"], il, n)
-    pos = np.cumsum(gaps + 1) - 1
-    if n and pos[-1] >= size:
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), idx
+    pos = gaps.astype(np.int64)       # entry k at sum_{i <= k} (gap_i + 1) - 1
+    pos += 1
+    np.cumsum(pos, out=pos)
+    pos -= 1
+    if pos[-1] >= size:
         raise huffman.CodeError(f"entry at position {int(pos[-1])} beyond the tensor's {size}")
     keep = idx != 0
+    if keep.all():
+        return pos, idx
     return pos[keep], idx[keep]
+
+
+def _decode_short(mv: memoryview, h: dict, size: int, cuts) -> tuple[np.ndarray, np.ndarray]:
+    """``decode_layer`` in plain Python, for a few entries and small tables (faster there)."""
+    a, b, c = cuts
+    n = h["entries"]
+    gl = huffman._unpack_short(mv[:a], h["gap_symbols"])
+    il = huffman._unpack_short(mv[a:b], h["index_symbols"])
+    gaps = huffman._decode_short(mv[b:c], h["gap_stream_bits"], gl, n)
+    idx = huffman._decode_short(mv[c:], h["index_stream_bits"], il, n)
+    p, pos, val = -1, [], []
+    for g, i in zip(gaps, idx):
+        p += g + 1
+        if i:
+            pos.append(p)
+            val.append(i)
+    if p >= size:
+        raise huffman.CodeError(f"entry at position {p} beyond the tensor's {size}")
+    return np.array(pos, dtype=np.int64), np.array(val, dtype=np.uint8)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from sws.format import huffman, sparsecode
-from sws.format.container import _PREAMBLE, _payload_size, read_header
+from sws.format.container import _PREAMBLE, InconsistentPayloadError, _payload_size, read_header
 
 __all__ = ["file_stats", "format_stats"]
 
@@ -33,17 +33,39 @@ def _entropy_bits(counts: np.ndarray) -> float:
     return float(-(c * np.log2(c / n)).sum()) if n else 0.0
 
 
-def _flat_indices(part, h: dict, n_index: int) -> np.ndarray:
-    n = math.prod(h["shape"])
-    pos, idx = sparsecode.decode_layer(part, h, n, n_index)
-    flat = np.zeros(n, dtype=np.int64)
-    flat[pos] = idx
-    return flat
+def _huffman_bits(counts: np.ndarray) -> int:
+    """Bits of the stream with these symbol counts under its length-limited Huffman code."""
+    used = counts[counts > 0]           # in symbol order: the code's tie-breaking is kept
+    return huffman.coded_bits(used, huffman.code_lengths(used)) if used.size else 0
 
 
-def file_stats(data: bytes) -> dict:
-    """Per-tensor and total bit counts and compression rates of a ``.sws`` file's bytes."""
-    header, cb, payload = read_header(data)
+def _counts(pos, idx, gap_bits: int, n_index: int):
+    """(gap counts, index counts) of the streams at this gap width, as arrays; for a few
+    entries the used symbols only, in symbol order (all the bit counts below need)."""
+    if len(pos) > 64:
+        return sparsecode.stream_counts_at(pos, idx, gap_bits, n_index)
+    top, prev, fill = (1 << gap_bits) - 1, -1, 0
+    gc, ic = {}, {}
+    for p, i in zip(pos.tolist(), idx.tolist()):
+        g, prev = p - prev - 1, p
+        fill += g >> gap_bits
+        gc[g & top] = gc.get(g & top, 0) + 1
+        ic[i] = ic.get(i, 0) + 1
+    if fill:
+        gc[top] = gc.get(top, 0) + fill
+        ic[0] = ic.get(0, 0) + fill
+    return (np.array([gc[k] for k in sorted(gc)], dtype=np.int64),
+            np.array([ic[k] for k in sorted(ic)], dtype=np.int64))
+
+
+def file_stats(data: bytes, *, max_elements: int | None = None) -> dict:
+    """Per-tensor and total bit counts and compression rates of a ``.sws`` file's bytes.
+
+    Works from each tensor's entries, never from the tensor itself: time and memory are
+    bounded by the file's bytes whatever the shapes it declares, so the values are not
+    limited here; ``max_elements`` bounds the number of tensors (``read_header``).
+    """
+    header, cb, payload = read_header(data, max_elements=max_elements)
     k = len(cb)
     rows, offset = [], 0
     n_total = paper_bits = entropy_bits = 0
@@ -61,19 +83,22 @@ def file_stats(data: bytes) -> dict:
             offset += size
             continue
         size = sparsecode.payload_size(h)
-        flat = _flat_indices(payload[offset:offset + size], h, k)
+        try:
+            pos, idx = sparsecode.decode_layer(payload[offset:offset + size], h, n, k)
+        except huffman.CodeError as e:
+            raise InconsistentPayloadError(f"{h['name']}: {e}") from None
         offset += size
-        gc, ic = sparsecode.stream_counts(flat, h["gap_bits"], k)
-        entropy_bits += _entropy_bits(gc) + _entropy_bits(ic)
-        pb = PAPER_GAP_BITS["conv" if len(h["shape"]) == 4 else "fc"]
-        pgc, pic = sparsecode.stream_counts(flat, pb, k)
-        paper_bits += (huffman.coded_bits(pgc, huffman.code_lengths(pgc))
-                       + huffman.coded_bits(pic, huffman.code_lengths(pic)))
+        if pos.size:
+            gc, ic = _counts(pos, idx, h["gap_bits"], k)
+            entropy_bits += _entropy_bits(gc) + _entropy_bits(ic)
+            pb = PAPER_GAP_BITS["conv" if len(h["shape"]) == 4 else "fc"]
+            pgc, pic = _counts(pos, idx, pb, k)
+            paper_bits += _huffman_bits(pgc) + _huffman_bits(pic)
         tables = 4 * (h["gap_symbols"] + (h["gap_symbols"] % 2)
                       + h["index_symbols"] + (h["index_symbols"] % 2))
         bits = 8 * size
         rows.append({"name": h["name"], "shape": h["shape"], "coding": "sparse", "size": n,
-                     "nonzero": int(np.count_nonzero(flat)), "gap_bits": h["gap_bits"],
+                     "nonzero": int(pos.size), "gap_bits": h["gap_bits"],
                      "entries": h["entries"], "gap_stream_bits": h["gap_stream_bits"],
                      "index_stream_bits": h["index_stream_bits"], "table_bits": tables,
                      "raw_bits": 0, "bits": bits, "cr": 32 * n / max(bits, 1)})
