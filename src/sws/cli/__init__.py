@@ -245,3 +245,4 @@ def main(argv=None):
 from sws.cli import file_cmds as _file_cmds  # noqa: E402,F401
 from sws.cli import pipeline_cmds as _pipeline_cmds  # noqa: E402,F401
 from sws.cli import study_cmds as _study_cmds  # noqa: E402,F401
+from sws.cli import export_cmds as _export_cmds  # noqa: E402,F401
