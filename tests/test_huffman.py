@@ -104,3 +104,55 @@ def test_nibble_tables_round_trip(lengths):
     data = huffman.pack_lengths(lengths)
     assert len(data) == (len(lengths) + 1) // 2
     assert huffman.unpack_lengths(data, len(lengths)).tolist() == lengths
+
+
+def test_streams_longer_than_a_block_round_trip():
+    rng = np.random.default_rng(3)
+    for k, n in [(2, 200_000), (9, 70_000), (300, 40_000)]:
+        counts = rng.integers(1, 50, k)
+        ln = huffman.code_lengths(counts)
+        sym = rng.choice(k, size=n, p=counts / counts.sum())
+        data, nbits = huffman.encode(sym, ln)
+        assert nbits > huffman._BLOCK_BITS
+        np.testing.assert_array_equal(huffman.decode(data, nbits, ln, n), sym)
+        for bad_bits, bad_count in [(nbits - 1, n), (nbits, n - 1), (nbits, n + 1)]:
+            with pytest.raises(huffman.CodeError):
+                huffman.decode(data, bad_bits, ln, bad_count)
+
+
+@pytest.mark.parametrize("where", [0, 1, 65535, 65536, 65537, 131071, 199_998])
+def test_an_invalid_code_is_found_in_any_block(where):
+    ln = np.array([1, 0, 2])                 # codes 0 and 10; 11 is no code
+    sym = np.zeros(200_000, np.int64)
+    sym[::7] = 2
+    bits = np.unpackbits(np.frombuffer(huffman.encode(sym, ln)[0], np.uint8))
+    nbits = huffman.encode(sym, ln)[1]
+    bits[where:where + 2] = 1                 # "11" at `where`
+    data = np.packbits(bits).tobytes()
+    with pytest.raises(huffman.CodeError):
+        huffman.decode(data, nbits, ln, sym.size)
+
+
+def test_decode_checks_the_bit_count_against_the_longest_code():
+    ln = np.array([1, 1])
+    with pytest.raises(huffman.CodeError, match="longest codes"):
+        huffman.decode(b"\0" * 4, 31, ln, 2)     # 2 symbols cannot take 31 bits
+
+
+def test_small_and_block_paths_agree():
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        k = int(rng.integers(1, 40))
+        counts = rng.integers(0, 30, k)
+        counts[rng.integers(k)] += 1
+        ln = huffman.code_lengths(counts)
+        n = int(rng.integers(1, huffman._SMALL + 1))
+        sym = rng.choice(k, size=n, p=counts / counts.sum())
+        data, nbits = huffman.encode(sym, ln)
+        small = huffman._decode_short(data, nbits, ln.tolist(), n)
+        saved, huffman._SMALL = huffman._SMALL, 0
+        try:
+            block = huffman.decode(data, nbits, ln, n).tolist()
+        finally:
+            huffman._SMALL = saved
+        assert small == block == sym.tolist()
