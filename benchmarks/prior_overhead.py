@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from sws.config import from_dict, PriorConfig, retrain_config
-from sws.zoo.models import covered_parameters
 from sws.prior.kernel import mixture_nll_reference
-from sws.runs.stages import _prior_from_checkpoint, model_from_checkpoint
+from sws.method.surface import select_parameters
+from sws.runs.stages import model_from_checkpoint, prior_from_checkpoint
 from sws.prior import GaussianMixturePrior
 from sws.runs.rundir import RunDir
 from sws.method.loop import retrain_optimizer
@@ -38,7 +38,7 @@ def time_block(fn, steps):
 
 def measure(model, prior, cover, steps, blocks=6):
     cfg = retrain_config("tutorial")
-    covered = list(covered_parameters(model, cover).values())
+    covered = list(select_parameters(model, cover=cover).values())
     plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     prior_opt = retrain_optimizer(model, prior, cfg)
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
@@ -95,8 +95,8 @@ def main():
     pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
     pt, pmeta = run.load("pretrained")
     start_model = model_from_checkpoint(pt, pmeta)
-    start_prior = GaussianMixturePrior(pcfg, list(covered_parameters(start_model, pcfg.cover).values()))
-    end_model, end_prior = model_from_checkpoint(t, meta), _prior_from_checkpoint(t, meta)
+    start_prior = GaussianMixturePrior(pcfg, list(select_parameters(start_model, cover=pcfg.cover).values()))
+    end_model, end_prior = model_from_checkpoint(t, meta), prior_from_checkpoint(t, meta)
     print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, "
           f"{args.steps} steps x 6 alternating blocks")
     print("| state | plain step (ms) | step with prior (ms) | ratio | autograd prior step (ms) | ratio |")

@@ -68,10 +68,7 @@ def main(argv=None):
 
     torch.manual_seed(0)
     train, val = synthetic_data(args.n_train, seed=0), synthetic_data(500, seed=1)
-    sampler = distributed.sampler(train, shuffle=True)
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=sampler is None,
-                              sampler=sampler)
-    val_loader = DataLoader(val, batch_size=250)
+    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True)
 
     model = SmallCNN()                       # 1. your pretrained model (trained briefly here)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -86,14 +83,14 @@ def main(argv=None):
     #    A few epochs need a faster-moving mixture than the tutorial's 30: narrow
     #    components from the start, a smaller fixed zero share, larger mixture learning rates.
     model, report = sws.compress(
-        model, train_loader, val_loader, "tutorial", epochs=args.epochs, tau=args.tau,
+        model, train, val, "tutorial", epochs=args.epochs, tau=args.tau, batch_size=args.batch_size,
         init="range", init_sigma=0.02, pi0=0.9, lr_means=1e-3, lr_log_precisions=1e-2,
         lr_mixing=1e-2, exclude=["features.0.*"], out=args.out, quiet=not distributed.is_main())
 
     if distributed.is_main():
         m = report.metrics
         print(f"accuracy: pretrained {m['before_accuracy']:.3f}, retrained "
-              f"{m['retrained_val_accuracy']:.3f}, quantised {m['quantized_accuracy']:.3f}")
+              f"{m['retrained_accuracy']:.3f}, quantised {m['quantized_accuracy']:.3f}")
         print(f"non-zero weights {100 * report.nonzero_share:.1f} %, {report.distinct_values} "
               f"distinct values, {args.out}: {report.file['bytes']} bytes, CR "
               f"{report.file['cr_file']:.1f} (file), {report.file['cr_paper']:.1f} (paper)")

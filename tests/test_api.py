@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import sws
-from sws.method.compress import save_module, select_parameters
+from sws.method.surface import select_parameters
 from sws.config import PriorConfig
 from sws.errors import ConfigError
 from sws.format.container import FormatError, InconsistentPayloadError, read
@@ -123,7 +123,7 @@ def test_compress_tied_parameters(tmp_path):
 
 def test_save_module_refuses_off_codebook_values(tmp_path):
     with pytest.raises(ValueError, match="not a codebook entry"):
-        save_module(tmp_path / "x.sws", Tied(), [0.0, 0.5], ["enc.weight"])
+        sws.save(tmp_path / "x.sws", Tied(), codebook=[0.0, 0.5], quantized=["enc.weight"])
 
 
 def test_dense_path_matches_fused_kernel():
@@ -153,8 +153,8 @@ def test_bad_settings_raise_config_errors():
         sws.compress(Tied(), train, include=["nothing.*"], epochs=1)
     with pytest.raises(ConfigError):
         sws.compress(Tied(), train, config="no-such-preset")
-    with pytest.raises(ConfigError, match="n_train"):
-        sws.compress(Tied(), [(torch.randn(4, 12), torch.zeros(4, dtype=torch.long))], epochs=1)
+    with pytest.raises(sws.DataError, match="map-style Dataset"):
+        sws.compress(Tied(), iter([(torch.randn(4, 12), torch.zeros(4, dtype=torch.long))]), epochs=1)
 
 
 def test_example_script_runs(tmp_path, capsys):

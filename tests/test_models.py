@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sws import ConfigError, build_model
-from sws.zoo.models import covered_parameters
+from sws.method.surface import select_parameters
 
 
 @pytest.mark.parametrize("name, params, weights", [
@@ -12,7 +12,7 @@ def test_parameter_counts(name, params, weights):
     model = build_model(name)
     assert sum(p.numel() for p in model.parameters()) == params
     if weights:
-        assert sum(p.numel() for p in covered_parameters(model, "weights").values()) == weights
+        assert sum(p.numel() for p in select_parameters(model, cover="weights").values()) == weights
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 

@@ -24,6 +24,7 @@ from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint
 from sws.runs.rundir import RunDir
 import sws.method.loop as train_mod
+from sws.method.batches import Source
 
 DETERMINISTIC = ("import torch; torch.use_deterministic_algorithms(True); "
                  "from sws.cli import main; main()")
@@ -67,16 +68,16 @@ def _same(a, b, stage):
 
 def _crash_after(monkeypatch, n, action):
     """Make the n-th minibatch (counted over the whole run) trigger ``action`` first."""
-    real, count = train_mod.batches, [0]
+    real, count = Source.epoch, [0]
 
-    def batches(data, batch_size, generator=None):
-        for b in real(data, batch_size, generator):
+    def epoch(self, batch_size, generator=None, *args):
+        for b in real(self, batch_size, generator, *args):
             if generator is not None:  # training batches only, not evaluation
                 count[0] += 1
                 if count[0] == n:
                     action()
             yield b
-    monkeypatch.setattr(train_mod, "batches", batches)
+    monkeypatch.setattr(Source, "epoch", epoch)
 
 
 class Crash(Exception):
@@ -128,7 +129,7 @@ def test_retrain_sigint_mid_epoch_saves_and_resumes_bit_identical(tmp_path, mnis
     _same(ref.path, run.path, "retrained")
     recs = [r for r in run.read_json("history.json", []) if r["stage"] == "retrain"]
     ref_recs = [r for r in ref.read_json("history.json", []) if r["stage"] == "retrain"]
-    assert [r["train_cross_entropy"] for r in recs] == [r["train_cross_entropy"] for r in ref_recs]
+    assert [r["train_loss"] for r in recs] == [r["train_loss"] for r in ref_recs]
 
 
 def _sws(data_dir, *args):
@@ -209,7 +210,7 @@ def _prior_loop(prior):
     return loop
 
 
-def test_guard_catches_exploding_precision_and_collapsed_components():
+def test_guard_catches_exploding_precision_but_lets_components_merge():
     cfg = retrain_config("tutorial")
     prior = GaussianMixturePrior(cfg.prior)
     train_mod._check_prior(_prior_loop(prior), prior, 4, 10, cfg)  # a fresh prior passes
@@ -220,8 +221,7 @@ def test_guard_catches_exploding_precision_and_collapsed_components():
     prior = GaussianMixturePrior(cfg.prior)
     with torch.no_grad():
         prior.means[5] = prior.means[4]  # components 5 and 6 (index 0 is the zero component)
-    with pytest.raises(DivergenceError, match="components 5 and 6 collapsed.*--lr-means"):
-        train_mod._check_prior(_prior_loop(prior), prior, 4, 10, cfg)
+    train_mod._check_prior(_prior_loop(prior), prior, 4, 10, cfg)  # a merge in the making: not stopped
 
 
 def test_workspace_state_round_trip_continues_identically():

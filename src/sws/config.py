@@ -29,7 +29,8 @@ def lr_factor(schedule: str, done: int, total: int) -> float:
 
 @dataclass
 class PretrainConfig:
-    model: str = "tutorial-conv"     # the tutorial's 642k-parameter conv net
+    model: str = "tutorial-conv"     # the tutorial's 642k-parameter conv net; or PKG.MODULE:FUNCTION
+    data: str = ""                   # PKG.MODULE:FUNCTION returning (train, val, test); "": MNIST
     epochs: int = 20                 # tutorial runs 100; about 20 reach the same error
     batch_size: int = 256            # tutorial
     lr: float = 1e-3                 # Adam, tutorial
@@ -41,8 +42,12 @@ class PretrainConfig:
     val_size: int = 0                # held-out validation images (for tuning); 0: none
 
     def validate(self):
-        if self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        from sws.zoo.refs import is_ref
+        if self.model not in MODELS and not is_ref(self.model):
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)} "
+                              "or name your own as PKG.MODULE:FUNCTION")
+        if self.data and not is_ref(self.data):
+            raise ConfigError(f"data {self.data!r}: expected PKG.MODULE:FUNCTION returning (train, val, test)")
         _positive(self, "epochs", "batch_size", "lr")
         if self.input_norm not in ("none", "standardize"):
             raise ConfigError(f"input_norm must be 'none' or 'standardize', got {self.input_norm!r}")

@@ -76,9 +76,31 @@ def _refuse_interrupted(run: "RunDir", stage: str, command: str, force: bool):
                           f"({run.state_path(stage).name}.safetensors); continue it with "
                           f"'sws {command} --resume {run.path}' or pass --force to start over")
 
+def _model_ref(ctx, param, value):
+    from sws.zoo.refs import is_ref
+    if value is not None and value not in MODELS and not is_ref(value):
+        raise click.BadParameter(f"{value!r} is neither a reference net ({', '.join(MODELS)}) nor "
+                                 "PKG.MODULE:FUNCTION returning an nn.Module")
+    return value
+
+
+def _data_ref(ctx, param, value):
+    from sws.zoo.refs import is_ref
+    if value and not is_ref(value):
+        raise click.BadParameter(f"{value!r} is not PKG.MODULE:FUNCTION returning (train, val, test)")
+    return value or ""
+
+
 pretrain_options = _options(
-    click.option("--model", type=click.Choice(list(MODELS)), default="tutorial-conv",
-                 show_default=True, help="Reference network."),
+    click.option("--model", default="tutorial-conv", show_default=True, callback=_model_ref,
+                 help=f"A reference net ({', '.join(MODELS)}) or your own: PKG.MODULE:FUNCTION "
+                      "returning an nn.Module (imported from the current folder or PYTHONPATH)."),
+    click.option("--data", default="", callback=_data_ref, metavar="PKG.MODULE:FUNCTION",
+                 help="Your data: a function returning (train, val, test) Datasets of (input, target) "
+                      "pairs (test may be None) [MNIST]."),
+    click.option("--weights", type=click.Path(path_type=Path), default=None,
+                 help="Start from these pretrained weights (safetensors, or a state dict saved with "
+                      "torch.save) instead of pretraining."),
     click.option("--pretrain-epochs", "pretrain_epochs", type=int, default=PretrainConfig.epochs,
                  help="Pretraining epochs (the tutorial runs 100; 20 reach its error).",
                  show_default=True),
@@ -140,9 +162,9 @@ merge_option = _options(
 )
 
 
-def _pretrain_cfg(model, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
+def _pretrain_cfg(model, data, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
                   batch_size, seed) -> PretrainConfig:
-    cfg = PretrainConfig(model=model, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
+    cfg = PretrainConfig(model=model, data=data, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
                          batch_size=batch_size, seed=seed)
     cfg.validate()
@@ -173,18 +195,21 @@ def cli():
 
 
 def _print_report(m: dict):
-    click.echo(f"{'layer':<16}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
+    click.echo(f"{'layer':<28}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
     for name, row in m["layers"].items():
-        click.echo(f"{name:<16}{'x'.join(map(str, row['shape'])):>16}{row['nonzero']:>12}"
+        click.echo(f"{name:<28}{'x'.join(map(str, row['shape'])):>16}{row['nonzero']:>12}"
                    f"{100 * row['nonzero_share']:>8.2f}%{row['distinct']:>8}")
-    click.echo(f"accuracy: pretrained {m.get('pretrained_test_accuracy', float('nan')):.4f}, "
-               f"retrained {m['retrained_test_accuracy']:.4f}, "
-               f"post-processed {m['test_accuracy']:.4f}")
+    split = m.get("split", "test")
+    what = "accuracy" if f"{split}_accuracy" in m else "loss"
+    nan = float("nan")
+    click.echo(f"{split} {what}: pretrained {m.get(f'pretrained_{split}_{what}', nan):.4f}, "
+               f"retrained {m.get(f'retrained_{split}_{what}', nan):.4f}, "
+               f"post-processed {m.get(f'{split}_{what}', nan):.4f}")
     click.echo(f"non-zero weights: {100 * m['nonzero_share']:.2f}% "
                f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "
                f"distinct values: {m['distinct_values']} "
                f"({m['components_before_merge']} components -> {m['components_after_merge']})")
-    loss = m["retrained_test_accuracy"] - m["test_accuracy"]
+    loss = m.get(f"retrained_{split}_accuracy", 0.0) - m.get(f"{split}_accuracy", 0.0)
     if m["nonzero_share"] == 0.0 or loss > 0.05:
         what = ("every weight was snapped to 0" if m["nonzero_share"] == 0.0
                 else f"post-processing cost {100 * loss:.1f} accuracy points")

@@ -49,8 +49,8 @@ def new_run_options(*settings):
 @new_run_options(pretrain_options)
 @resume_option
 @guard_option
-def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-                 train_subset, val_size, batch_size, seed, data_dir, force, quiet, resume, guard):
+def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
+                 weight_init, train_subset, val_size, batch_size, seed, data_dir, force, quiet, resume, guard):
     """Train a reference network with plain cross-entropy."""
     if resume is not None:
         _no_settings_with_resume()
@@ -62,12 +62,12 @@ def pretrain_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule,
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    cfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+    cfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                         train_subset, val_size, batch_size, seed)
     run = RunDir.create(out, force)
-    _record_command(run, "pretrain", vars(cfg))
+    _record_command(run, "pretrain", vars(cfg) | {"weights": str(weights) if weights else None})
     with _resume_hint("pretrain", run):
-        _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard))
+        _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard, weights=weights))
 
 
 @cli.command("retrain")
@@ -139,19 +139,26 @@ def quantize_cmd(run_dir, merge_threshold, drop_dead_units, data_dir, force):
 
 @cli.command("evaluate")
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", default=None, metavar="PKG.MODULE:FUNCTION",
+              help="For a .sws file of your own network: the function building it [recorded in the file].")
+@click.option("--data", default=None, metavar="PKG.MODULE:FUNCTION",
+              help="For a .sws file of your own network: your data function (its test set, else its "
+                   "validation set, is scored).")
 @data_option
-def evaluate_cmd(path, data_dir):
-    """Test accuracy of a run folder's checkpoints or of one checkpoint file."""
+def evaluate_cmd(path, model_ref, data, data_dir):
+    """Scores of a run folder's checkpoints, of one checkpoint file or of a .sws file."""
     if not path.exists():
         raise SwsError(f"{path}: no such file or folder")
     if path.suffix == ".sws":
         from sws.runs.stages import evaluate_file
-        results = evaluate_file(path, data_dir)
+        results = evaluate_file(path, data_dir, data=data, model_ref=model_ref)
     else:
         results = evaluate_path(path, data_dir)
     for stage, m in results.items():
-        click.echo(f"{stage:<11} accuracy {m['accuracy']:.4f}  error {100 * m['error']:.2f}%  "
-                   f"non-zero {100 * m['nonzero_share']:.2f}%  distinct values {m['distinct_values']}")
+        score = (f"accuracy {m['accuracy']:.4f}  error {100 * m['error']:.2f}%" if "accuracy" in m
+                 else f"loss {m['loss']:.4g}")
+        click.echo(f"{stage:<11} {score}  non-zero {100 * m['nonzero_share']:.2f}%  "
+                   f"distinct values {m['distinct_values']}")
 
 
 @cli.command("run")
@@ -159,8 +166,8 @@ def evaluate_cmd(path, data_dir):
 @figures_option
 @resume_option
 @guard_option
-def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-            train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed,
+def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
+            weight_init, train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed,
             data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
     import dataclasses
@@ -170,16 +177,16 @@ def run_cmd(out, model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, inpu
         return
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
-    pcfg = _pretrain_cfg(model, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
+    pcfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                          train_subset, val_size, batch_size, seed)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
     qcfg.validate()
     run = RunDir.create(out, force)
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
-                                 "quantize": vars(qcfg)})
+                                 "quantize": vars(qcfg), "weights": str(weights) if weights else None})
     with _resume_hint("run", run):
-        _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard))
+        _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard, weights=weights))
         _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard))
     _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
@@ -204,14 +211,15 @@ def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
         if not run.complete("pretrained") or run.has_state("pretrain"):
             again = run.has_state("pretrain")
             _echo_metrics("pretrained", run_pretrain(run, None if again else pcfg, data_dir, quiet,
-                                                     resume=again, guard=guard))
-        if not run.complete("retrained") or run.has_state("retrain"):
+                                                     resume=again, guard=guard, weights=settings.get("weights")))
+        if not run.complete("retrained") or run.has_state("retrain") or not run.is_current("retrained"):
             again = run.has_state("retrain")
             _echo_metrics("retrained", run_retrain(run, None if again else rcfg, data_dir, quiet,
                                                    snapshots=figures, resume=again, guard=guard))
-    if not run.complete("quantized"):
+    if not run.complete("quantized") or not run.is_current("quantized"):
         _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
         _draw_figures(run)
-    if not (run.path / "model.sws").is_file():
+    made = run.read_json("metrics.json", {}).get("file", {}).get("quantized_sha256")
+    if not (run.path / "model.sws").is_file() or made != run.digest("quantized"):
         _write_sws(run.path, run.path / "model.sws")

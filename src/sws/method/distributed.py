@@ -28,7 +28,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init", "is_distributed", "rank", "world_size", "is_main", "wrap", "sampler",
+__all__ = ["init", "is_distributed", "rank", "world_size", "is_main", "wrap", "broadcast_parameters", "sampler",
            "average_gradients", "all_reduce_sum", "barrier", "max_difference"]
 
 
@@ -75,6 +75,15 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     device = next(model.parameters()).device
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (no-op alone)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
 
 
 def sampler(dataset, shuffle: bool = True, seed: int = 0):

@@ -20,7 +20,7 @@ import torch
 from sws.errors import CheckpointError
 from sws.storage import load_strict
 
-__all__ = ["STATE_VERSION", "Position", "capture", "restore"]
+__all__ = ["STATE_VERSION", "Position", "capture", "restore", "environment"]
 
 STATE_VERSION = 1
 
@@ -40,12 +40,24 @@ class Position:
     sums: dict
 
 
+def environment() -> dict:
+    """What bit-exact resumption depends on besides the state itself: the torch thread count
+    (reductions split differently) and whether the prior's C kernel is built."""
+    from sws.prior.kernel import kernel_available
+    return {"torch_threads": torch.get_num_threads(), "c_kernel": kernel_available(),
+            "torch": torch.__version__}
+
+
 def _model_state(model):
     return {"model." + k: v for k, v in model.state_dict().items()}
 
 
-def capture(stage: str, config, pos: Position, history: list[dict], model, opt, prior=None) -> tuple[dict, dict]:
-    """(tensors, meta) holding the loop's complete state; see the module docstring."""
+def capture(stage: str, config, pos: Position, history: list[dict], model, opt, prior=None,
+            extra=None) -> tuple[dict, dict]:
+    """(tensors, meta) holding the loop's complete state; see the module docstring.
+
+    ``extra``: an object whose ``state_dict()`` gives (tensors, JSON-able dict) kept with it
+    (the accuracy budget's best state)."""
     tensors = _model_state(model)
     tensors["rng.data"] = pos.data_rng
     tensors["rng.torch"] = torch.get_rng_state()
@@ -58,7 +70,10 @@ def capture(stage: str, config, pos: Position, history: list[dict], model, opt, 
                 opt_scalars.setdefault(str(i), {})[k] = v
     meta = {"model": "training-state", "stage": stage, "version": STATE_VERSION,
             "config": dataclasses.asdict(config), "epoch": pos.epoch, "step": pos.step,
-            "sums": pos.sums, "history": history, "optimizer": opt_scalars}
+            "sums": pos.sums, "history": history, "optimizer": opt_scalars, "environment": environment()}
+    if extra is not None:
+        ext, meta["extra"] = extra.state_dict()
+        tensors.update({"extra." + k: v for k, v in ext.items()})
     if prior is not None:
         tensors.update({"prior." + k: v for k, v in prior.state_dict().items()})
         ws = prior._workspace.state_dict()
@@ -70,7 +85,7 @@ def capture(stage: str, config, pos: Position, history: list[dict], model, opt, 
 
 
 def restore(tensors: dict, meta: dict, stage: str, model, opt, prior=None,
-            where: str = "training state") -> tuple[Position, list[dict]]:
+            where: str = "training state", extra=None) -> tuple[Position, list[dict]]:
     """Put a captured state back into ``model``, ``opt``, ``prior`` and the global RNG.
 
     Returns:
@@ -115,6 +130,8 @@ def restore(tensors: dict, meta: dict, stage: str, model, opt, prior=None,
             ws = dict(meta["workspace"])
             ws.update({k: groups["workspace"][k] for k in ("ptr", "idx") if k in groups.get("workspace", {})})
             prior._workspace.load_state_dict(ws)
+        if extra is not None:
+            extra.load_state_dict(groups.get("extra", {}), meta.get("extra") or {})
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{where}: incomplete or malformed training state ({e})") from None
     return pos, list(meta.get("history", []))

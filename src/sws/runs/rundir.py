@@ -18,7 +18,9 @@ interrupted write never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 
@@ -73,6 +75,80 @@ class RunDir:
 
     def save(self, stage: str, tensors: dict, meta: dict) -> None:
         save_checkpoint(self.path / stage, tensors, meta)
+
+    def digest(self, stage: str) -> str:
+        """sha256 of a stage's tensor file: what the next stage records it was made from."""
+        h = hashlib.sha256()
+        with open(self.path / f"{stage}.safetensors", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def _parent(self, stage: str) -> str | None:
+        i = STAGES.index(stage)
+        return STAGES[i - 1] if i else None
+
+    def save_stage(self, stage: str, tensors: dict, meta: dict) -> None:
+        """Save a stage's checkpoint, recording the sha256 of the one it was made from, after
+        removing everything made from the earlier version of this stage."""
+        parent = self._parent(stage)
+        self.invalidate_after(stage)
+        if parent is not None:
+            meta = {**meta, "source": {"stage": parent, "sha256": self.digest(parent)}}
+        self.save(stage, tensors, meta)
+
+    def invalidate_after(self, stage: str | None) -> list[str]:
+        """Remove what is downstream of ``stage`` (None: of nothing, i.e. every stage): later
+        checkpoints, their training states, history and metrics, snapshots, the ``.sws`` file,
+        figures and report.  Returns the names removed."""
+        later = STAGES[STAGES.index(stage) + 1:] if stage is not None else STAGES
+        removed = []
+        for s in later:
+            for suffix in (".safetensors", ".json"):
+                p = self.path / f"{s}{suffix}"
+                if p.is_file():
+                    p.unlink()
+                    removed.append(p.name)
+        for s in ("pretrain", "retrain")[len(STAGES) - len(later):]:
+            if self.has_state(s):
+                self.remove_state(s)
+                removed.append(f"state-{s}")
+        for name in ("model.sws", "report.html"):
+            if (self.path / name).is_file():
+                (self.path / name).unlink()
+                removed.append(name)
+        if "retrained" in later:
+            for folder in ("snapshots", "figures"):
+                if (self.path / folder).is_dir():
+                    shutil.rmtree(self.path / folder)
+                    removed.append(folder)
+        metrics = self.read_json("metrics.json", None)
+        if metrics is not None:
+            keep = {k: v for k, v in metrics.items() if k not in later + ("evaluate", "file")}
+            if keep != metrics:
+                self.write_json("metrics.json", keep)
+        gone = {"pretrained": "pretrain", "retrained": "retrain"}
+        history = self.read_json("history.json", None)
+        if history is not None:
+            keep = [r for r in history if r.get("stage") not in {gone.get(s) for s in later}]
+            if keep != history:
+                self.write_json("history.json", keep)
+        return removed
+
+    def is_current(self, stage: str) -> bool:
+        """Whether a stage's checkpoint was made from the current version of the one before it."""
+        parent = self._parent(stage)
+        if not self.has(stage) or parent is None:
+            return self.has(stage)
+        source = self.load(stage)[1].get("source")
+        if source is None:           # written before sources were recorded: trust it
+            return True
+        return self.has(parent) and source.get("sha256") == self.digest(parent) and self.is_current(parent)
+
+    def require_current(self, stage: str) -> None:
+        if not self.is_current(stage):
+            raise RunDirError(f"{self.path}: the {stage} checkpoint was made from an earlier "
+                              f"{self._parent(stage)} checkpoint; run that stage again with --force")
 
     def load(self, stage: str) -> tuple[dict, dict]:
         return load_checkpoint(self.path / stage)

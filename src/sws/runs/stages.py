@@ -1,9 +1,14 @@
-"""The pipeline's stages on a run folder: pretrain, retrain, quantize, evaluate.
+"""The pipeline's stages on a run folder: pretrain, retrain, quantize, compress, evaluate.
 
 Each stage reads its input checkpoint from the run folder, does its work with
-the pure functions of ``train``/``prior``/``quantize``, and writes its
-checkpoint, its history records and its metrics back.  The CLI is a thin layer
-over these functions.
+the method (``sws.method``: the one loop, post-processing and writer) and
+writes its checkpoint, history records and metrics back.  The network and the
+data are named in the run folder by reference (a reference net's name and
+MNIST settings, or ``PKG.MODULE:FUNCTION`` of a user's model and data
+functions; ``sws.zoo.refs``), so every later command rebuilds the same
+objects.  Each checkpoint records the sha256 of the one it was made from, and
+a new stage removes what was made from its predecessor (``RunDir``), so a run
+folder never serves a stale file.  The CLI is a thin layer over these functions.
 """
 
 from __future__ import annotations
@@ -14,62 +19,133 @@ from pathlib import Path
 
 import torch
 
-from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
-from sws.zoo.mnist import load_mnist, load_mnist_test
-from sws.errors import CheckpointError, DataError, DivergenceError, SwsError, TrainingInterrupted
-from sws.zoo.models import build_model, covered_parameters
-from sws.prior import GaussianMixturePrior
-from sws.method.deadunits import drop_dead_units
-from sws.method.postprocess import layer_stats, quantize_weights
-from sws.prior.merge import Mixture
+from sws.config import PretrainConfig, PriorConfig, QuantizeConfig, RetrainConfig, from_dict
+from sws.errors import CheckpointError, ConfigError, DataError, DivergenceError, SwsError, TrainingInterrupted
+from sws.method.batches import as_source, call_model
+from sws.method.evaluate import evaluate
 from sws.method.files import load, save
+from sws.method.loop import pretrain, retrain
+from sws.method.postprocess import layer_stats, postprocess_
+from sws.method.surface import select_parameters
+from sws.prior import GaussianMixturePrior
+from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.rundir import RunDir
 from sws.storage import load_strict
-from sws.method.loop import evaluate, pretrain, retrain
+from sws.zoo.mnist import load_mnist, load_mnist_test
+from sws.zoo.refs import resolve_data, resolve_model
 
-__all__ = ["run_pretrain", "run_retrain", "run_quantize", "evaluate_path", "model_from_checkpoint",
-           "load_data", "load_test"]
+__all__ = ["run_pretrain", "run_retrain", "run_quantize", "compress_run", "evaluate_path", "evaluate_file",
+           "model_from_checkpoint", "prior_from_checkpoint", "covered_of", "load_data", "load_test"]
 
 PRIOR_PREFIX = "prior."
 
 
+def data_settings(cfg: PretrainConfig) -> dict:
+    """What a run records about its data: the reference (None: MNIST), subset, split, seed."""
+    return {"ref": cfg.data or None, "train_subset": cfg.train_subset, "val_size": cfg.val_size,
+            "seed": cfg.seed}
+
+
 def load_data(data: dict, data_dir=None):
     """(train, val, test) for the data settings recorded in a checkpoint."""
-    return load_mnist(data_dir, train_subset=data.get("train_subset") or None,
-                      val_size=data.get("val_size", 0), seed=data.get("seed", 0))
+    if data.get("ref"):
+        train, val, test = resolve_data(data["ref"])
+        if data.get("train_subset"):
+            train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
+        if val is None and data.get("val_size"):
+            if data["val_size"] >= len(train):
+                raise DataError(f"val_size {data['val_size']} leaves no training data ({len(train)} items)")
+            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(data.get("seed", 0) + 12345))
+            val = torch.utils.data.Subset(train, perm[:data["val_size"]].tolist())
+            train = torch.utils.data.Subset(train, perm[data["val_size"]:].tolist())
+        return train, val, test
+    train, val, test = load_mnist(data_dir, train_subset=data.get("train_subset") or None,
+                                  val_size=data.get("val_size", 0), seed=data.get("seed", 0))
+    _check_images(train, test)
+    return train, val, test
 
 
-def load_test(data_dir=None):
-    """The test split alone, checked like ``load_data``'s."""
+def load_test(data: dict | None = None, data_dir=None):
+    """The set a finished network is scored on: the test split (MNIST's alone, without reading
+    the training images), else the validation split of a user's data."""
+    if data and data.get("ref"):
+        return _scoring_set(data, data_dir)[0]
     test = load_mnist_test(data_dir)
-    _check_data(None, test)
+    _check_images(None, test)
     return test
 
 
+def _check_images(train, test):
+    for name, d in (("training", train), ("test", test)):
+        if d is not None and tuple(d.x.shape[1:]) != (1, 28, 28):
+            raise DataError(f"{name} images have shape {tuple(d.x.shape[2:])}, the models take 28x28")
+
+
+def _check_fits(model, train, ref: str):
+    """One forward pass on two training items, so a model/data mismatch is one clear line."""
+    x, _ = as_source(train).batch(torch.arange(min(2, len(train))))
+    try:
+        with torch.no_grad():
+            call_model(model.eval(), x)
+    except Exception as e:  # noqa: BLE001 - the user's model meets the user's data
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise DataError(f"the model {ref} cannot take the training inputs (batch of shape {shape}): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    finally:
+        model.train()
+
+
 def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") -> torch.nn.Module:
-    """Rebuild the named model and load its tensors; a mismatch raises CheckpointError."""
-    model = build_model(meta["model"], meta.get("input_norm", "none"))
+    """Rebuild the recorded model (by name or reference) and load its tensors strictly."""
+    model = resolve_model(meta["model"], meta.get("input_norm", "none"))
     state = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
     load_strict(model, state, where, f"tensors do not match model {meta['model']!r}")
     return model
 
 
-def _history_writer(run: RunDir, stage: str, records: list[dict] | None = None):
+def covered_of(model, prior_cfg: dict | PriorConfig) -> dict:
+    """The parameters the prior covers (``sws.method.surface.select_parameters``)."""
+    cover = prior_cfg["cover"] if isinstance(prior_cfg, dict) else prior_cfg.cover
+    return select_parameters(model, cover=cover)
+
+
+def prior_from_checkpoint(tensors: dict, meta: dict) -> GaussianMixturePrior:
+    pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
+    prior = GaussianMixturePrior(dataclasses.replace(pcfg, init="linspace"))
+    state = {k[len(PRIOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PRIOR_PREFIX)}
+    if "pi0" in state:  # checkpoints written before pi0 could be learned stored pi0 itself
+        pi0 = state.pop("pi0").double()
+        state["pi0_logit"] = torch.log(pi0 / (1 - pi0)).float()
+    try:
+        prior.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"prior tensors do not match the recorded prior settings ({e})") from None
+    return prior
+
+
+def _history_writer(run: RunDir, stage: str, records: list[dict] | None = None, then=None):
     records = list(records or [])
 
     def on_epoch(rec):
         records.append(rec)
         run.set_history(stage, records)
+        return then(rec) if then is not None else None
     return on_epoch
 
 
-def _resumable(run: RunDir, stage: str, resume: bool):
-    """(resume state or None, on_state callback, error wrapper) for a stage's loop."""
+def _resumable(run: RunDir, stage: str, parent: str, resume: bool):
+    """(resume state or None, on_state callback, error wrapper) for a stage's loop.
+
+    A state records the checkpoint it started from; resuming it on another one is refused."""
     state = run.load_state(stage) if resume else None
     path = run.state_path(stage).with_suffix(".safetensors")
+    source = run.digest(parent) if run.has(parent) else None
+    if state is not None and state[1].get("source_sha256", source) != source:
+        raise CheckpointError(f"{path}: this {stage} was started from another {parent} checkpoint than the one in the run folder; "
+                              "start it again with --force")
 
     def on_state(tensors, meta):
-        run.save_state(stage, tensors, meta)
+        run.save_state(stage, tensors, {**meta, "source_sha256": source})
 
     def wrap(e: SwsError):
         if isinstance(e, TrainingInterrupted):
@@ -95,54 +171,77 @@ def _stage_config(cls, state, cfg, stage: str, where):
     return recorded
 
 
-def _check_data(train, test):
-    for name, d in (("training", train), ("test", test)):
-        if d is not None and tuple(d.x.shape[1:]) != (1, 28, 28):
-            raise DataError(f"{name} images have shape {tuple(d.x.shape[2:])}, the models take 28x28")
-
-
 def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=False,
-                 resume: bool = False, guard: bool = True) -> dict:
-    """Pretrain into ``run``; with ``resume``, continue from ``RUN/state-pretrain`` with its settings."""
-    state, on_state, wrap = _resumable(run, "pretrain", resume)
+                 resume: bool = False, guard: bool = True, weights=None) -> dict:
+    """Pretrain into ``run`` (or, with ``weights``, start from that file instead of training);
+    with ``resume``, continue from ``RUN/state-pretrain`` with its settings."""
+    state, on_state, wrap = _resumable(run, "pretrain", "", resume)
     cfg = _stage_config(PretrainConfig, state, cfg, "pretrain", run.state_path("pretrain"))
-    data = {"train_subset": cfg.train_subset, "val_size": cfg.val_size, "seed": cfg.seed}
+    data = data_settings(cfg)
     train, val, test = load_data(data, data_dir)
-    _check_data(train, test)
-    model = build_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
+    model = resolve_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
+    _check_fits(model, train, cfg.model)
+    if state is None:
+        run.invalidate_after(None)
     t0 = time.perf_counter()
-    writer = _history_writer(run, "pretrain", state[1].get("history") if state else None)
-    try:
-        history = pretrain(model, train, cfg, val, test, quiet, writer, resume=state,
-                           on_state=on_state, guard=guard)
-    except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
-        raise wrap(e) from None
+    if weights is not None:
+        load_weights(model, weights)
+        history = [{"stage": "pretrain", "epoch": 0, "weights": str(weights),
+                    **{f"{s}_{k}": v for s, d in (("val", val), ("test", test)) if d is not None
+                       for k, v in evaluate(model, d).items()}}]
+        run.set_history("pretrain", history)
+    else:
+        writer = _history_writer(run, "pretrain", state[1].get("history") if state else None)
+        try:
+            history = pretrain(model, train, cfg, val, test, quiet, writer, resume=state,
+                               on_state=on_state, guard=guard)
+        except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
+            raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
                **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))}}
     meta = {"model": cfg.model, "input_norm": cfg.input_norm, "data": data,
-            "pretrain": dataclasses.asdict(cfg), "metrics": metrics}
-    run.save("pretrained", model.state_dict(), meta)
+            "pretrain": dataclasses.asdict(cfg) | ({"weights": str(weights)} if weights else {}),
+            "metrics": metrics}
+    run.save_stage("pretrained", model.state_dict(), meta)
     run.update_json("metrics.json", "pretrained", metrics)
     run.remove_state("pretrain")
     return metrics
 
 
-def _snapshot_writer(run: RunDir, model, prior, covered: dict, history_cb, initial: bool = True):
+def load_weights(model, path) -> None:
+    """Pretrained weights from a safetensors file or a state dict (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: --weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise CheckpointError(f"{path}: not a safetensors file or a state dict "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
+    load_strict(model, state, str(path), "weights do not match the model")
+
+
+def _snapshot_writer(run: RunDir, prior, covered: dict, then, initial: bool = True):
     """Per-epoch snapshots of the covered weights and the prior, for figures."""
     folder = run.path / "snapshots"
     folder.mkdir(exist_ok=True)
 
-    def save(epoch):
+    def save_snapshot(epoch):
         tensors = {k: v.detach() for k, v in covered.items()}
         tensors.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
-        from sws.runs.checkpoint import save_checkpoint
         save_checkpoint(folder / f"epoch_{epoch:03d}", tensors, {"model": "snapshot", "epoch": epoch})
 
     def on_epoch(rec):
-        save(rec["epoch"])
-        history_cb(rec)
+        save_snapshot(rec["epoch"])
+        return then(rec)
     if initial:
-        save(0)
+        save_snapshot(0)
     return on_epoch
 
 
@@ -156,22 +255,23 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     ``resume``, retraining continues from ``RUN/state-retrain`` with the
     settings recorded there, bit for bit as if it had not stopped.
     """
-    state, on_state, wrap = _resumable(run, "retrain", resume)
-    cfg = _stage_config(RetrainConfig, state, cfg, "retrain", run.state_path("retrain"))
     run.require("pretrained", "run 'sws pretrain' first")
+    state, on_state, wrap = _resumable(run, "retrain", "pretrained", resume)
+    cfg = _stage_config(RetrainConfig, state, cfg, "retrain", run.state_path("retrain"))
     tensors, meta = run.load("pretrained")
     model = model_from_checkpoint(tensors, meta, str(run.path / "pretrained.safetensors"))
     train, val, test = load_data(meta["data"], data_dir)
-    _check_data(train, test)
-    covered = covered_parameters(model, cfg.prior.cover)
+    if state is None:
+        run.invalidate_after("pretrained")
+    covered = covered_of(model, cfg.prior)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
     t0 = time.perf_counter()
     on_epoch = _history_writer(run, "retrain", state[1].get("history") if state else None)
     if snapshots:
-        on_epoch = _snapshot_writer(run, model, prior, covered, on_epoch, initial=state is None)
+        on_epoch = _snapshot_writer(run, prior, covered, on_epoch, initial=state is None)
     try:
-        history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch, resume=state,
-                          on_state=on_state, guard=guard)
+        history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch, covered=list(covered.values()),
+                          resume=state, on_state=on_state, guard=guard)
     except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
         raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0,
@@ -179,76 +279,95 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
                **{"nonzero_share_within_2sd": history[-1]["share_within_2sd_of_zero"]}}
     out = dict(model.state_dict())
     out.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
-    run.save("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
-                                "retrain": dataclasses.asdict(cfg), "metrics": metrics})
+    run.save_stage("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
+                                      "retrain": dataclasses.asdict(cfg), "metrics": metrics})
     run.update_json("metrics.json", "retrained", metrics)
     run.remove_state("retrain")
     return metrics
 
 
-def _prior_from_checkpoint(tensors: dict, meta: dict) -> GaussianMixturePrior:
-    from sws.config import PriorConfig
-    pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
-    prior = GaussianMixturePrior(dataclasses.replace(pcfg, init="linspace"))
-    state = {k[len(PRIOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PRIOR_PREFIX)}
-    if "pi0" in state:  # checkpoints written before pi0 could be learned stored pi0 itself
-        pi0 = state.pop("pi0").double()
-        state["pi0_logit"] = torch.log(pi0 / (1 - pi0)).float()
-    try:
-        prior.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"prior tensors do not match the recorded prior settings ({e})") from None
-    return prior
+def _scoring_set(data: dict, data_dir):
+    """(data set, split name) a finished stage is scored on: the test set, else validation."""
+    if data.get("ref"):
+        _, val, test = load_data(data, data_dir)
+        if test is None and val is None:
+            raise DataError(f"--data {data['ref']}: has neither a test nor a validation set to evaluate on")
+        return (test, "test") if test is not None else (val, "val")
+    return load_test(data, data_dir), "test"
+
+
+def _scores(rec: dict, split: str, prefix: str = "") -> dict:
+    return {f"{prefix}{split}_{k}": v for k, v in rec.items()}
 
 
 def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
-    """Merge, snap to zero, assign; evaluate and record every stage's figures."""
+    """Merge, snap to zero, assign, drop dead units; evaluate and record every stage's figures."""
     cfg.validate()
     run.require("retrained", "run 'sws retrain' first")
     tensors, meta = run.load("retrained")
     model = model_from_checkpoint(tensors, meta, str(run.path / "retrained.safetensors"))
-    prior = _prior_from_checkpoint(tensors, meta)
-    cover = meta["retrain"]["prior"]["cover"]
-    covered = covered_parameters(model, cover)
-    quantized, _, codebook, merged = quantize_weights(
-        {k: v.detach() for k, v in covered.items()}, Mixture.from_prior(prior), cfg.merge_threshold)
-    test = load_test(data_dir)
+    prior = prior_from_checkpoint(tensors, meta)
+    covered = covered_of(model, meta["retrain"]["prior"])
+    test, split = _scoring_set(meta["data"], data_dir)
+    run.invalidate_after("retrained")
     retrained_eval = evaluate(model, test)
-    with torch.no_grad():
-        for name, value in quantized.items():
-            model.get_parameter(name).copy_(value)
-    dropped = drop_dead_units(model) if cfg.drop_dead_units else 0
-    quantized = {name: model.get_parameter(name).detach() for name in quantized}
+    q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units)
     quantized_eval = evaluate(model, test)
-    stats = layer_stats(quantized)
-    metrics = {"test_accuracy": quantized_eval["accuracy"], "test_error": quantized_eval["error"],
-               "retrained_test_accuracy": retrained_eval["accuracy"],
-               "codebook": codebook.tolist(), "merge_threshold": cfg.merge_threshold,
+    stats = layer_stats(covered)
+    metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), "split": split,
+               "codebook": q.codebook.tolist(), "merge_threshold": cfg.merge_threshold,
                "components_before_merge": prior.n_components,
-               "components_after_merge": int(codebook.numel()),
+               "components_after_merge": int(q.codebook.numel()),
                "nonzero_share": stats["total"]["nonzero_share"],
                "distinct_values": stats["total"]["distinct"], "layers": stats["layers"],
-               "covered": list(covered), "cover": cover, "dead_unit_weights_dropped": dropped}
-    pre = run.read_json("metrics.json", {}).get("pretrained", {})
+               "covered": list(covered), "cover": meta["retrain"]["prior"]["cover"],
+               "dead_unit_weights_dropped": q.dropped}
     if run.has("pretrained"):
         ptensors, pmeta = run.load("pretrained")
         pmodel = model_from_checkpoint(ptensors, pmeta)
-        pstats = layer_stats({k: v for k, v in covered_parameters(pmodel, cover).items()})
-        metrics["pretrained_test_accuracy"] = pre.get("test_accuracy", evaluate(pmodel, test)["accuracy"])
+        pstats = layer_stats(covered_of(pmodel, meta["retrain"]["prior"]))
+        pre = run.read_json("metrics.json", {}).get("pretrained", {})
+        recorded = {k[len(split) + 1:]: v for k, v in pre.items() if k.startswith(split + "_")}
+        metrics.update(_scores(recorded or evaluate(pmodel, test), split, "pretrained_"))
         metrics["pretrained_nonzero_share"] = pstats["total"]["nonzero_share"]
         metrics["pretrained_distinct_values"] = pstats["total"]["distinct"]
-    run.save("quantized", model.state_dict(),
-             {**{k: meta[k] for k in ("model", "input_norm", "data")}, "quantize": dataclasses.asdict(cfg),
-              "codebook": codebook.tolist(), "covered": list(covered),
-              "merged_mixture": {"means": merged.mu.tolist(), "log_precisions": merged.gamma.tolist(),
-                                 "log_pis": merged.log_pi.tolist()},
-              "metrics": {k: metrics[k] for k in ("test_accuracy", "nonzero_share", "distinct_values")}})
+    run.save_stage("quantized", model.state_dict(),
+                   {**{k: meta[k] for k in ("model", "input_norm", "data")}, "quantize": dataclasses.asdict(cfg),
+                    "codebook": q.codebook.tolist(), "covered": list(covered),
+                    "merged_mixture": {"means": q.merged.mu.tolist(), "log_precisions": q.merged.gamma.tolist(),
+                                       "log_pis": q.merged.log_pi.tolist()},
+                    "metrics": {k: metrics[k] for k in (f"{split}_loss", "nonzero_share", "distinct_values")}})
     run.update_json("metrics.json", "quantized", metrics)
     return metrics
 
 
+def compress_run(run_dir, out) -> int:
+    """Write the post-processed network of a run folder as a ``.sws`` file; return its size.
+
+    Refused when the quantized checkpoint was made from an earlier retraining."""
+    run = RunDir.open(run_dir)
+    run.require("quantized", "run 'sws quantize' first")
+    run.require_current("quantized")
+    tensors, meta = run.load("quantized")
+    model = model_from_checkpoint(tensors, meta, str(run.path / "quantized.safetensors"))
+    name = meta["model"] if not _is_user(meta) else None
+    info = {"input_norm": meta.get("input_norm", "none")} if name else {"factory": meta["model"]}
+    # a reference net has no tied tensors: its checkpoint's tensors are written as they are
+    size = save(out, model if name is None else tensors, codebook=meta["codebook"], quantized=meta["covered"],
+                name=name, **info)
+    if Path(out).resolve().parent == run.path.resolve():
+        run.update_json("metrics.json", "file", {"path": Path(out).name, "bytes": size,
+                                                 "quantized_sha256": run.digest("quantized")})
+    return size
+
+
+def _is_user(meta: dict) -> bool:
+    from sws.zoo.models import MODELS
+    return meta["model"] not in MODELS
+
+
 def evaluate_path(path: str | Path, data_dir=None) -> dict:
-    """Test accuracy of every stage in a run folder, or of one checkpoint file."""
+    """Scores of every stage in a run folder, or of one checkpoint file."""
     path = Path(path)
     if path.is_dir():
         run = RunDir.open(path)
@@ -260,37 +379,36 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
     else:
         raise CheckpointError(f"{path}: not a run folder or a .safetensors checkpoint")
     results, test = {}, None
-    from sws.runs.checkpoint import load_checkpoint
     for stage, ckpt in targets:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
         if test is None:
-            test = load_test(data_dir)
-        covered = covered_parameters(model, "all")
-        stats = layer_stats(covered)
+            test = load_test(meta.get("data"), data_dir)
+        stats = layer_stats(select_parameters(model))
         results[stage] = {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
                           "distinct_values": stats["total"]["distinct"]}
     if path.is_dir():
         RunDir(path).update_json("metrics.json", "evaluate", results)
     return results
-def compress_run(run_dir, out) -> int:
-    """Write the post-processed network of a run folder as a ``.sws`` file; return its size."""
-    from sws.runs.rundir import RunDir
-    run = RunDir.open(run_dir)
-    run.require("quantized", "run 'sws quantize' first")
-    tensors, meta = run.load("quantized")
-    return save(out, tensors, name=meta["model"], input_norm=meta.get("input_norm", "none"),
-                codebook=meta["codebook"], quantized=meta["covered"])
 
 
-def evaluate_file(path, data_dir=None) -> dict:
-    """Test accuracy of the network in a ``.sws`` file, keyed by the file's stem."""
-    from sws.zoo.models import covered_parameters
-    from sws.runs.stages import load_test
-    from sws.method.postprocess import layer_stats
-    from sws.method.loop import evaluate
-    model = load(path)
-    test = load_test(data_dir)
-    stats = layer_stats(covered_parameters(model, "all"))
+def evaluate_file(path, data_dir=None, data: str | None = None, model_ref: str | None = None) -> dict:
+    """Scores of the network in a ``.sws`` file, keyed by the file's stem.
+
+    A reference net's file needs nothing else (MNIST test set); a user's module needs its
+    model function (recorded in the file by ``sws compress``, or ``model_ref``) and ``data``."""
+    from sws.format.container import read
+    header = read(path).header["model"]
+    ref = model_ref or header.get("factory")
+    if header["name"].startswith("user:"):
+        if not ref:
+            raise ConfigError(f"{path}: holds a user-defined model; pass --model PKG.MODULE:FUNCTION")
+        if not data:
+            raise ConfigError(f"{path}: holds a user-defined model; pass --data PKG.MODULE:FUNCTION")
+        model = load(path, model=resolve_model(ref))
+    else:
+        model = load(path)
+    test = load_test({"ref": data} if data else None, data_dir)
+    stats = layer_stats(select_parameters(model))
     return {Path(path).stem: {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
                               "distinct_values": stats["total"]["distinct"]}}

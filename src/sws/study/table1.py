@@ -43,7 +43,7 @@ from sws.runs.stages import load_data, model_from_checkpoint, run_pretrain, run_
 from sws.method.deadunits import drop_dead_units
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
-from sws.method.loop import evaluate
+from sws.method.evaluate import evaluate
 
 HERE = Path("benchmarks")  # relative to where it runs: the repository root in a checkout
 MODELS = ("lenet-300-100", "lenet-5-caffe")

@@ -231,8 +231,7 @@ def stage_weights(run_dir) -> dict[str, dict[str, np.ndarray]]:
 
     The cover ("all" or "weights") is the one the run was retrained with.
     """
-    from sws.zoo.models import covered_parameters
-    from sws.runs.stages import model_from_checkpoint
+    from sws.runs.stages import covered_of, model_from_checkpoint
     run = RunDir.open(run_dir)
     cover = "all"
     if run.has("retrained"):
@@ -243,7 +242,7 @@ def stage_weights(run_dir) -> dict[str, dict[str, np.ndarray]]:
             tensors, meta = run.load(stage)
             model = model_from_checkpoint(tensors, meta, str(run.path / stage))
             out[stage] = {k: p.detach().numpy().ravel().copy()
-                          for k, p in covered_parameters(model, cover).items()}
+                          for k, p in covered_of(model, {"cover": cover}).items()}
     return out
 
 
@@ -292,6 +291,11 @@ def draw_layer_sparsity(layers: dict[str, dict[str, np.ndarray]], path, dpi: int
     return Path(path)
 
 
+def _loss(rec: dict, split: str):
+    """A record's data loss (``SPLIT_loss``; histories written before it: ``SPLIT_cross_entropy``)."""
+    return rec.get(f"{split}_loss", rec.get(f"{split}_cross_entropy"))
+
+
 def draw_training_curves(history: list[dict], path, pretrained_accuracy: float | None = None,
                          dpi: int = 100) -> Path:
     """Retraining's cross-entropy, complexity term and accuracy over epochs."""
@@ -299,11 +303,11 @@ def draw_training_curves(history: list[dict], path, pretrained_accuracy: float |
     ep = [r["epoch"] for r in recs]
     fig = Figure(figsize=(12, 3.6), dpi=dpi, layout="constrained")
     ax_ce, ax_cx, ax_acc = fig.subplots(1, 3)
-    ax_ce.plot(ep, [r["train_cross_entropy"] for r in recs], "o-", label="train")
+    ax_ce.plot(ep, [_loss(r, "train") for r in recs], "o-", label="train")
     for split in ("val", "test"):
-        if recs and f"{split}_cross_entropy" in recs[0]:
-            ax_ce.plot(ep, [r[f"{split}_cross_entropy"] for r in recs], "o-", label=split)
-    ax_ce.set_title("cross-entropy")
+        if recs and _loss(recs[0], split) is not None:
+            ax_ce.plot(ep, [_loss(r, split) for r in recs], "o-", label=split)
+    ax_ce.set_title("data loss")
     ax_cx.plot(ep, [r.get("complexity", np.nan) for r in recs], "o-", color="#9467bd")
     ax_cx.set_title("complexity term C (per batch)")
     for split in ("val", "test"):

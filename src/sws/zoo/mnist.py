@@ -18,11 +18,11 @@ import struct
 import tempfile
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from sws.errors import DataError
 
@@ -155,15 +155,20 @@ def resolve_data_dir(data_dir: str | Path | None = None, download: bool = True) 
     return folder
 
 
-@dataclass
-class Dataset:
-    """Images as float32 in [0, 1] (pixels / 255), shape (n, 1, 28, 28), and int64 labels."""
+class Dataset(TensorDataset):
+    """Images as float32 in [0, 1] (pixels / 255), shape (n, 1, 28, 28), and int64 labels:
+    a ``TensorDataset`` of (image, label) pairs, batched by indexing."""
 
-    x: torch.Tensor
-    y: torch.Tensor
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(x, y)
 
-    def __len__(self) -> int:
-        return len(self.y)
+    @property
+    def x(self) -> torch.Tensor:
+        return self.tensors[0]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.tensors[1]
 
     def subset(self, index) -> "Dataset":
         return Dataset(self.x[index], self.y[index])

@@ -12,7 +12,7 @@ from torch import nn
 
 from sws.errors import ConfigError
 
-__all__ = ["InputNorm", "build_model", "MODELS", "covered_parameters"]
+__all__ = ["InputNorm", "build_model", "MODELS"]
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -88,10 +88,3 @@ def build_model(name: str, input_norm: str = "none", seed: int | None = None,
     model = nn.Sequential(norm, *MODELS[name]())
     return keras_init_(model) if init == "keras" else model
 
-
-def covered_parameters(model: nn.Module, cover: str = "all") -> dict[str, nn.Parameter]:
-    """The parameters the prior covers: all trainable tensors (tutorial), or weights only."""
-    if cover not in ("all", "weights"):
-        raise ConfigError(f"unknown cover {cover!r}; choose 'all' or 'weights'")
-    return {name: p for name, p in model.named_parameters()
-            if p.requires_grad and (cover == "all" or not name.endswith("bias"))}

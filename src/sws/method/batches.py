@@ -1,0 +1,146 @@
+"""What the training loop feeds a model: seeded batch order, devices, and model outputs.
+
+The loop owns the batch order (a seeded permutation per epoch, sharded over
+processes under DDP) so that a resumed run draws the same batches as one that
+never stopped.  A ``torch.utils.data.TensorDataset`` (the reference data sets
+are one) is batched by indexing its tensors; any other map-style dataset of
+``(input, target)`` pairs goes through ``default_collate`` (or the collate
+function of the DataLoader it came in).
+
+Model outputs: a tensor, a tuple or list whose first item is the class scores,
+a mapping with ``"logits"``, or an object with a ``.logits`` attribute (as
+Hugging Face models return) all work without wrappers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset, default_collate
+
+from sws.errors import ConfigError, DataError
+
+__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss", "batch_size_of"]
+
+
+@dataclass
+class Source:
+    """A map-style dataset and how to collate its items (``collate`` None: index tensors)."""
+
+    dataset: object
+    collate: Callable | None
+    batch_size: int | None = None        # the DataLoader's, when one was given
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, index: torch.Tensor):
+        """The (input, target) batch of the items at ``index``."""
+        if self.collate is None:
+            return tuple(t[index] for t in self.dataset.tensors)
+        items = [self.dataset[i] for i in index.tolist()]
+        return self.collate(items)
+
+    def epoch(self, batch_size: int, generator: torch.Generator | None = None, skip: int = 0,
+              rank: int = 0, world: int = 1):
+        """One epoch's batches: a permutation drawn from ``generator`` (in order when None),
+        this process's shard of it (padded by wrapping so every process takes the same number
+        of steps), cut into batches; the first ``skip`` batches are left out (a resume)."""
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        if world > 1:
+            per = -(-n // world)
+            order = torch.cat([order, order[:per * world - n]])[rank::world]
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            if step >= skip:
+                yield step, self.batch(order[start:start + batch_size])
+
+    def steps(self, batch_size: int, world: int = 1) -> int:
+        """Batches per epoch for one process."""
+        per = -(-len(self.dataset) // world)
+        return -(-per // batch_size)
+
+
+def as_source(data, what: str = "training data") -> Source | None:
+    """A ``Source`` for a Dataset, a DataLoader (its dataset and collate function are used;
+    the loop draws the order itself) or None."""
+    if data is None or isinstance(data, Source):
+        return data
+    batch_size = None
+    collate = None
+    if isinstance(data, DataLoader):
+        batch_size = data.batch_size
+        if data.collate_fn is not default_collate:
+            collate = data.collate_fn
+        data = data.dataset
+    try:
+        n = len(data)
+    except TypeError:
+        raise DataError(f"{what} must be a map-style Dataset of (input, target) pairs with a length, "
+                        f"got {type(data).__name__}") from None
+    if not hasattr(data, "__getitem__"):
+        raise DataError(f"{what} must be indexable (a map-style Dataset), got {type(data).__name__}")
+    if n == 0:
+        raise DataError(f"{what} is empty")
+    if isinstance(data, TensorDataset) and collate is None:
+        if len(data.tensors) != 2:
+            raise DataError(f"{what}: a TensorDataset of (input, target) needs 2 tensors, has {len(data.tensors)}")
+        return Source(data, None, batch_size)
+    item = data[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise DataError(f"{what}: items must be (input, target) pairs, the first is "
+                        f"{type(item).__name__}" + (f" of length {len(item)}" if hasattr(item, "__len__") else ""))
+    return Source(data, collate or default_collate, batch_size)
+
+
+def batch_size_of(*sources) -> int | None:
+    for s in sources:
+        if isinstance(s, Source) and s.batch_size:
+            return s.batch_size
+    return None
+
+
+def to_device(batch, device):
+    """Move tensors (inside tuples, lists and dicts) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if hasattr(batch, "to") and hasattr(batch, "keys"):    # transformers' BatchEncoding
+        return batch.to(device)
+    return batch
+
+
+def call_model(model, x):
+    """``model(**x)`` for a mapping of inputs (tokenised text), else ``model(x)``."""
+    if isinstance(x, dict) or (hasattr(x, "keys") and hasattr(x, "__getitem__") and not torch.is_tensor(x)):
+        return model(**x)
+    return model(x)
+
+
+def logits_of(out):
+    """The class scores in a model's output: the tensor itself, the first item of a tuple or
+    list, ``out["logits"]`` or ``out.logits``."""
+    if torch.is_tensor(out):
+        return out
+    logits = getattr(out, "logits", None)
+    if torch.is_tensor(logits):
+        return logits
+    if isinstance(out, dict) and torch.is_tensor(out.get("logits")):
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+        return out[0]
+    raise ConfigError(f"cannot find the class scores in a model output of type {type(out).__name__}; "
+                      "pass output=FUNCTION (output -> tensor) or loss_fn=FUNCTION")
+
+
+def default_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy; sequence outputs (n, ..., classes) are flattened, label -100 ignored."""
+    if scores.dim() > 2 and y.dim() == scores.dim() - 1:
+        return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(scores, y)

@@ -1,0 +1,192 @@
+"""Soft weight-sharing for people who keep their own training loop.
+
+In the spirit of torchao's ``quantize_(model, config)``: attach a prior to a
+model, add its gradient after every ``loss.backward()``, quantise the model in
+place at the end, save it::
+
+    sws_ = sws.SoftWeightSharing(model, "tutorial", n_train=len(train_set))
+    opt = sws_.optimizer()                     # Adam: the network's and the mixture's rates
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward()
+        sws_.backward()                        # + (tau / N) dC/dp, fused (paper Eq. 3)
+        opt.step()
+    sws_.quantize_()                           # merge, snap, assign; dead units
+    sws_.save("model.sws")
+
+``sws.compress`` and every other entry point build on the same pieces: the
+parameter selection, the prior, the optimiser's groups, ``quantize_`` and the
+writer.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from sws.config import QuantizeConfig, RetrainConfig, retrain_config
+from sws.errors import ConfigError
+from sws.method import files
+from sws.method.loop import retrain_optimizer
+from sws.method.postprocess import Quantized, layer_stats, postprocess_
+from sws.prior import GaussianMixturePrior
+
+__all__ = ["NORM_TYPES", "select_parameters", "resolve_config", "SoftWeightSharing"]
+
+# parameters of these layers are not quantised by default: a normalisation's
+# scale and shift are few, and snapping them to shared values costs accuracy
+NORM_TYPES: tuple[type, ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                                nn.LocalResponseNorm) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
+
+Pattern = str | type
+
+
+def _matches(name: str, module: nn.Module, patterns: Iterable[Pattern]) -> bool:
+    for p in patterns:
+        if isinstance(p, type) and isinstance(module, p):
+            return True
+        if isinstance(p, str) and fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None,
+                      exclude: Iterable[Pattern] | None = None, cover: str = "all",
+                      skip_norm: bool = True) -> dict[str, nn.Parameter]:
+    """The parameters the prior covers, by name (each tied tensor once, under its first name).
+
+    A trainable parameter is covered when it matches ``include`` (default:
+    everything), matches nothing in ``exclude``, is not a bias when ``cover`` is
+    "weights", and, with ``skip_norm``, does not belong to a normalisation layer
+    (``NORM_TYPES``).  A pattern is a glob over the parameter's full name
+    (``"conv1.*"``, ``"*.bias"``) or a module class, which matches the
+    parameters the layer holds itself (``nn.Conv2d``, ``nn.BatchNorm2d``).
+    The tutorial covers every trainable tensor, biases included (SPEC section 1).
+    """
+    if cover not in ("all", "weights"):
+        raise ConfigError(f"unknown cover {cover!r}; choose 'all' or 'weights'")
+    include = list(include) if include is not None else None
+    exclude = list(exclude or [])
+    for p in (include or []) + exclude:
+        if not isinstance(p, (str, type)):
+            raise ConfigError(f"a pattern must be a glob string or a module class, got {p!r}")
+    seen, out = set(), {}
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            name = f"{mod_name}.{p_name}" if mod_name else p_name
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            if not p.requires_grad or (cover == "weights" and p_name.endswith("bias")):
+                continue
+            if skip_norm and isinstance(module, NORM_TYPES):
+                continue
+            if include is not None and not _matches(name, module, include):
+                continue
+            if _matches(name, module, exclude):
+                continue
+            out[name] = p
+    return out
+
+
+def resolve_config(config: RetrainConfig | str, overrides: dict) -> RetrainConfig:
+    """A ``RetrainConfig`` from a preset name with overrides, or a given config (no overrides)."""
+    if isinstance(config, RetrainConfig):
+        if overrides:
+            raise ConfigError("overrides apply to a preset name; set them on the RetrainConfig instead")
+        cfg = config
+    elif isinstance(config, str):
+        cfg = retrain_config(config, **overrides)
+    else:
+        raise ConfigError(f"config must be a preset name or a RetrainConfig, got {type(config).__name__}")
+    cfg.validate()
+    return cfg
+
+
+class SoftWeightSharing:
+    """The prior attached to one model: what a training loop needs, nothing it must give up.
+
+    Args:
+      model: any module, pretrained (its weights initialise the "range" prior).
+      config: a preset name or a ``RetrainConfig``; ``overrides`` apply to a preset.
+      n_train: the training set's size N in tau / N (SPEC section 1).
+      include, exclude, skip_norm: which parameters the prior covers (``select_parameters``).
+      merge_threshold, dead_units: post-processing settings (``QuantizeConfig``).
+    """
+
+    def __init__(self, model: nn.Module, config: RetrainConfig | str = "tutorial", *, n_train: int,
+                 include: Iterable[Pattern] | None = None, exclude: Iterable[Pattern] | None = None,
+                 skip_norm: bool = True, merge_threshold: float = QuantizeConfig.merge_threshold,
+                 dead_units: bool = QuantizeConfig.drop_dead_units, **overrides):
+        self.config = resolve_config(config, overrides)
+        self.quantize_config = QuantizeConfig(merge_threshold, dead_units)
+        self.quantize_config.validate()
+        if not (isinstance(n_train, int) and n_train > 0):
+            raise ConfigError(f"n_train must be the training set's size (a positive integer), got {n_train!r}")
+        self.model, self.n_train = model, n_train
+        self.covered = select_parameters(model, include, exclude, self.config.prior.cover, skip_norm)
+        if not self.covered:
+            raise ConfigError("the prior covers no parameter: check include / exclude")
+        device = next(iter(self.covered.values())).device
+        self.prior = GaussianMixturePrior(self.config.prior, list(self.covered.values())).to(device)
+        self.weights = list(self.covered.values())
+        self.steps_done = 0
+        self.quantized: Quantized | None = None
+
+    def optimizer(self) -> torch.optim.Adam:
+        """Adam with the four learning rates: network weights, means, log-precisions, mixing."""
+        return retrain_optimizer(self.model, self.prior, self.config)
+
+    def param_groups(self) -> list[dict]:
+        """The mixture's three parameter groups with their rates, to add to an optimiser of
+        your own (``opt.add_param_group(g)`` for each)."""
+        return retrain_optimizer(self.model, self.prior, self.config).param_groups[1:]
+
+    def tau(self, epoch: float | None = None) -> float:
+        """tau at ``epoch`` (fractional) per the config's schedule; the final tau when None."""
+        return self.config.tau if epoch is None else self.config.tau_at(epoch)
+
+    def backward(self, epoch: float | None = None, tau: float | None = None):
+        """Add (tau / N) dC/dp to the ``.grad`` of the covered weights and of the mixture.
+
+        Call after ``loss.backward()`` and before ``optimizer.step()``.  ``epoch`` (fractional)
+        follows the tau schedule; ``tau`` overrides it.  Returns C (a float, or a 0-d tensor on
+        the prior's device where reading it would synchronise).
+        """
+        tau = self.tau(epoch) if tau is None else tau
+        self.steps_done += 1
+        return self.prior.backward_complexity(self.weights, tau / self.n_train)
+
+    def complexity(self) -> torch.Tensor:
+        """C of the current weights, differentiable (for logging or a loss of your own)."""
+        return self.prior.complexity(self.weights)
+
+    def log_values(self) -> dict:
+        """Scalars to log: the mixture's state (zero component's sd, pi0, the means' range)."""
+        s = self.prior.summary()
+        return {"sws/sd0": s["stds"][0], "sws/pi0": s["pis"][0],
+                "sws/mean_min": min(s["means"]), "sws/mean_max": max(s["means"])}
+
+    @torch.no_grad()
+    def quantize_(self, recalibrate=None) -> Quantized:
+        """Post-process the model in place: merge, snap, assign, drop dead units and (given a
+        training set) re-estimate batch-norm statistics.  Returns what was done."""
+        q = self.quantize_config
+        self.quantized = postprocess_(self.model, self.prior, self.covered, q.merge_threshold,
+                                      dead_units=q.drop_dead_units, recalibrate=recalibrate,
+                                      batch_size=self.config.batch_size)
+        return self.quantized
+
+    def stats(self) -> dict:
+        """Per-layer and total non-zero share and distinct values of the covered tensors."""
+        return layer_stats(self.covered)
+
+    def save(self, path, **info) -> int:
+        """Write the quantised model as a ``.sws`` file; return its size in bytes."""
+        if self.quantized is None:
+            raise ConfigError("quantise the model first (quantize_()), then save it")
+        return files.save(path, self.model, codebook=self.quantized.codebook, quantized=self.quantized.names,
+                          **info)
