@@ -44,8 +44,8 @@ class PretrainConfig:
     def validate(self):
         from sws.zoo.refs import is_ref
         if self.model not in MODELS and not is_ref(self.model):
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)} "
-                              "or name your own as PKG.MODULE:FUNCTION")
+            raise ConfigError(f"model {self.model!r} is neither a reference net ({', '.join(MODELS)}) "
+                              "nor PKG.MODULE:FUNCTION returning an nn.Module")
         if self.data and not is_ref(self.data):
             raise ConfigError(f"data {self.data!r}: expected PKG.MODULE:FUNCTION returning (train, val, test)")
         _positive(self, "epochs", "batch_size", "lr")

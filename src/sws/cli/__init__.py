@@ -76,26 +76,11 @@ def _refuse_interrupted(run: "RunDir", stage: str, command: str, force: bool):
                           f"({run.state_path(stage).name}.safetensors); continue it with "
                           f"'sws {command} --resume {run.path}' or pass --force to start over")
 
-def _model_ref(ctx, param, value):
-    from sws.zoo.refs import is_ref
-    if value is not None and value not in MODELS and not is_ref(value):
-        raise click.BadParameter(f"{value!r} is neither a reference net ({', '.join(MODELS)}) nor "
-                                 "PKG.MODULE:FUNCTION returning an nn.Module")
-    return value
-
-
-def _data_ref(ctx, param, value):
-    from sws.zoo.refs import is_ref
-    if value and not is_ref(value):
-        raise click.BadParameter(f"{value!r} is not PKG.MODULE:FUNCTION returning (train, val, test)")
-    return value or ""
-
-
 pretrain_options = _options(
-    click.option("--model", default="tutorial-conv", show_default=True, callback=_model_ref,
+    click.option("--model", default="tutorial-conv", show_default=True,
                  help=f"A reference net ({', '.join(MODELS)}) or your own: PKG.MODULE:FUNCTION "
                       "returning an nn.Module (imported from the current folder or PYTHONPATH)."),
-    click.option("--data", default="", callback=_data_ref, metavar="PKG.MODULE:FUNCTION",
+    click.option("--data", default="", metavar="PKG.MODULE:FUNCTION",
                  help="Your data: a function returning (train, val, test) Datasets of (input, target) "
                       "pairs (test may be None) [MNIST]."),
     click.option("--weights", type=click.Path(path_type=Path), default=None,

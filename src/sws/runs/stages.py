@@ -141,8 +141,8 @@ def _resumable(run: RunDir, stage: str, parent: str, resume: bool):
     path = run.state_path(stage).with_suffix(".safetensors")
     source = run.digest(parent) if run.has(parent) else None
     if state is not None and state[1].get("source_sha256", source) != source:
-        raise CheckpointError(f"{path}: this {stage} was started from another {parent} checkpoint than the one in the run folder; "
-                              "start it again with --force")
+        raise CheckpointError(f"{path}: this {stage} was started from another {parent} checkpoint "
+                              "than the one in the run folder; start it again with --force")
 
     def on_state(tensors, meta):
         run.save_state(stage, tensors, {**meta, "source_sha256": source})
