@@ -155,9 +155,65 @@ def test_truncated_checkpoint(capsys, run, data):
         expect="not a readable safetensors file")
 
 
+def _two_file_checkpoint(stem):
+    """Rewrite a checkpoint as versions before issue 16 wrote it: no JSON inside the tensor file."""
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(stem.with_suffix(".safetensors")), stem.with_suffix(".safetensors"), metadata={"sws": "1"})
+
+
 def test_sidecar_not_json(capsys, run, data):
+    """An old two-file checkpoint needs its sidecar; a one-file checkpoint does not read it."""
     (run / "pretrained.json").write_text("{not json")
+    code, out, err = call(capsys, "evaluate", run, "--data-dir", data)
+    assert code == 0 and "accuracy" in out, err
+    _two_file_checkpoint(run / "pretrained")
     bad(capsys, "evaluate", run, "--data-dir", data, expect="malformed JSON sidecar")
+
+
+def test_two_file_checkpoints_still_read(capsys, run, data):
+    tensors, meta = sws.runs.checkpoint.load_checkpoint(run / "pretrained")
+    _two_file_checkpoint(run / "pretrained")
+    old_tensors, old_meta = sws.runs.checkpoint.load_checkpoint(run / "pretrained")
+    assert old_meta == meta and all(torch.equal(old_tensors[k], v) for k, v in tensors.items())
+    (run / "pretrained.json").unlink()
+    bad(capsys, "evaluate", run, "--data-dir", data, expect="pretrained.json: checkpoint file missing")
+
+
+def test_metadata_inside_the_checkpoint_not_json(capsys, run, data):
+    from safetensors.torch import load_file, save_file
+    p = run / "pretrained.safetensors"
+    save_file(load_file(p), p, metadata={"sws": "1", sws.runs.checkpoint.CHECKPOINT_KEY: "{not json"})
+    bad(capsys, "evaluate", run, "--data-dir", data, expect="pretrained.safetensors: malformed JSON metadata")
+
+
+_KILL_BETWEEN_WRITES = """
+import os, signal, sys
+from pathlib import Path
+import sws.runs.checkpoint as ck
+tensors, meta = ck.load_checkpoint(Path(sys.argv[1]))
+real = ck.atomic_write
+def write(path, data):
+    if path.suffix == ".json":
+        os.kill(os.getpid(), signal.SIGKILL)     # kill -9 between the tensor file and its copy
+    real(path, data)
+ck.atomic_write = write
+ck.save_checkpoint(Path(sys.argv[1]), {k: v + 1 for k, v in tensors.items()}, {**meta, "overwritten": True})
+"""
+
+
+def test_kill_9_between_the_two_writes_of_a_forced_overwrite(run):
+    """The tensors and their JSON are one file: a kill after it leaves them paired."""
+    import subprocess
+    tensors, meta = sws.runs.checkpoint.load_checkpoint(run / "pretrained")
+    sidecar = (run / "pretrained.json").read_bytes()
+    proc = subprocess.run([sys.executable, "-c", _KILL_BETWEEN_WRITES, str(run / "pretrained")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    new_tensors, new_meta = sws.runs.checkpoint.load_checkpoint(run / "pretrained")
+    assert new_meta == {**meta, "overwritten": True}
+    assert all(torch.equal(new_tensors[k], v + 1) for k, v in tensors.items())
+    assert (run / "pretrained.json").read_bytes() == sidecar          # only the readable copy is stale
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
 # -- training states -----------------------------------------------------------------------
