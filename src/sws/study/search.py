@@ -11,6 +11,7 @@ of the ``.sws`` file each trial writes.  A search folder::
 
     OUT/search.json          fixed settings, search space, storage URL, study name
     OUT/study.db             the Optuna study (SQLite) unless --storage names another database
+    OUT/study.journal        the study as Optuna's journal file, with --storage journal
     OUT/pretrained.*         the one pretrained net every trial starts from
     OUT/trials/NNNN/         trial NNNN's run folder: retrained, quantized, model.sws, trial.json
     OUT/pareto.png           validation error against CR (``sws search report``)
@@ -21,6 +22,12 @@ and their parameters queued again.  Several processes (``n_workers``) or
 machines (``--storage`` with a server database) share one study; processes
 that share the search folder start trials under a file lock, so none is lost
 or run twice.
+
+Storage (``--storage``): any SQLAlchemy URL (``postgresql+psycopg://user@host/db``; a
+plain ``postgresql://`` takes psycopg when psycopg2 is not installed), or Optuna's
+journal file, safe on a shared (network) filesystem where SQLite is not:
+``journal:PATH`` (recorded with PATH made absolute), or ``journal`` alone for
+OUT/study.journal (the folder can move).
 """
 
 from __future__ import annotations
@@ -95,8 +102,45 @@ def _canon(v):
 
 # ---- the study ---------------------------------------------------------------------------------
 
+JOURNAL = "journal"            # --storage journal: OUT/study.journal
+JOURNAL_PREFIX = "journal:"    # --storage journal:PATH: Optuna's JournalFileBackend
+
+
+def normalise_storage(storage: str | None) -> str | None:
+    """The storage as recorded: a journal path made absolute (relative to the current folder),
+    a URL as given."""
+    if storage and storage.startswith(JOURNAL_PREFIX):
+        path = storage[len(JOURNAL_PREFIX):]
+        if path.startswith("//"):      # journal:///abs/path, URL style
+            path = path[2:]
+        if not path:
+            raise ConfigError("storage journal:PATH needs a file path (or give 'journal' for OUT/study.journal)")
+        return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
+    return storage
+
+
+def _with_driver(url: str) -> str:
+    """``postgresql://`` (SQLAlchemy's default driver psycopg2) as ``postgresql+psycopg://`` when
+    only psycopg (version 3) is installed; ``postgres://`` as ``postgresql://``."""
+    import importlib.util
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None
+            and importlib.util.find_spec("psycopg") is not None):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
 def _storage(url: str):
     import optuna
+    if url.startswith(JOURNAL_PREFIX):
+        from optuna.storages.journal import JournalFileBackend
+        path = normalise_storage(url)[len(JOURNAL_PREFIX):]
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(path))
+        except OSError as e:
+            raise ConfigError(f"storage {url}: cannot open ({e.strerror or e})") from None
+    url = _with_driver(url)
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
@@ -111,8 +155,12 @@ def _quiet_optuna():
 
 
 def _url(out: Path, settings: dict) -> str:
-    """The study's storage URL; none recorded: OUT/study.db, wherever the folder now is."""
-    return settings.get("storage") or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
+    """The study's storage URL; none recorded: OUT/study.db, wherever the folder now is
+    ('journal': OUT/study.journal)."""
+    storage = settings.get("storage")
+    if storage == JOURNAL:
+        return f"{JOURNAL_PREFIX}{(Path(out) / 'study.journal').resolve()}"
+    return storage or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
 
 
 def open_study(out: Path, settings: dict | None = None, sampler_seed: int | None = None):
@@ -144,6 +192,8 @@ def _study_settings(url: str, name: str) -> dict:
     """The fixed settings a study in ``url`` was started with ({} when there is no such study)."""
     import optuna
     _quiet_optuna()
+    if url.startswith(JOURNAL_PREFIX) and not Path(url[len(JOURNAL_PREFIX):]).is_file():
+        return {}      # no journal yet: no study (and no file created before the folder exists)
     try:
         return dict(optuna.load_study(study_name=name, storage=_storage(url)).user_attrs.get("settings", {}))
     except KeyError:
@@ -175,13 +225,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _requeue(study, trial):
+    """Queue a retry of ``trial``: the parameters it had drawn, plus those it was queued with and
+    had not drawn yet (a trial stopped while sampling), its baseline mark, and which it repeats."""
+    frozen = trial if hasattr(trial, "system_attrs") else study.get_trials(deepcopy=False)[trial.number]
+    params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
+    attrs = {"retry_of": trial.number}
+    if frozen.user_attrs.get("baseline"):
+        attrs["baseline"] = frozen.user_attrs["baseline"]
+    study.enqueue_trial(params, user_attrs=attrs)
+
+
 def _requeue_dead(study, host: str):
     """Trials left running by a dead process on this host: mark them failed, queue their params."""
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = t.user_attrs.get("worker") or {}
         if w.get("host") == host and not _alive(w.get("pid", -1)):
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            _requeue(study, t)
             study.tell(t.number, state=TrialState.FAIL)
 
 
@@ -247,7 +308,7 @@ def _work(out: Path, n_trials: int, index: int, data_dir, quiet: bool, sampler_s
             values = _run_trial(trial, out, settings, space, pretrained, val, data_dir)
         except BaseException as e:
             if _interrupted(e):
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+                _requeue(study, trial)
                 study.tell(trial, state=TrialState.FAIL)
                 raise KeyboardInterrupt from None
             if not isinstance(e, (SwsError, RuntimeError, ValueError, ArithmeticError)):
@@ -286,7 +347,9 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
 
     Args:
       given: fixed settings set by the caller (keys of ``DEFAULTS``); on resume they must match.
-      storage: SQLAlchemy URL of the study [sqlite:///OUT/study.db]; recorded in search.json.
+      storage: SQLAlchemy URL of the study [sqlite:///OUT/study.db], "journal:PATH" (Optuna's
+        journal file, for a shared filesystem) or "journal" (OUT/study.journal); recorded in
+        search.json.
       study_name: the study's name in the storage [OUT's folder name].
       baseline: queue the tutorial's settings (``TUTORIAL``) as a new study's first trial.
 
@@ -303,16 +366,17 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
                           "search's pretrained.* may be there); choose another folder")
     t0 = time.time()
     resumed = (out / "search.json").is_file()
+    storage = normalise_storage(storage)
     if storage and not resumed:   # joining a study begun elsewhere
-        given = {**_study_settings(storage, study_name or out.resolve().name), **given}
+        given = {**_study_settings(_url(out, {"storage": storage}), study_name or out.resolve().name), **given}
     settings = resolve_settings(out, given)
     if resumed:
-        for key, value, was in (("storage", storage, _url(out, settings)),
+        for key, value, was in (("storage", storage and _url(out, {"storage": storage}), _url(out, settings)),
                                 ("study_name", study_name, settings["study_name"])):
             if value and value != was:
                 raise ConfigError(f"{out} was started with {key} {was!r}, not {value!r}")
     else:
-        settings["storage"] = storage   # None: OUT/study.db, so the folder can move
+        settings["storage"] = storage   # None: OUT/study.db ('journal': OUT/study.journal), so the folder can move
         settings["study_name"] = study_name or out.resolve().name
     out.mkdir(parents=True, exist_ok=True)
     with _lock(out):
