@@ -105,6 +105,12 @@ class SoftWeightSharingCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.driver.step(state.epoch or 0.0, state.global_step, state.max_steps)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.driver.attached and self.driver.sws.steps_done == 0:
+            from sws.errors import ConfigError
+            raise ConfigError("this transformers version does not call on_pre_optimizer_step, so the prior's "
+                              "gradient was never added: upgrade transformers (>= 4.45)")
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or not self.driver.attached or "loss" not in logs or "sws/complexity" in logs:
             return
