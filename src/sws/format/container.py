@@ -44,9 +44,9 @@ MAX_CODEBOOK = 1 << 12
 DEFAULT_MAX_ELEMENTS = 1 << 25
 MAX_ELEMENTS_ENV = "SWS_MAX_ELEMENTS"
 # every tensor has a fixed cost (tables, a few numpy calls): a file may hold at most
-# max(MIN_MAX_TENSORS, limit // VALUES_PER_TENSOR) tensors, 4096 under the default limit
-MIN_MAX_TENSORS = 4096
-VALUES_PER_TENSOR = 8192
+# max(MIN_MAX_TENSORS, limit // VALUES_PER_TENSOR) tensors, 2048 under the default limit
+MIN_MAX_TENSORS = 2048
+VALUES_PER_TENSOR = 16384
 _PREAMBLE = struct.Struct("<8sIIQ")
 _RAW_DTYPES = {"float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f8"),
                "float16": (torch.float16, "<f2"), "int64": (torch.int64, "<i8"),
@@ -290,7 +290,7 @@ def read_header(data: bytes, *, max_elements: int | None = None) -> tuple[dict, 
     """Check preamble, lengths, checksum and header; return (header, codebook, payload).
 
     ``max_elements`` (see ``max_elements_limit``) bounds the number of tensors here, at
-    ``max(4096, max_elements // 8192)``; ``decode`` bounds the values.
+    ``max(2048, max_elements // 16384)``; ``decode`` bounds the values.
     """
     limit = max_elements_limit(max_elements)
     data = memoryview(data)

@@ -29,6 +29,7 @@ __all__ = ["MAX_CODE_LENGTH", "CodeError", "code_lengths", "canonical_codes", "e
 MAX_CODE_LENGTH = 15  # fits a nibble
 _STRIDE_LOG2 = 7      # decoding follows the chain of symbol starts 128 symbols at a time
 _SMALL = 128          # at most this many symbols and table entries: decoded in plain Python
+_CHAIN = 384          # at most this many symbols (and 16 bits each): the chain followed in Python
 
 
 class CodeError(ValueError):
@@ -167,8 +168,24 @@ class _Canonical:
         self.base = np.asarray(base, dtype=np.int64)
         self.order = np.asarray(order, dtype=np.int64)
 
+    def build_table(self) -> None:
+        """Look-up tables over all ``2 ** width`` windows (worth it when the stream is at least
+        that long): a window's code length and symbol in one gather each."""
+        per_length = np.diff(np.append(self.base[1:self.width + 1], self.order.size))
+        ln = np.repeat(np.arange(1, self.width + 1), per_length)    # code lengths in code order
+        span = np.left_shift(1, self.width - ln)       # windows each code covers
+        self.table_len = np.zeros(1 << self.width, dtype=np.int32)
+        self.table_sym = np.zeros(1 << self.width, dtype=np.int64)
+        covered = int(span.sum())
+        self.table_len[:covered] = np.repeat(ln, span)
+        self.table_sym[:covered] = np.repeat(self.order, span)
+
+    table_len = table_sym = None
+
     def lengths_at(self, window: np.ndarray) -> np.ndarray:
         """Code length starting at each window; 0 where no code starts (incomplete code)."""
+        if self.table_len is not None:
+            return self.table_len[window]
         n = np.searchsorted(self.limit, window, side="right").astype(np.int32)
         n += 1
         n[n > self.width] = 0
@@ -176,6 +193,9 @@ class _Canonical:
 
     def symbols_at(self, window: np.ndarray, n: np.ndarray) -> np.ndarray:
         """Symbol of each window given its code length ``n`` (all > 0)."""
+        if self.table_sym is not None:
+            return self.table_sym[window]
+        window = window.astype(np.int64)
         rank = self.base[n] + (window >> (self.width - n)) - self.first[n]
         return self.order[rank]
 
@@ -264,14 +284,39 @@ _BLOCK_BITS = 1 << 16   # bits examined per block: the working memory, about 60 
 
 def _windows(buf: np.ndarray, start: int, stop: int, width: int) -> np.ndarray:
     """The ``width`` bits from every bit position start..stop-1, MSB first (zeros past the end)."""
-    lo = start >> 3
-    chunk = np.zeros((stop >> 3) - lo + 4, dtype=np.int32)
-    part = buf[lo:(stop >> 3) + 4]
+    lo, hi = start >> 3, ((stop - 1) >> 3) + 1
+    chunk = np.zeros(hi - lo + 2, dtype=np.int32)
+    part = buf[lo:hi + 2]
     chunk[:part.size] = part
+    w24 = chunk[:-2] << 16                       # the 3 bytes from each byte on
+    w24 |= chunk[1:-1] << 8
+    w24 |= chunk[2:]
     p = np.arange(start - 8 * lo, stop - 8 * lo, dtype=np.int32)
-    byte = p >> 3
-    w24 = (chunk[byte] << 16) | (chunk[byte + 1] << 8) | chunk[byte + 2]
-    return (w24 >> (24 - width - (p & 7))) & ((1 << width) - 1)
+    out = w24[p >> 3]
+    out >>= 24 - width - (p & 7)
+    out &= (1 << width) - 1
+    return out
+
+
+def _decode_chain(buf: np.ndarray, nbits: int, code: _Canonical, count: int) -> np.ndarray:
+    """A short stream: code lengths at every bit at once (numpy), the chain of symbol starts
+    followed in Python (cheaper than the jump tables below a few thousand bits)."""
+    window = _windows(buf, 0, nbits, code.width)
+    ln = code.lengths_at(window)
+    lens, starts, p = ln.tolist(), [0] * count, 0
+    for i in range(count):
+        if p >= nbits:
+            raise CodeError("stream ends before its last symbol")
+        n = lens[p]
+        if not n:
+            raise CodeError("invalid code in the stream")
+        starts[i] = p
+        p += n
+    if p != nbits:
+        raise CodeError("bits left over after the last symbol" if p < nbits
+                        else "stream ends inside its last symbol")
+    s = np.array(starts, dtype=np.int64)
+    return code.symbols_at(window[s], ln[s])
 
 
 def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
@@ -305,6 +350,10 @@ def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
         raise CodeError("empty code table for a non-empty stream")
     code = _Canonical(lengths)
     width = code.width
+    if 1 << width <= max(1024, nbits):
+        code.build_table()
+    if count <= _CHAIN and nbits <= 16 * _CHAIN:
+        return _decode_chain(buf, nbits, code, count).astype(out_type)
     levels = min(_STRIDE_LOG2, max(1, (count - 1).bit_length()))
     stride = 1 << levels
     out = np.empty(count, dtype=out_type)
@@ -341,8 +390,7 @@ def decode(data, nbits: int, lengths, count: int) -> np.ndarray:
         k = int(np.argmin(inside)) if not inside.all() else starts.size
         take = min(k, count - done)
         s = starts[:take]
-        out[done:done + take] = code.symbols_at(window[s].astype(np.int64),
-                                                ln[s].astype(np.int64))
+        out[done:done + take] = code.symbols_at(window[s], ln[s])
         done += take
         if done == count:
             last = int(s[-1])
