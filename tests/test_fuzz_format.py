@@ -131,13 +131,16 @@ def edits(draw, header, parts):
         i = draw(st.sampled_from(sparse))
         v = header["tensors"][i]["sparse"]
         j = draw(st.sampled_from([2, 3]))
-        limit = 2 ** v[0] if j == 2 else len(header["codebook"])
+        if j == 2:   # an earlier edit may have left gap_bits anything
+            limit = 2 ** v[0] if type(v[0]) is int and 0 <= v[0] <= 16 else 4096
+        else:
+            limit = len(header["codebook"]) if isinstance(header["codebook"], list) else 1
         v[j] = draw(st.sampled_from([0, 1, limit, limit + 1, 4096, 4097, v[j] + 1, v[j] - 1, -1]))
     elif kind == "stream_bits":
         i = draw(st.sampled_from(sparse))
         v = header["tensors"][i]["sparse"]
         j = draw(st.sampled_from([4, 5]))
-        e = v[1]
+        e = v[1] if type(v[1]) is int else 1
         v[j] = draw(st.sampled_from([0, 1, v[j] - 1, v[j] + 1, v[j] + 8, 8 * v[j], e, e - 1, 15 * e,
                                      15 * e + 1, 2 ** 43, 2 ** 43 + 1]))
     elif kind == "sparse_list":
