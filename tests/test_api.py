@@ -82,7 +82,7 @@ def test_compress_bn_cnn_round_trip(tmp_path):
     seen = {}
     train, val = loaders((1, 8, 8))
     out = tmp_path / "bn.sws"
-    model, report = sws.compress(model, train, val, "tutorial", epochs=2, init_sigma=0.05, out=out,
+    model, report = sws.compress(model, train, val, "tutorial", epochs=2, init_sigma=0.05, out=out, budget=False,
                                  on_epoch=lambda rec: seen.update(bn=model.bn1.weight.detach().clone()))
     cb = set(report.codebook)
     for name in report.covered:

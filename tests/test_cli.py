@@ -97,7 +97,7 @@ def test_cosine_schedules_reach_the_loops(capsys, tmp_path, mnist_dir):
     out = tmp_path / "r"
     code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(out), "--data-dir",
                         str(mnist_dir), "--train-subset", "512", "--pretrain-epochs", "2", "--epochs", "2",
-                        "--pretrain-lr-schedule", "cosine", "--lr-schedule", "cosine", "--quiet")
+                        "--pretrain-lr-schedule", "cosine", "--lr-schedule", "cosine", "--no-budget", "--quiet")
     assert code == 0, err
     import json
     settings = json.loads((out / "config.json").read_text())["run"]["settings"]

@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory, mnist_dir):
         main(["run", "--model", "lenet-300-100", "--out", str(out), "--data-dir", str(mnist_dir),
               "--train-subset", "5000", "--batch-size", "64", "--pretrain-epochs", "3",
               "--epochs", "20", "--lr-weights", "1e-3", "--lr-log-precisions", "1e-2",
-              "--lr-mixing", "1e-2", "--quiet"])
+              "--lr-mixing", "1e-2", "--no-budget", "--quiet"])
     assert e.value.code == 0
     return out
 

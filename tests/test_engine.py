@@ -57,7 +57,7 @@ class TupleNet(MLP):
 def test_cli_and_compress_give_bit_identical_weights(tmp_path, capsys, mnist_dir):
     run = tmp_path / "run"
     code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
-                        "--train-subset", "1024", "--pretrain-epochs", "1", "--epochs", "2", "--quiet")
+                        "--train-subset", "1024", "--val-size", "0", "--pretrain-epochs", "1", "--epochs", "2", "--quiet")
     assert code == 0, err
     tensors, meta = load_checkpoint(run / "pretrained")
     model = build_model("lenet-300-100")
@@ -205,7 +205,7 @@ def test_cli_end_to_end_with_a_user_module_and_data(tmp_path, capsys, user_packa
     p = user_package
     run = tmp_path / "run"
     common = ["--model", f"{p}.nets:build", "--data", f"{p}.data:splits", "--pretrain-epochs", "2",
-              "--epochs", "3", "--batch-size", "64", "--lr-weights", "1e-3", "--quiet"]
+              "--epochs", "3", "--batch-size", "64", "--lr-weights", "1e-3", "--no-budget", "--quiet"]
     code, out, err = call(capsys, "run", "--out", run, *common)
     assert code == 0, err
     assert "test accuracy: pretrained" in out and (run / "model.sws").is_file()
@@ -264,10 +264,11 @@ def test_force_on_retrain_never_leaves_a_stale_file(tmp_path, capsys, user_packa
     p = user_package
     run = tmp_path / "run"
     code, _, err = call(capsys, "run", "--out", run, "--model", f"{p}.nets:build", "--data", f"{p}.data:splits",
-                        "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "64", "--quiet")
+                        "--pretrain-epochs", "1", "--epochs", "2", "--batch-size", "64", "--no-budget", "--quiet")
     assert code == 0, err
     old = (run / "model.sws").read_bytes()
-    code, _, err = call(capsys, "retrain", run, "--force", "--epochs", "1", "--tau", "0.01", "--quiet")
+    code, _, err = call(capsys, "retrain", run, "--force", "--epochs", "1", "--tau", "0.01", "--no-budget",
+                        "--quiet")
     assert code == 0, err
     assert not (run / "quantized.safetensors").exists() and not (run / "model.sws").exists()
     code, _, err = call(capsys, "compress", run)

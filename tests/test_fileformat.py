@@ -363,7 +363,7 @@ def test_sws_run_writes_a_file_that_reproduces_the_post_processed_accuracy(tmp_p
     run = tmp_path / "run"
     code, out, _ = _cli(["run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
                          "--train-subset", "2000", "--pretrain-epochs", "1", "--epochs", "2",
-                         "--quiet"], capsys)
+                         "--no-budget", "--quiet"], capsys)
     assert code == 0 and f"wrote {run / 'model.sws'}" in out
     code, out, _ = _cli(["evaluate", run / "model.sws", "--data-dir", mnist_dir], capsys)
     q = json.loads((run / "metrics.json").read_text())["quantized"]

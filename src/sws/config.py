@@ -39,7 +39,7 @@ class PretrainConfig:
     input_norm: str = "none"         # tutorial feeds pixels / 255 unchanged
     weight_init: str = "torch"       # "keras": Glorot-uniform, zero biases, as the tutorial's Keras nets
     train_subset: int = 0            # 0: all training images
-    val_size: int = 0                # held-out validation images (for tuning); 0: none
+    val_size: int = 0                # held-out validation images (budget, tuning); 0: none; -1: a tenth, <= 5000
 
     def validate(self):
         from sws.zoo.refs import is_ref
@@ -56,8 +56,8 @@ class PretrainConfig:
                               f"got {self.lr_schedule!r}")
         if self.weight_init not in ("torch", "keras"):
             raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
-        if self.train_subset < 0 or self.val_size < 0:
-            raise ConfigError("train_subset and val_size must be >= 0")
+        if self.train_subset < 0 or self.val_size < -1:
+            raise ConfigError("train_subset must be >= 0 and val_size >= 0 (or -1: automatic)")
 
 
 @dataclass
@@ -106,6 +106,9 @@ class RetrainConfig:
     tau_warmup_epochs: float = 0.0   # epochs over which tau goes from tau_start to tau
     lr_schedule: str = "constant"    # tutorial; "cosine": all four rates annealed to 0 (per step)
     seed: int = 0
+    budget: bool = True              # keep the best post-processed state within the accuracy budget
+    max_error_increase: float = 0.3  # points of validation error over the pretrained net (issue 13)
+    patience: int = 5                # epochs without a better kept state before stopping (0: never)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -123,6 +126,10 @@ class RetrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"got {self.lr_schedule!r}")
+        if not (self.max_error_increase >= 0 and math.isfinite(self.max_error_increase)):
+            raise ConfigError(f"max_error_increase must be a number of points >= 0, got {self.max_error_increase}")
+        if not (isinstance(self.patience, int) and self.patience >= 0):
+            raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
             raise ConfigError("an exponential tau warm-up needs tau_start > 0 and tau > 0")
         self.prior.validate()

@@ -101,8 +101,9 @@ pretrain_options = _options(
                  show_default=True, help="Initial weights: PyTorch's defaults, or Keras' "
                  "(Glorot-uniform, zero biases) as in the tutorial."),
     click.option("--train-subset", type=int, default=0, help="Use the first N training images."),
-    click.option("--val-size", type=int, default=0,
-                 help="Hold out N training images as a validation set."),
+    click.option("--val-size", type=int, default=None,
+                 help="Hold out N training images as a validation set, never trained on [MNIST: 5000, "
+                      "0 with --no-budget; your --data: its own validation set]."),
 )
 
 retrain_options = _options(
@@ -136,6 +137,14 @@ retrain_options = _options(
                  help="Learn pi0 under a Beta(--pi0-a, --pi0-b) prior (paper option)."),
     click.option("--pi0-a", type=float, default=None, help="Beta prior on pi0: a [1]."),
     click.option("--pi0-b", type=float, default=None, help="Beta prior on pi0: b [1]."),
+    click.option("--budget/--no-budget", "budget", default=None,
+                 help="Keep the retrained state whose post-processed network has the highest CR within "
+                      "--max-error-increase of the pretrained net's validation error, and stop when it no "
+                      "longer improves [--budget]; --no-budget keeps the last epoch, as the tutorial."),
+    click.option("--max-error-increase", type=float, default=None, metavar="POINTS",
+                 help="The accuracy budget: validation error points over the pretrained net [0.3]."),
+    click.option("--patience", type=int, default=None,
+                 help="Epochs without a better kept state before retraining stops (0: never) [5]."),
 )
 
 merge_option = _options(
@@ -148,7 +157,10 @@ merge_option = _options(
 
 
 def _pretrain_cfg(model, data, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
-                  batch_size, seed) -> PretrainConfig:
+                  batch_size, seed, budget=None) -> PretrainConfig:
+    if val_size is None:      # MNIST: a held-out split (sws.zoo.mnist.AUTO_VAL); a user's data: its own
+        from sws.zoo.mnist import AUTO_VAL
+        val_size = 0 if data or budget is False else AUTO_VAL
     cfg = PretrainConfig(model=model, data=data, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
                          batch_size=batch_size, seed=seed)
@@ -169,8 +181,19 @@ def _record_command(run: RunDir, stage: str, settings: dict):
 
 
 def _echo_metrics(title: str, metrics: dict):
-    keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and k != "layers"]
+    keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and not isinstance(metrics[k], bool)]
     click.echo(f"{title}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
+    decision = metrics.get("budget") or {}
+    if decision.get("message"):
+        click.echo(("warning: " if decision["status"] == "over" else "budget: ") + decision["message"],
+                   err=decision["status"] == "over")
+
+
+def _budget_status(run: RunDir) -> int:
+    """The exit status a finished run owes: OVER_BUDGET_EXIT when no state met the budget."""
+    from sws.method.watch import OVER_BUDGET_EXIT
+    decision = run.read_json("metrics.json", {}).get("retrained", {}).get("budget") or {}
+    return OVER_BUDGET_EXIT if decision.get("status") == "over" else 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -223,8 +246,9 @@ def main(argv=None):
         old_term = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
         pass
+    rc = 0
     try:
-        cli.main(args=argv, standalone_mode=False)
+        rc = cli.main(args=argv, standalone_mode=False)
     except TrainingInterrupted as e:
         click.echo(f"interrupted: {e}", err=True)
         sys.exit(e.exit_code)
@@ -246,7 +270,7 @@ def main(argv=None):
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) and not isinstance(rc, bool) else 0)
 
 
 

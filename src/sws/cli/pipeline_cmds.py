@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sws.cli import (
+    _budget_status,
     _echo_metrics,
     _options,
     _no_settings_with_resume,
@@ -75,6 +76,7 @@ def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretra
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write into a new run folder (the pretrained net is copied) instead of RUN_DIR.")
 @retrain_options
+@merge_option
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=None)
 @data_option
@@ -83,8 +85,12 @@ def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretra
 @figures_option
 @resume_option
 @guard_option
-def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, figures, resume, guard, **kw):
-    """Retrain a pretrained run with the Gaussian-mixture prior."""
+def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, batch_size, seed, data_dir, force, quiet,
+                figures, resume, guard, **kw):
+    """Retrain a pretrained run with the Gaussian-mixture prior.
+
+    Exit status 3: no retrained state's post-processed network met the accuracy budget (the
+    state with the lowest validation error was kept)."""
     import dataclasses
     if resume is not None:
         if run_dir is not None:
@@ -98,7 +104,7 @@ def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, 
                                                    resume=True, guard=guard))
         if figures:
             _draw_figures(run)
-        return
+        return _budget_status(run)
     if run_dir is None:
         raise click.UsageError("missing RUN_DIR (or --resume RUN_DIR)")
     cfg = _retrain_cfg(preset, batch_size, seed, **kw)
@@ -114,11 +120,15 @@ def retrain_cmd(run_dir, out, preset, batch_size, seed, data_dir, force, quiet, 
         run = src
         run.refuse_overwrite("retrained", force)
         _refuse_interrupted(run, "retrain", "retrain", force)
+    qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
+    qcfg.validate()
     _record_command(run, "retrain", dataclasses.asdict(cfg))
     with _resume_hint("retrain", run):
-        _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures, guard=guard))
+        _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures, guard=guard,
+                                               qcfg=qcfg))
     if figures:
         _draw_figures(run)
+    return _budget_status(run)
 
 
 @cli.command("quantize")
@@ -169,16 +179,19 @@ def evaluate_cmd(path, model_ref, data, data_dir):
 def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
             weight_init, train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed,
             data_dir, force, quiet, figures, resume, guard, **kw):
-    """The whole pipeline: pretrain, retrain with the prior, quantize, report."""
+    """The whole pipeline: pretrain, retrain with the prior, quantize, write RUN/model.sws.
+
+    Exit status 0: done; 2: bad input; 3: no retrained state's post-processed network met the
+    accuracy budget (the file holds the state with the lowest validation error, and one line
+    says so); 130/143: interrupted (continue with --resume)."""
     import dataclasses
     if resume is not None:
         _no_settings_with_resume()
-        _resume_run(RunDir.open(resume), data_dir, quiet, figures, guard)
-        return
+        return _resume_run(RunDir.open(resume), data_dir, quiet, figures, guard)
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
     pcfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-                         train_subset, val_size, batch_size, seed)
+                         train_subset, val_size, batch_size, seed, budget=kw.get("budget"))
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
     qcfg.validate()
@@ -187,11 +200,13 @@ def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr
                                  "quantize": vars(qcfg), "weights": str(weights) if weights else None})
     with _resume_hint("run", run):
         _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard, weights=weights))
-        _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard))
+        _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard,
+                                               qcfg=qcfg))
     _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
         _draw_figures(run)
     _write_sws(run.path, run.path / "model.sws")
+    return _budget_status(run)
 
 
 def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
@@ -215,7 +230,7 @@ def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
         if not run.complete("retrained") or run.has_state("retrain") or not run.is_current("retrained"):
             again = run.has_state("retrain")
             _echo_metrics("retrained", run_retrain(run, None if again else rcfg, data_dir, quiet,
-                                                   snapshots=figures, resume=again, guard=guard))
+                                                   snapshots=figures, resume=again, guard=guard, qcfg=qcfg))
     if not run.complete("quantized") or not run.is_current("quantized"):
         _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
@@ -223,3 +238,4 @@ def _resume_run(run: RunDir, data_dir, quiet, figures, guard):
     made = run.read_json("metrics.json", {}).get("file", {}).get("quantized_sha256")
     if not (run.path / "model.sws").is_file() or made != run.digest("quantized"):
         _write_sws(run.path, run.path / "model.sws")
+    return _budget_status(run)

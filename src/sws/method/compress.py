@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,10 +26,15 @@ from sws.errors import ConfigError
 from sws.method import distributed
 from sws.method.batches import as_source
 from sws.method.evaluate import evaluate
-from sws.method.loop import fit
+from sws.method.loop import retrain
 from sws.method.surface import Pattern, SoftWeightSharing, resolve_config
+from sws.method.watch import Budget
 
-__all__ = ["CompressionReport", "compress"]
+__all__ = ["CompressionReport", "BudgetWarning", "compress"]
+
+
+class BudgetWarning(UserWarning):
+    """No retrained state's post-processed network met the accuracy budget."""
 
 
 @dataclass
@@ -46,6 +52,7 @@ class CompressionReport:
     world_size: int = 1
     metrics: dict = field(default_factory=dict)   # val_* before / after retraining, after quantising
     file: dict | None = None                      # path, bytes, cr_file, cr_paper when written
+    budget: dict = field(default_factory=dict)    # the accuracy budget's decision (sws.method.watch)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -82,6 +89,12 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
       drop_dead_units: after quantising, zero the weights that cannot change the output.
       device: where to train (default: where the model is).
       guard, resume, on_state, on_epoch: as in ``sws.method.loop.fit``.
+
+    The accuracy budget (``config.budget``, ``max_error_increase`` points over the pretrained
+    network's validation error, ``patience``; needs ``val``): every epoch the post-processed
+    network is evaluated on ``val`` and the state kept is the one with the highest compression
+    rate within budget; when none is, the lowest-error state is kept, ``report.budget["status"]``
+    is "over" and a ``BudgetWarning`` says so.
     Returns:
       (the post-processed model, a ``CompressionReport``).
     """
@@ -102,12 +115,20 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     kw = {"loss_fn": loss_fn, "output": output, "device": device}
     if val is not None:
         metrics.update({f"before_{k}": v for k, v in evaluate(model, val, **kw).items()})
-    history = fit(model, train, cfg, sws_.optimizer(), prior=sws_.prior, covered=sws_.weights,
-                  n_train=sws_.n_train, val=val, guard=guard, quiet=quiet, on_epoch=on_epoch,
-                  resume=resume, on_state=on_state, **kw)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    budget = Budget(model, sws_.prior, sws_.covered, val, threshold=merge_threshold, dead_units=drop_dead_units,
+                    max_error_increase=cfg.max_error_increase if cfg.budget else None,
+                    patience=cfg.patience if cfg.budget else 0,
+                    recalibrate=train if recalibrate_bn and has_bn else None, eval_kw=kw)
+    history = retrain(model, sws_.prior, train, cfg, val, None, quiet, on_epoch, covered=sws_.weights,
+                      watch=budget, n_train=sws_.n_train, guard=guard, resume=resume, on_state=on_state, **kw)
+    decision = budget.decide()
+    if decision["status"] == "over" and distributed.is_main():
+        warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
+    kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
     q = sws_.quantize_(recalibrate=train if recalibrate_bn else None)
     if val is not None:
-        metrics.update({f"retrained_{k[4:]}": v for k, v in history[-1].items() if k.startswith("val_")})
+        metrics.update({f"retrained_{k[4:]}": v for k, v in kept.items() if k.startswith("val_")})
         metrics.update({f"quantized_{k}": v for k, v in evaluate(model, val, **kw).items()})
     stats = sws_.stats()
     report = CompressionReport(
@@ -116,7 +137,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
                                           "dead_unit_weights_dropped": q.dropped},
         covered=list(sws_.covered), history=history, codebook=q.codebook.tolist(), layers=stats["layers"],
         nonzero_share=stats["total"]["nonzero_share"], distinct_values=stats["total"]["distinct"],
-        seconds=time.perf_counter() - t0, world_size=distributed.world_size(), metrics=metrics)
+        seconds=time.perf_counter() - t0, world_size=distributed.world_size(), metrics=metrics,
+        budget=decision)
     if out is not None and distributed.is_main():
         from sws.format.stats import file_stats
         size = sws_.save(out)

@@ -17,7 +17,7 @@ from sws.errors import SwsError
 from sws.format.container import FormatError, InconsistentPayloadError, MalformedHeaderError, encode, read
 from sws.storage import atomic_write
 
-__all__ = ["USER_PREFIX", "save", "load"]
+__all__ = ["USER_PREFIX", "save", "encode_module", "load"]
 
 USER_PREFIX = "user:"   # model names of user-defined modules (``sws.compress``); load needs the module
 
@@ -71,11 +71,19 @@ def load(path, model: torch.nn.Module | None = None) -> torch.nn.Module:
 def save(path, model, *, codebook=None, quantized=None, name: str | None = None, **info) -> int:
     """Write a network as a ``.sws`` file, atomically; return its size in bytes.
 
-    The one writer of the project: ``sws.compress``, the CLI, the search and the
-    baselines all write through it.
+    The one writer of the project: ``sws.compress``, the CLI, the search, the accuracy
+    budget (which counts the bytes it would write) and the baselines all write through it.
+    Arguments as ``encode_module``'s.
+    """
+    blob = encode_module(model, codebook=codebook, quantized=quantized, name=name, **info)
+    atomic_write(Path(path), blob)
+    return len(blob)
+
+
+def encode_module(model, *, codebook=None, quantized=None, name: str | None = None, **info) -> bytes:
+    """The bytes of a network's ``.sws`` file.
 
     Args:
-      path: output file.
       model: an ``nn.Module`` (its ``state_dict``; a tensor reachable under several
         keys, as with tied parameters, is stored once and the other keys recorded as
         aliases) or a state dict.
@@ -116,6 +124,4 @@ def save(path, model, *, codebook=None, quantized=None, name: str | None = None,
             else torch.zeros(0)
         vals = np.unique(vals.numpy())
         codebook = np.concatenate([[0.0], vals[vals != 0]]).astype(np.float32)
-    blob = encode(state, codebook, [k for k in state if k in quantized], header)
-    atomic_write(Path(path), blob)
-    return len(blob)
+    return encode(state, codebook, [k for k in state if k in quantized], header)

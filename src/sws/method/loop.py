@@ -297,11 +297,20 @@ def retrain_optimizer(model, prior: GaussianMixturePrior, cfg: RetrainConfig) ->
 
 def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train, cfg: RetrainConfig, val=None,
             test=None, quiet: bool = False, on_epoch: Callable[[dict], object] | None = None, *,
-            covered: list[torch.Tensor] | None = None, **kw) -> list[dict]:
+            covered: list[torch.Tensor] | None = None, watch=None, **kw) -> list[dict]:
     """Retrain with loss + (tau / N) C; ``covered`` defaults to every trainable parameter
-    (``cfg.prior.cover`` = "weights": biases left out).  Keywords as ``fit``'s."""
+    (``cfg.prior.cover`` = "weights": biases left out).
+
+    ``watch``: a ``sws.method.watch.Budget`` (or any callable on the epoch's record with
+    ``state_dict``/``load_state_dict``): it sees each record first (and adds to it), may stop
+    training, and travels with the saved state.  Other keywords as ``fit``'s."""
     if covered is None:
         covered = [p for n, p in model.named_parameters()
                    if p.requires_grad and (cfg.prior.cover == "all" or not n.endswith("bias"))]
+    hook = on_epoch
+    if watch is not None:
+        def hook(rec):
+            stop = watch(rec)
+            return bool(on_epoch(rec) if on_epoch is not None else False) or stop
     return fit(model, train, cfg, retrain_optimizer(model, prior, cfg), prior=prior, covered=covered,
-               val=val, test=test, quiet=quiet, on_epoch=on_epoch, **kw)
+               val=val, test=test, quiet=quiet, on_epoch=hook, extra=watch, **kw)

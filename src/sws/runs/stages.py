@@ -27,6 +27,7 @@ from sws.method.files import load, save
 from sws.method.loop import pretrain, retrain
 from sws.method.postprocess import layer_stats, postprocess_
 from sws.method.surface import select_parameters
+from sws.method.watch import Budget
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.rundir import RunDir
@@ -52,7 +53,7 @@ def load_data(data: dict, data_dir=None):
         train, val, test = resolve_data(data["ref"])
         if data.get("train_subset"):
             train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
-        if val is None and data.get("val_size"):
+        if val is None and data.get("val_size", 0) > 0:
             if data["val_size"] >= len(train):
                 raise DataError(f"val_size {data['val_size']} leaves no training data ({len(train)} items)")
             perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(data.get("seed", 0) + 12345))
@@ -245,8 +246,16 @@ def _snapshot_writer(run: RunDir, prior, covered: dict, then, initial: bool = Tr
     return on_epoch
 
 
+def _header(meta: dict) -> dict:
+    """The header fields a run's ``.sws`` file is written with (``compress_run``)."""
+    if _is_user(meta):
+        return {"factory": meta["model"]}
+    return {"name": meta["model"], "input_norm": meta.get("input_norm", "none")}
+
+
 def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=False,
-                snapshots: bool = False, resume: bool = False, guard: bool = True) -> dict:
+                snapshots: bool = False, resume: bool = False, guard: bool = True,
+                qcfg: QuantizeConfig | None = None) -> dict:
     """Retrain the run's pretrained net with the prior.
 
     With ``snapshots``, the covered weights and the prior are saved after every
@@ -254,6 +263,11 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     figures are drawn from those files, outside the training loop.  With
     ``resume``, retraining continues from ``RUN/state-retrain`` with the
     settings recorded there, bit for bit as if it had not stopped.
+
+    Every epoch the post-processed network (``qcfg``'s merge threshold and dead units) is
+    evaluated on the validation split; with ``cfg.budget`` the state kept is the one with the
+    highest CR within ``cfg.max_error_increase`` points of the pretrained net's validation error
+    (``sws.method.watch.Budget``); ``metrics["budget"]`` records the decision.
     """
     run.require("pretrained", "run 'sws pretrain' first")
     state, on_state, wrap = _resumable(run, "retrain", "pretrained", resume)
@@ -265,22 +279,34 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
         run.invalidate_after("pretrained")
     covered = covered_of(model, cfg.prior)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
+    if state is not None and "watch" in state[1]:
+        qcfg = from_dict(QuantizeConfig, state[1]["watch"])
+    qcfg = qcfg or QuantizeConfig()
+    budget = Budget(model, prior, covered, val, threshold=qcfg.merge_threshold, dead_units=qcfg.drop_dead_units,
+                    max_error_increase=cfg.max_error_increase if cfg.budget else None,
+                    patience=cfg.patience if cfg.budget else 0, header=_header(meta))
     t0 = time.perf_counter()
     on_epoch = _history_writer(run, "retrain", state[1].get("history") if state else None)
     if snapshots:
         on_epoch = _snapshot_writer(run, prior, covered, on_epoch, initial=state is None)
+
+    def on_state_watch(tensors, meta):
+        on_state(tensors, {**meta, "watch": dataclasses.asdict(qcfg)})
     try:
         history = retrain(model, prior, train, cfg, val, test, quiet, on_epoch, covered=list(covered.values()),
-                          resume=state, on_state=on_state, guard=guard)
+                          watch=budget, resume=state, on_state=on_state_watch, guard=guard)
     except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
         raise wrap(e) from None
-    metrics = {"seconds": time.perf_counter() - t0,
-               **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
-               **{"nonzero_share_within_2sd": history[-1]["share_within_2sd_of_zero"]}}
+    decision = budget.decide()
+    kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
+    metrics = {"seconds": time.perf_counter() - t0, "epochs_run": len(history), "kept_epoch": kept["epoch"],
+               **{k: v for k, v in kept.items() if k.startswith(("test_", "val_", "pp_"))},
+               "nonzero_share_within_2sd": kept["share_within_2sd_of_zero"], "budget": decision}
     out = dict(model.state_dict())
     out.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
     run.save_stage("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
-                                      "retrain": dataclasses.asdict(cfg), "metrics": metrics})
+                                      "retrain": dataclasses.asdict(cfg), "watch": dataclasses.asdict(qcfg),
+                                      "metrics": metrics})
     run.update_json("metrics.json", "retrained", metrics)
     run.remove_state("retrain")
     return metrics
@@ -350,11 +376,7 @@ def compress_run(run_dir, out) -> int:
     run.require_current("quantized")
     tensors, meta = run.load("quantized")
     model = model_from_checkpoint(tensors, meta, str(run.path / "quantized.safetensors"))
-    name = meta["model"] if not _is_user(meta) else None
-    info = {"input_norm": meta.get("input_norm", "none")} if name else {"factory": meta["model"]}
-    # a reference net has no tied tensors: its checkpoint's tensors are written as they are
-    size = save(out, model if name is None else tensors, codebook=meta["codebook"], quantized=meta["covered"],
-                name=name, **info)
+    size = save(out, model, codebook=meta["codebook"], quantized=meta["covered"], **_header(meta))
     if Path(out).resolve().parent == run.path.resolve():
         run.update_json("metrics.json", "file", {"path": Path(out).name, "bytes": size,
                                                  "quantized_sha256": run.digest("quantized")})
