@@ -27,7 +27,7 @@ from sws.config import PretrainConfig
 from sws.viz.figures import (draw_frame, draw_run_figures, make_animation, mixture_from_state,
                          snapshots_are_current, subsample)
 from sws.runs.stages import run_pretrain
-from sws.viz.report import compression_ratio
+from sws.format.stats import file_stats
 from sws.runs.rundir import RunDir
 
 EPOCHS = 2
@@ -128,16 +128,20 @@ def test_report_is_self_contained(run):
 def test_report_gives_size_and_cr_of_sws_file(run, tmp_path):
     sws = run / "model.sws"
     kept = sws.read_bytes() if sws.is_file() else None
-    sws.write_bytes(b"\0" * 4321)
     try:
+        _cli("compress", run)
+        data = sws.read_bytes()
         _cli("report", run, "--out", tmp_path / "r.html")
+        page = (tmp_path / "r.html").read_text()
+        values = 266_610 + 2  # LeNet-300-100's parameters and its input normalisation's mean and std
+        assert f"{len(data):,} bytes" in page
+        assert f"<b>{32 * values / (8 * len(data)):.1f}</b>" in page
+        assert file_stats(data)["total"]["cr_file"] == pytest.approx(32 * values / (8 * len(data)))
+        sws.write_bytes(b"\0" * 4321)
+        _cli("report", run, "--out", tmp_path / "bad.html")
+        assert "not a readable .sws file" in (tmp_path / "bad.html").read_text()
     finally:
         sws.write_bytes(kept) if kept is not None else sws.unlink()
-    page = (tmp_path / "r.html").read_text()
-    n = 266_610  # LeNet-300-100, every parameter covered (tutorial cover "all")
-    assert "4,321 bytes" in page
-    assert f"{compression_ratio(n, 4321):.1f}" in page
-    assert compression_ratio(n, 4321) == pytest.approx(32 * n / (8 * 4321))
 
 
 def test_report_of_missing_folder_is_an_error(tmp_path, capsys):

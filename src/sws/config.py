@@ -105,6 +105,7 @@ class RetrainConfig:
     tau_start: float = 0.0           # tau at step 0 of a warm-up (> 0 for "exponential")
     tau_warmup_epochs: float = 0.0   # epochs over which tau goes from tau_start to tau
     lr_schedule: str = "constant"    # tutorial; "cosine": all four rates annealed to 0 (per step)
+    zero_sharpen: float = 1.0        # the zero component's target precision grows by this factor (1: tutorial)
     seed: int = 0
     budget: bool = True              # keep the best post-processed state within the accuracy budget
     max_error_increase: float = 0.3  # points of validation error over the pretrained net (issue 13)
@@ -126,6 +127,8 @@ class RetrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                               f"got {self.lr_schedule!r}")
+        if not (self.zero_sharpen >= 1 and math.isfinite(self.zero_sharpen)):
+            raise ConfigError(f"zero_sharpen must be a finite factor >= 1, got {self.zero_sharpen}")
         if not (self.max_error_increase >= 0 and math.isfinite(self.max_error_increase)):
             raise ConfigError(f"max_error_increase must be a number of points >= 0, got {self.max_error_increase}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
@@ -133,6 +136,12 @@ class RetrainConfig:
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
             raise ConfigError("an exponential tau warm-up needs tau_start > 0 and tau > 0")
         self.prior.validate()
+
+    def zero_beta_at(self, progress: float) -> float:
+        """The Gamma hyper-prior's rate on the zero component's precision after ``progress``
+        (0..1) of retraining: its target precision (alpha - 1) / beta grows geometrically by
+        ``zero_sharpen`` (paper section 3: the zero component should become a sharp spike)."""
+        return self.prior.zero_beta / self.zero_sharpen ** min(max(progress, 0.0), 1.0)
 
     def tau_at(self, epoch: float) -> float:
         """tau after ``epoch`` (fractional) epochs of retraining, per the schedule."""

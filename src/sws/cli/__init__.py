@@ -137,6 +137,8 @@ retrain_options = _options(
                  help="Learn pi0 under a Beta(--pi0-a, --pi0-b) prior (paper option)."),
     click.option("--pi0-a", type=float, default=None, help="Beta prior on pi0: a [1]."),
     click.option("--pi0-b", type=float, default=None, help="Beta prior on pi0: b [1]."),
+    click.option("--zero-sharpen", type=float, default=None, metavar="FACTOR",
+                 help="Grow the zero component's target precision by FACTOR over retraining (1: fixed) [1]."),
     click.option("--budget/--no-budget", "budget", default=None,
                  help="Keep the retrained state whose post-processed network has the highest CR within "
                       "--max-error-increase of the pretrained net's validation error, and stop when it no "

@@ -222,6 +222,9 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                     loss.backward()                  # under DDP: the data term's gradients are averaged
                     if prior is not None:
                         tau = cfg.tau_at(epoch - 1 + step / steps)
+                        if cfg.zero_sharpen != 1:
+                            with torch.no_grad():
+                                prior.beta[0] = cfg.zero_beta_at(((epoch - 1) * steps + step) / (cfg.epochs * steps))
                         # adds (tau / N) dC/dp to every gradient: the loss data + tau/N C
                         complexity = prior.backward_complexity(covered, tau / n_train)
                         distributed.average_gradients(prior_params)

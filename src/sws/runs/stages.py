@@ -17,11 +17,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch
 
-from sws.config import PretrainConfig, PriorConfig, QuantizeConfig, RetrainConfig, from_dict
-from sws.errors import CheckpointError, ConfigError, DataError, DivergenceError, SwsError, TrainingInterrupted
-from sws.method.batches import as_source, call_model
+from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
+from sws.errors import CheckpointError, ConfigError, DivergenceError, SwsError, TrainingInterrupted
 from sws.method.evaluate import evaluate
 from sws.method.files import load, save
 from sws.method.loop import pretrain, retrain
@@ -30,99 +28,13 @@ from sws.method.surface import select_parameters
 from sws.method.watch import Budget
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
+from sws.runs.inputs import (PRIOR_PREFIX, covered_of, check_fits, data_settings, header_of, load_data,
+                             load_test, load_weights, model_from_checkpoint, prior_from_checkpoint, scoring_set)
 from sws.runs.rundir import RunDir
-from sws.storage import load_strict
-from sws.zoo.mnist import load_mnist, load_mnist_test
-from sws.zoo.refs import resolve_data, resolve_model
+from sws.zoo.refs import resolve_model
 
 __all__ = ["run_pretrain", "run_retrain", "run_quantize", "compress_run", "evaluate_path", "evaluate_file",
            "model_from_checkpoint", "prior_from_checkpoint", "covered_of", "load_data", "load_test"]
-
-PRIOR_PREFIX = "prior."
-
-
-def data_settings(cfg: PretrainConfig) -> dict:
-    """What a run records about its data: the reference (None: MNIST), subset, split, seed."""
-    return {"ref": cfg.data or None, "train_subset": cfg.train_subset, "val_size": cfg.val_size,
-            "seed": cfg.seed}
-
-
-def load_data(data: dict, data_dir=None):
-    """(train, val, test) for the data settings recorded in a checkpoint."""
-    if data.get("ref"):
-        train, val, test = resolve_data(data["ref"])
-        if data.get("train_subset"):
-            train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
-        if val is None and data.get("val_size", 0) > 0:
-            if data["val_size"] >= len(train):
-                raise DataError(f"val_size {data['val_size']} leaves no training data ({len(train)} items)")
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(data.get("seed", 0) + 12345))
-            val = torch.utils.data.Subset(train, perm[:data["val_size"]].tolist())
-            train = torch.utils.data.Subset(train, perm[data["val_size"]:].tolist())
-        return train, val, test
-    train, val, test = load_mnist(data_dir, train_subset=data.get("train_subset") or None,
-                                  val_size=data.get("val_size", 0), seed=data.get("seed", 0))
-    _check_images(train, test)
-    return train, val, test
-
-
-def load_test(data: dict | None = None, data_dir=None):
-    """The set a finished network is scored on: the test split (MNIST's alone, without reading
-    the training images), else the validation split of a user's data."""
-    if data and data.get("ref"):
-        return _scoring_set(data, data_dir)[0]
-    test = load_mnist_test(data_dir)
-    _check_images(None, test)
-    return test
-
-
-def _check_images(train, test):
-    for name, d in (("training", train), ("test", test)):
-        if d is not None and tuple(d.x.shape[1:]) != (1, 28, 28):
-            raise DataError(f"{name} images have shape {tuple(d.x.shape[2:])}, the models take 28x28")
-
-
-def _check_fits(model, train, ref: str):
-    """One forward pass on two training items, so a model/data mismatch is one clear line."""
-    x, _ = as_source(train).batch(torch.arange(min(2, len(train))))
-    try:
-        with torch.no_grad():
-            call_model(model.eval(), x)
-    except Exception as e:  # noqa: BLE001 - the user's model meets the user's data
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise DataError(f"the model {ref} cannot take the training inputs (batch of shape {shape}): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    finally:
-        model.train()
-
-
-def model_from_checkpoint(tensors: dict, meta: dict, where: str = "checkpoint") -> torch.nn.Module:
-    """Rebuild the recorded model (by name or reference) and load its tensors strictly."""
-    model = resolve_model(meta["model"], meta.get("input_norm", "none"))
-    state = {k: v for k, v in tensors.items() if not k.startswith(PRIOR_PREFIX)}
-    load_strict(model, state, where, f"tensors do not match model {meta['model']!r}")
-    return model
-
-
-def covered_of(model, prior_cfg: dict | PriorConfig) -> dict:
-    """The parameters the prior covers (``sws.method.surface.select_parameters``)."""
-    cover = prior_cfg["cover"] if isinstance(prior_cfg, dict) else prior_cfg.cover
-    return select_parameters(model, cover=cover)
-
-
-def prior_from_checkpoint(tensors: dict, meta: dict) -> GaussianMixturePrior:
-    pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
-    prior = GaussianMixturePrior(dataclasses.replace(pcfg, init="linspace"))
-    state = {k[len(PRIOR_PREFIX):]: v for k, v in tensors.items() if k.startswith(PRIOR_PREFIX)}
-    if "pi0" in state:  # checkpoints written before pi0 could be learned stored pi0 itself
-        pi0 = state.pop("pi0").double()
-        state["pi0_logit"] = torch.log(pi0 / (1 - pi0)).float()
-    try:
-        prior.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"prior tensors do not match the recorded prior settings ({e})") from None
-    return prior
-
 
 def _history_writer(run: RunDir, stage: str, records: list[dict] | None = None, then=None):
     records = list(records or [])
@@ -181,7 +93,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
     data = data_settings(cfg)
     train, val, test = load_data(data, data_dir)
     model = resolve_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
-    _check_fits(model, train, cfg.model)
+    check_fits(model, train, cfg.model)
     if state is None:
         run.invalidate_after(None)
     t0 = time.perf_counter()
@@ -209,25 +121,6 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
     return metrics
 
 
-def load_weights(model, path) -> None:
-    """Pretrained weights from a safetensors file or a state dict (``torch.load(weights_only=True)``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: --weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file
-        raise CheckpointError(f"{path}: not a safetensors file or a state dict "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict of tensors")
-    load_strict(model, state, str(path), "weights do not match the model")
-
-
 def _snapshot_writer(run: RunDir, prior, covered: dict, then, initial: bool = True):
     """Per-epoch snapshots of the covered weights and the prior, for figures."""
     folder = run.path / "snapshots"
@@ -244,13 +137,6 @@ def _snapshot_writer(run: RunDir, prior, covered: dict, then, initial: bool = Tr
     if initial:
         save_snapshot(0)
     return on_epoch
-
-
-def _header(meta: dict) -> dict:
-    """The header fields a run's ``.sws`` file is written with (``compress_run``)."""
-    if _is_user(meta):
-        return {"factory": meta["model"]}
-    return {"name": meta["model"], "input_norm": meta.get("input_norm", "none")}
 
 
 def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=False,
@@ -284,7 +170,7 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     qcfg = qcfg or QuantizeConfig()
     budget = Budget(model, prior, covered, val, threshold=qcfg.merge_threshold, dead_units=qcfg.drop_dead_units,
                     max_error_increase=cfg.max_error_increase if cfg.budget else None,
-                    patience=cfg.patience if cfg.budget else 0, header=_header(meta))
+                    patience=cfg.patience if cfg.budget else 0, header=header_of(meta))
     t0 = time.perf_counter()
     on_epoch = _history_writer(run, "retrain", state[1].get("history") if state else None)
     if snapshots:
@@ -312,16 +198,6 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     return metrics
 
 
-def _scoring_set(data: dict, data_dir):
-    """(data set, split name) a finished stage is scored on: the test set, else validation."""
-    if data.get("ref"):
-        _, val, test = load_data(data, data_dir)
-        if test is None and val is None:
-            raise DataError(f"--data {data['ref']}: has neither a test nor a validation set to evaluate on")
-        return (test, "test") if test is not None else (val, "val")
-    return load_test(data, data_dir), "test"
-
-
 def _scores(rec: dict, split: str, prefix: str = "") -> dict:
     return {f"{prefix}{split}_{k}": v for k, v in rec.items()}
 
@@ -334,7 +210,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     model = model_from_checkpoint(tensors, meta, str(run.path / "retrained.safetensors"))
     prior = prior_from_checkpoint(tensors, meta)
     covered = covered_of(model, meta["retrain"]["prior"])
-    test, split = _scoring_set(meta["data"], data_dir)
+    test, split = scoring_set(meta["data"], data_dir)
     run.invalidate_after("retrained")
     retrained_eval = evaluate(model, test)
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units)
@@ -376,16 +252,11 @@ def compress_run(run_dir, out) -> int:
     run.require_current("quantized")
     tensors, meta = run.load("quantized")
     model = model_from_checkpoint(tensors, meta, str(run.path / "quantized.safetensors"))
-    size = save(out, model, codebook=meta["codebook"], quantized=meta["covered"], **_header(meta))
+    size = save(out, model, codebook=meta["codebook"], quantized=meta["covered"], **header_of(meta))
     if Path(out).resolve().parent == run.path.resolve():
         run.update_json("metrics.json", "file", {"path": Path(out).name, "bytes": size,
                                                  "quantized_sha256": run.digest("quantized")})
     return size
-
-
-def _is_user(meta: dict) -> bool:
-    from sws.zoo.models import MODELS
-    return meta["model"] not in MODELS
 
 
 def evaluate_path(path: str | Path, data_dir=None) -> dict:

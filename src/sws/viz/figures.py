@@ -297,12 +297,15 @@ def _loss(rec: dict, split: str):
 
 
 def draw_training_curves(history: list[dict], path, pretrained_accuracy: float | None = None,
-                         dpi: int = 100) -> Path:
-    """Retraining's cross-entropy, complexity term and accuracy over epochs."""
+                         dpi: int = 100, budget: dict | None = None) -> Path:
+    """Retraining's data loss, complexity term, accuracy, and the post-processed network's
+    validation accuracy and CR over epochs (with the accuracy budget and the kept epoch)."""
     recs = [r for r in history if r.get("stage") == "retrain"]
     ep = [r["epoch"] for r in recs]
-    fig = Figure(figsize=(12, 3.6), dpi=dpi, layout="constrained")
-    ax_ce, ax_cx, ax_acc = fig.subplots(1, 3)
+    watched = bool(recs) and "pp_val_error" in recs[-1]
+    fig = Figure(figsize=(16 if watched else 12, 3.6), dpi=dpi, layout="constrained")
+    axes = fig.subplots(1, 4 if watched else 3)
+    ax_ce, ax_cx, ax_acc = axes[:3]
     ax_ce.plot(ep, [_loss(r, "train") for r in recs], "o-", label="train")
     for split in ("val", "test"):
         if recs and _loss(recs[0], split) is not None:
@@ -313,10 +316,25 @@ def draw_training_curves(history: list[dict], path, pretrained_accuracy: float |
     for split in ("val", "test"):
         if recs and f"{split}_accuracy" in recs[0]:
             ax_acc.plot(ep, [100 * r[f"{split}_accuracy"] for r in recs], "o-", label=split)
+    if watched:
+        pp = [r for r in recs if "pp_val_error" in r]
+        ax_acc.plot([r["epoch"] for r in pp], [100 * (1 - r["pp_val_error"]) for r in pp], "s-",
+                    color="#d62728", label="val, post-processed")
+        ax_cr = axes[3]
+        ax_cr.plot([r["epoch"] for r in pp], [r["pp_cr"] for r in pp], "s-", color="#d62728")
+        ax_cr.set_title("post-processed CR (file bytes)")
+        ax_cr.set_yscale("log")
+        limit = (budget or {}).get("limit_val_error")
+        if limit is not None:
+            ax_acc.axhline(100 * (1 - limit), ls=":", color="#d62728", label="budget")
+        kept = (budget or {}).get("epoch")
+        if kept is not None:
+            for ax in (ax_acc, ax_cr):
+                ax.axvline(kept, ls="--", color="#2ca02c", lw=1, label="kept" if ax is ax_acc else None)
     if pretrained_accuracy is not None:
         ax_acc.axhline(100 * pretrained_accuracy, ls="--", color="#7f7f7f", label="pretrained")
     ax_acc.set_title("accuracy (%)")
-    for ax in (ax_ce, ax_cx, ax_acc):
+    for ax in axes:
         ax.set_xlabel("retraining epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -391,8 +409,11 @@ def draw_run_figures(run_dir, out_dir=None, frames: bool = True) -> dict[str, Pa
         written["layer_sparsity"] = draw_layer_sparsity(bars, out / "layer_sparsity.png")
     history = run.read_json("history.json", [])
     if any(r.get("stage") == "retrain" for r in history):
-        pre = run.read_json("metrics.json", {}).get("pretrained", {}).get("test_accuracy")
-        written["training_curves"] = draw_training_curves(history, out / "training_curves.png", pre)
+        metrics = run.read_json("metrics.json", {})
+        pre = metrics.get("pretrained", {})
+        pre = pre.get("val_accuracy", pre.get("test_accuracy"))
+        written["training_curves"] = draw_training_curves(history, out / "training_curves.png", pre,
+                                                          budget=metrics.get("retrained", {}).get("budget"))
         epochs, mixtures = _mixture_series(run)
         written["mixture"] = draw_mixture_evolution(epochs, mixtures, out / "mixture.png")
     return written

@@ -13,16 +13,17 @@ import base64
 import datetime as _dt
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from sws.format.container import FormatError
+from sws.format.stats import file_stats
 from sws.viz.figures import draw_run_figures, stage_weights
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 
-__all__ = ["compression_ratio", "write_report"]
+__all__ = ["write_report"]
 
 SWS_FILE = "model.sws"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -37,11 +38,6 @@ figcaption{color:#555;font-size:.9em}pre{background:#f6f6f6;padding:.8em;overflo
 .muted{color:#777}.row{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}
 .row figure{flex:1 1 400px;max-width:570px}
 """
-
-
-def compression_ratio(n_weights: int, file_size: int) -> float:
-    """CR = 32 n / (8 size): float32 bits of the covered weights over the file's bits."""
-    return 32.0 * n_weights / (8.0 * file_size)
 
 
 def _pct(x):
@@ -81,13 +77,22 @@ def _metrics_section(run: RunDir, weights: dict) -> str:
     n = sum(v.size for v in next(iter(weights.values()), {}).values()) if weights else 0
     sws_file = run.path / SWS_FILE
     facts = [f"covered weights: {n:,} ({4 * n:,} bytes as float32)"]
+    total = None
     if sws_file.is_file() and n:
-        size = os.path.getsize(sws_file)
-        facts.append(f"compressed file <code>{SWS_FILE}</code>: {size:,} bytes, "
-                     f"compression ratio CR = 32&middot;n / (8&middot;size) = "
-                     f"<b>{compression_ratio(n, size):.1f}</b>")
-    else:
+        try:
+            total = file_stats(sws_file.read_bytes())["total"]
+        except FormatError as e:
+            facts.append(f"<code>{SWS_FILE}</code> is not a readable .sws file: {html.escape(str(e))}")
+    if total is not None:
+        facts.append(f"compressed file <code>{SWS_FILE}</code>: {total['file_bytes']:,} bytes, "
+                     f"compression rate CR = 32&middot;values / (8&middot;bytes) = "
+                     f"<b>{total['cr_file']:.1f}</b> ({total['cr_paper']:.1f} by the paper's accounting)")
+    elif not sws_file.is_file():
         facts.append(f"no compressed file (<code>{SWS_FILE}</code>) in the run folder")
+    decision = metrics.get("retrained", {}).get("budget") or {}
+    if decision.get("message"):
+        facts.append(("<b>warning:</b> " if decision["status"] == "over" else "accuracy budget: ")
+                     + html.escape(decision["message"]))
     if q.get("codebook") is not None:
         facts.append(f"codebook ({len(q['codebook'])} values, "
                      f"{q.get('components_before_merge', '?')} components before merging): "
