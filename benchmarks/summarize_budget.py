@@ -22,7 +22,8 @@ def main(argv):
               f"limit {100 * (budget.get('limit_val_error') or float('nan')):.2f} %")
         for r in hist:
             print(f"  {r['epoch']:>3}  val {100 * r.get('val_error', float('nan')):5.2f} %  "
-                  f"pp {100 * r.get('pp_val_error', float('nan')):5.2f} %  nz {100 * r.get('pp_nonzero_share', 0):5.2f} %"
+                  f"pp {100 * r.get('pp_val_error', float('nan')):5.2f} %  "
+                  f"nz {100 * r.get('pp_nonzero_share', 0):5.2f} %"
                   f"  CR {r.get('pp_cr', float('nan')):7.1f}  sd0 {r['prior']['stds'][0]:.4f}  {r['seconds']:.1f} s")
         q = metrics.get("quantized", {})
         if q:

@@ -57,7 +57,8 @@ class TupleNet(MLP):
 def test_cli_and_compress_give_bit_identical_weights(tmp_path, capsys, mnist_dir):
     run = tmp_path / "run"
     code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
-                        "--train-subset", "1024", "--val-size", "0", "--pretrain-epochs", "1", "--epochs", "2", "--quiet")
+                        "--train-subset", "1024", "--val-size", "0", "--pretrain-epochs", "1", "--epochs", "2",
+                        "--quiet")
     assert code == 0, err
     tensors, meta = load_checkpoint(run / "pretrained")
     model = build_model("lenet-300-100")
