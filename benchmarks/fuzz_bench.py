@@ -13,11 +13,12 @@ Two parts, both printed as markdown (and written as JSON with ``--json``):
    and by ``sws.load`` in a fresh process: the call's wall time, the process's peak RSS and
    the RSS after importing ``sws`` (the interpreter and torch).  ``--before REV`` runs the same
    files against the package at git revision REV (``git archive`` into a temporary folder),
-   under a 4 GiB address-space limit so that a bomb cannot take the machine.
+   under a 4 GiB address-space limit so that a bomb cannot take the machine, and the fuzz
+   cases too (what the old reader raised, and how long it took).
 
 Usage::
 
-    python benchmarks/fuzz_bench.py [--cases 10000] [--seed 16] [--before REV] [--json OUT]
+    python benchmarks/fuzz_bench.py [--cases 10000] [--seed 16] [--before REV] [--huffman] [--json OUT]
 """
 
 from __future__ import annotations
@@ -72,6 +73,98 @@ def fuzz(cases: int, seed: int) -> dict:
             "by_edit": {f"{k}|{v}": c for (k, v), c in sorted(by_edit.items())},
             "max_case_seconds": worst["seconds"], "max_traced_peak_mib": worst["peak_bytes"] / 2 ** 20,
             "file_bytes": [min(sizes), max(sizes)]}
+
+
+_FUZZ_BEFORE = r"""
+import collections, json, sys, time
+sys.path.insert(0, sys.argv[3])
+from sws.format import container as ff
+for name in ("ElementLimitError",):             # what the generator's module names, if missing
+    if not hasattr(ff, name):
+        setattr(ff, name, type(name, (ff.FormatError,), {}))
+for name, value in (("MIN_MAX_TENSORS", 4096), ("DEFAULT_MAX_ELEMENTS", 2 ** 25),
+                    ("MAX_ELEMENTS_ENV", "SWS_MAX_ELEMENTS")):
+    if not hasattr(ff, name):
+        setattr(ff, name, value)
+import test_fuzz_format as t
+from hypothesis import HealthCheck, given, settings, seed
+from sws.format.stats import file_stats
+tally, slow, worst = collections.Counter(), 0, 0.0
+
+@seed(int(sys.argv[2]))
+@settings(max_examples=int(sys.argv[1]), deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(t.hostile_files())
+def run(case):
+    global slow, worst
+    data, _ = case
+    for step in (ff.decode, file_stats):
+        t0 = time.perf_counter()
+        try:
+            step(data)
+            outcome = "ok"
+        except ff.FormatError:
+            outcome = "named FormatError"
+        except Exception as e:   # noqa: BLE001 - what the old reader raised
+            outcome = type(e).__name__
+        dt = time.perf_counter() - t0
+        slow += dt > 1
+        worst = max(worst, dt)
+        tally[f"{step.__name__}|{outcome}"] += 1
+run()
+print(json.dumps({"outcomes": dict(tally), "over_1s": slow, "max_seconds": worst}))
+"""
+
+
+def fuzz_before(cases: int, seed: int, src: Path) -> dict:
+    """The same generator against the package in ``src`` (an old revision), under a 4 GiB
+    address-space limit: what the reader raised and how long it took."""
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _FUZZ_BEFORE, str(cases), str(seed), str(ROOT / "tests")],
+                          env=env, capture_output=True, text=True, timeout=7200,
+                          preexec_fn=_limit_address_space(4 << 30))
+    if proc.returncode:
+        return {"error": proc.stderr.strip().splitlines()[-1:]}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": time.perf_counter() - t0}
+
+
+def huffman_memory(rev: str | None) -> dict:
+    """Traced peak memory and time of decoding 8,000,000 bits (1-bit codes, and a 64-symbol
+    code), by this tree's decoder and by the one at ``rev``."""
+    import importlib.util
+    import tracemalloc
+
+    import numpy as np
+    sources = {"after": (ROOT / "src/sws/format/huffman.py").read_text()}
+    if rev:
+        sources["before"] = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/sws/format/huffman.py"],
+                                           capture_output=True, text=True, check=True).stdout
+    out = {}
+    for label, text in sources.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "huffman_under_test.py"
+            path.write_text(text)
+            spec = importlib.util.spec_from_file_location(f"huffman_{label}", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        rng = np.random.default_rng(0)
+        for k in (2, 64):
+            counts = rng.integers(1, 1000, k)
+            ln = mod.code_lengths(counts)
+            p = counts / counts.sum()
+            n = int(8_000_000 / (ln * p).sum())
+            sym = rng.choice(k, size=n, p=p)
+            data, nbits = mod.encode(sym, ln)
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            got = mod.decode(data, nbits, ln, n)
+            seconds = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert np.array_equal(got, sym)
+            out[f"{label}|{k} symbols"] = {"bits": nbits, "symbols": n, "seconds": seconds,
+                                           "peak_mib": peak / 2 ** 20, "bytes_per_bit": peak / nbits}
+    return out
 
 
 # --- part 2: the worst files -----------------------------------------------------------
@@ -130,8 +223,8 @@ def worst_files() -> dict[str, tuple[str, bytes]]:
                                  "1 MB", _model([_fillers("0.weight", [2 ** 25], 3, 2 ** 22)])),
         "tensor-limit-small": (f"{ff.MIN_MAX_TENSORS} sparse tensors of 200 entries (block decoder)",
                                _model([_dense(str(i), 200) for i in range(ff.MIN_MAX_TENSORS)])),
-        "tensor-limit-1MB": (f"{ff.MIN_MAX_TENSORS} sparse tensors of 1,000 entries, 1 MB",
-                             _model([_dense(str(i), 1000) for i in range(ff.MIN_MAX_TENSORS)])),
+        "tensor-limit-1MB": (f"{ff.MIN_MAX_TENSORS} sparse tensors of 1,950 entries, 1 MB",
+                             _model([_dense(str(i), 1950) for i in range(ff.MIN_MAX_TENSORS)])),
         "20k-tensors": ("20,000 sparse tensors of one entry (past the tensor limit)",
                         _model([_dense(str(i), 1) for i in range(20000)])),
         "1MiB-header": ("a header inflating to just under 1 MiB, one tensor",
@@ -229,6 +322,24 @@ def markdown(res: dict) -> str:
                   "| --- |" + " ---: |" * len(outcomes)]
         for edit in sorted(edits):
             lines.append(f"| {edit} | " + " | ".join(f"{edits[edit].get(o, 0):,}" for o in outcomes) + " |")
+    if "fuzz_before" in res:
+        f = res["fuzz_before"]
+        lines += ["", f"The same {res['fuzz']['cases']:,} cases against {res.get('before_rev')} (4 GiB "
+                  f"address-space limit): {f.get('over_1s', '?')} calls over 1 s, the slowest "
+                  f"{f.get('max_seconds', 0):.2f} s", "", "| call | outcome | cases |", "| --- | --- | ---: |"]
+        for key, c in sorted(f.get("outcomes", {}).items()):
+            call, outcome = key.split("|")
+            lines.append(f"| {call} | {outcome} | {c:,} |")
+        if "error" in f:
+            lines.append(f"(the run stopped: {f['error']})")
+    if "huffman" in res:
+        lines += ["", "Huffman decoding of 8,000,000 bits (traced peak):", "",
+                  "| decoder | code | symbols | s | peak MiB | bytes per bit |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for key, r in res["huffman"].items():
+            label, code = key.split("|")
+            lines.append(f"| {label} | {code} | {r['symbols']:,} | {r['seconds']:.2f} | {r['peak_mib']:.0f} "
+                         f"| {r['bytes_per_bit']:.1f} |")
     for label in ("after", "before"):
         if label not in res:
             continue
@@ -258,19 +369,24 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--before", metavar="REV", help="also measure the worst files at this git revision")
     ap.add_argument("--no-worst", action="store_true", help="skip the worst files")
+    ap.add_argument("--huffman", action="store_true", help="also the Huffman decoder's memory")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     res = {"machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start",
-           "python": sys.version.split()[0]}
+           "python": sys.version.split()[0], "before_rev": args.before}
     if not args.no_worst:
         files = worst_files()
         res["after"] = measure(files, ROOT / "src")
         if args.before:
             with _before_source(args.before) as src:
                 res["before"] = measure(files, Path(src) / "src", limit_bytes=4 << 30)
-            res["before_rev"] = args.before
+    if args.huffman:
+        res["huffman"] = huffman_memory(args.before)
     if args.cases:
         res["fuzz"] = fuzz(args.cases, args.seed)
+        if args.before:
+            with _before_source(args.before) as src:
+                res["fuzz_before"] = fuzz_before(args.cases, args.seed, Path(src) / "src")
     print(markdown(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
