@@ -64,7 +64,8 @@ def postgres():
         if runuser is None:
             pytest.skip("running as root and runuser (util-linux) is missing to start the server as postgres")
         prefix = [runuser, "-u", "postgres", "--"]
-    base = Path(tempfile.mkdtemp(prefix="sws-pg-"))
+    # under /tmp when root: $TMPDIR may be a folder the postgres user cannot enter
+    base = Path(tempfile.mkdtemp(prefix="sws-pg-", dir="/tmp" if prefix and os.path.isdir("/tmp") else None))
     os.chmod(base, 0o755)
     sock = base / "sock"
     sock.mkdir()
@@ -97,7 +98,15 @@ def _search(out, storage, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "sws.cli", "search", "run", str(out), "--trials", str(N_TRIALS),
                              "--n-workers", "2", "--storage", storage, *TINY, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)     # its workers can be stopped with it, see _stop
+
+
+def _stop(proc):
+    """Kill a search that is still running, its workers with it (one process group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def _load(url):
@@ -161,12 +170,15 @@ def _run_interrupt_resume(tmp_path, mnist_dir, storage, url, sig, monkeypatch):
     monkeypatch.setenv("SWS_DATA_DIR", str(mnist_dir))
     out = tmp_path / "search"
     proc = _search(out, storage)
-    interrupted = _interrupt_one_worker(proc, url, sig)
-    first, _ = proc.communicate(timeout=300)
-    assert proc.returncode != 0, first      # a worker was interrupted: the session says so
-    proc = _search(out, storage)            # resume
-    second, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, second
+    try:
+        interrupted = _interrupt_one_worker(proc, url, sig)
+        first, _ = proc.communicate(timeout=300)
+        assert proc.returncode != 0, first      # a worker was interrupted: the session says so
+        proc = _search(out, storage)            # resume
+        second, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, second
+    finally:
+        _stop(proc)
     assert json.loads((out / "search.json").read_text())["storage"] == storage
     return _check_study(out, url, interrupted), first, second
 
