@@ -7,52 +7,102 @@
  * and the per-component sums S0 = sum r, S1 = sum r d, S2 = sum r d^2
  * (d = w - mu_j) that give the gradients of C for the mixture parameters.
  *
- * A table over a grid of G cells covering the weights' range makes this cheap.
- * For each cell it lists the components whose responsibility can exceed
- * exp(-cut) of the best one anywhere in the cell (kernel.py passes cut = 20
- * plus a margin: dropped terms change log p by less than J exp(-20), below
- * float32 resolution), and classifies it:
- *  - EXPAND: log p is, across the cell, a quadratic in the offset delta from
- *    the cell centre: exactly so when one component is active; to second
- *    order when several are but the responsibilities vary slowly across the
- *    cell (bounds on the neglected third-order terms, relative to the
- *    responsibilities and to the gradient's local scale, are <= SMOOTH).  A
- *    weight then costs a few flops: its gradient is -(L1 + L2 delta), and it
- *    adds 1, delta, delta^2 to the cell's moments, from which sws_finish
- *    forms log p and S0, S1, S2 for the whole cell.
- *  - EXACT: near a sharp boundary between components each weight is
- *    evaluated exactly over the cell's active components.
- * Weights outside the grid use every component, exactly.
+ * Geometry (planned every few calls by sws_plan, kept in the workspace): the
+ * weights' range is cut into G coarse cells, each split recursively into
+ * halves where needed, down to a fine grid of F = G 2^D cells, into leaves
+ * over which log p is a quadratic in the offset d from the leaf's centre to
+ * within PLAN_SMOOTH (exactly so where one component is active).  Each leaf
+ * lists the components whose responsibility can exceed exp(-cut) of the best
+ * one anywhere in it (kernel.py passes cut = 20 plus a margin: dropped terms
+ * change log p by less than J exp(-20), below float32 resolution).  Only
+ * coarse cells that held weights at the last call are refined.  A map from
+ * fine cells to leaves finds a weight's leaf with one load.
+ *
+ * Per call (sws_eval) a leaf's coefficients are computed, for the current
+ * mixture, the first time a weight lands in it: log p and its first two
+ * derivatives at the centre, the responsibilities and their derivatives.  A
+ * weight in it then costs a few flops: its gradient is A + B d, and it adds
+ * (1, d, d^2) to the leaf's moments, from which the leaf's contribution to
+ * log p and S0, S1, S2 follows at the end.  A leaf whose mixture has become
+ * too sharp for the expansion since the plan (the bound on the neglected
+ * third-order terms exceeds SMOOTH) is EXACT for this call: its weights are
+ * evaluated exactly over its active components; weights off the grid use
+ * every component, exactly.
+ *
+ * The pass is a scalar loop of about 25 instructions per weight: on this
+ * kind of CPU a gather costs more per element than the whole lookup, so the
+ * vector units only add the moments (one 256-bit add per weight where the
+ * CPU has AVX2, a run-time check; SSE2 otherwise, the same numbers).  It is
+ * split over two threads (a persistent worker) when asked to.  Each thread
+ * keeps its own copy of the coefficients of the leaves it touches and its own
+ * moments, in K interleaved copies (weight i adds to copy i mod K, which keeps
+ * consecutive weights in one leaf from waiting on each other), so a call's
+ * result depends only on its inputs and the thread count.
  *
  * No Python API is used: the shared object is loaded with ctypes (kernel.py).
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <Python.h>
 
-#define SMOOTH 1e-4
-#define MAXJ 256
-#define PARALLEL_MIN 32768     /* weights below which a second thread does not pay */
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define SWS_X86 1
+#include <immintrin.h>
+#endif
 
-typedef struct {        /* one grid cell, read for every weight in it; 32 bytes */
-    double L1, L2;      /* d log p / dw and d2 log p / dw2 at the centre (EXPAND) */
-    double centre;
-    int64_t exact;
-} cell_t;
+#define SMOOTH 1e-4         /* per call: bound on the expansion's relative error */
+#define PLAN_SMOOTH 2e-5    /* when planning: leaves finer than needed, for the mixture's drift */
+#define MAXJ 256
+#define FINE_BITS 17        /* at most 2^17 fine cells */
+#define MAX_LEAVES 65534    /* leaf ids are uint16, the last one the off-grid dummy */
+#ifndef K
+#define K 4                 /* interleaved copies of the moments (4 or 8) */
+#endif
+#if K == 8
+#define UNROLL8(x) x
+#else
+#define UNROLL8(x)
+#endif
+#define MAXT 2
+#define SPLIT_MIN 8.0       /* weights a leaf must have held for its halves to pay */
+
+enum { UNBUILT = 0, EXPAND = 1, EXACT = 2 };
+enum { NO_GRAD = 0, SET_GRAD = 1, ADD_GRAD = 2 };
+
+typedef struct { double A, B, C, c; } rec_t;    /* g = A + B d + C d^2, d = w - c; A NaN unless EXPAND */
+typedef struct { double L[4]; int32_t state, pad; } coef_t;   /* log p and 3 derivatives at c */
+
+typedef struct {                /* one thread's per-call data */
+    rec_t *rec;                 /* L + 1: the last one, the off-grid dummy, is never ready */
+    coef_t *coef;               /* L */
+    double *r4;                 /* E x 4: r, r', r'', r''' of each active entry (EXPAND leaves) */
+    double *mom;                /* L x K x 4: moments m0 .. m3 of d */
+    uint64_t *built;            /* bitmap of the leaves built this call */
+    double *acc;                /* 1 + 3J: sums of EXACT and off-grid weights */
+    double lo, hi;              /* range of the finite weights seen */
+    int64_t n_exact, n_built;
+} thr_t;
 
 typedef struct {
-    int J, G;
-    double lo, h;
-    const double *mu, *lam, *logc;
-    int32_t *cnt, *idx;             /* per cell c: cnt[c] active components in idx[c*J ...] */
-    double *r, *r1, *r2;            /* per active entry of an EXPAND cell: r_j and derivatives */
-    cell_t *cells;
-    double *L0;                     /* per cell: log p at the centre */
-    double *mom;                    /* per cell: moments m0, m1, m2 of the weights' offsets */
-    double *mom2, *out2;            /* the second thread's moments and sums */
-    int64_t n_exact;                /* out: weights evaluated exactly (EXACT cells, off grid) */
-} table_t;
+    int J, G, D, L, E;          /* components, coarse cells, depth, leaves, active entries */
+    int64_t F;                  /* fine cells, G << D */
+    double lo, h;               /* coarse cell c: [lo + c h, lo + (c + 1) h) */
+    double flo, inv_hf;         /* fine index (int)((w - flo) inv_hf), 1..F on the grid */
+    uint16_t *map;              /* F + 2: each fine cell's leaf; 0 and F + 1: the dummy L */
+    int32_t *start;             /* L + 1: each leaf's first fine cell (1-based); F + 1 last */
+    int32_t *off;               /* L + 1: active sets, offsets into idx */
+    int32_t *idx;               /* E */
+    int32_t *occ;               /* G: the weights each coarse cell held at the last call */
+    double *centre, *half;      /* L */
+    thr_t th[MAXT];
+    const double *mu, *lam, *logc;   /* the current call's mixture */
+} ws_t;
+
+/* ------------------------------------------------------------------ maths */
 
 /* exp(x) for x <= 0 to about 1e-15 relative, without a libm call. */
 static inline double exp_neg(double x)
@@ -88,267 +138,879 @@ static double responsibilities(int k, const int32_t *idx, const double *mu, cons
     return m + log(s);
 }
 
-/* List the active components of cells c0..c1-1 (cut: log-responsibility margin). */
-static void build_sets(table_t *t, double cut, int c0, int c1)
+/* The components among cand[0..nc-1] that can matter in [a, b] (log-responsibility margin
+ * cut); returns their count.  Where cand is the active set of an interval around [a, b],
+ * the result is the same as from all J components. */
+static int active_set(const ws_t *ws, double a, double b, double cut, const int32_t *cand, int nc,
+                      int32_t *idx)
 {
-    int J = t->J;
-    const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
-    for (int c = c0; c < c1; c++) {
-        double a = t->lo + c * t->h, b = a + t->h, best_lower = -INFINITY;
-        for (int j = 0; j < J; j++) {
-            double far = fmax(fabs(a - mu[j]), fabs(b - mu[j]));
-            double lower = logc[j] - 0.5 * lam[j] * far * far;
-            best_lower = lower > best_lower ? lower : best_lower;
-        }
-        int n = 0;
-        int32_t *idx = t->idx + (int64_t)c * J;
-        for (int j = 0; j < J; j++) {
-            double near = mu[j] < a ? a - mu[j] : (mu[j] > b ? mu[j] - b : 0.0);
-            if (logc[j] - 0.5 * lam[j] * near * near >= best_lower - cut) idx[n++] = j;
-        }
-        t->cnt[c] = n;
+    const double *mu = ws->mu, *lam = ws->lam, *logc = ws->logc;
+    double best_lower = -INFINITY;
+    int n = 0;
+    for (int q = 0; q < nc; q++) {
+        int j = cand[q];
+        double far = fmax(fabs(a - mu[j]), fabs(b - mu[j]));
+        double lower = logc[j] - 0.5 * lam[j] * far * far;
+        best_lower = lower > best_lower ? lower : best_lower;
+    }
+    for (int q = 0; q < nc; q++) {
+        int j = cand[q];
+        double near = mu[j] < a ? a - mu[j] : (mu[j] > b ? mu[j] - b : 0.0);
+        if (logc[j] - 0.5 * lam[j] * near * near >= best_lower - cut) idx[n++] = j;
+    }
+    return n;
+}
+
+/* The expansion of log p = F at x over the k components ix, for a leaf of half width hh:
+ * L[0..3] = F and its first three derivatives, the normalised responsibilities r and the
+ * deviations Y_j = a_j - F' (a_j = -lam_j (x - mu_j)); returns a bound on the relative
+ * error of the cubic expansion over the leaf.  With E over the responsibilities and
+ * Z_j = lam_j - E lam,
+ *   F' = E a,  F'' = E Y^2 - E lam,  F''' = E Y^3 - 3 E[Y Z],
+ *   F'''' = (E Y^4 - 3 (E Y^2)^2) - 6 E[Y^2 Z] + 3 E Z^2.
+ * Over the half leaf, log r_j varies by at most v_j = |Y_j| hh + |lam_j + F''| hh^2 / 2
+ * + |F'''| hh^3 / 6 (to third order), so r_j by a factor e^v_j, and Y_j by at most
+ * |lam_j + F''| hh + |F'''| hh^2 / 2.  Through these, |F''''| over the leaf is at most
+ * max(M4, 2 M2^2) + 6 sqrt(M4 VZ) + 3 VZ, M4, M2 and VZ bounds on E Y^4, E Y^2 and E Z^2
+ * there.  The bound returned is the larger of the responsibilities' fourth-order remainder
+ * (sum_j r_j e^v_j v_j^4 / 24 plus the F'''' term) and the gradient's, |F''''| hh^3 / 6,
+ * against the gradient's local scale |F'| + sqrt(E lam). */
+static double expansion(const ws_t *ws, int k, const int32_t *ix, double x, double hh,
+                        double *L, double *r, double *Y)
+{
+    const double *mu = ws->mu, *lam = ws->lam, *logc = ws->logc;
+    if (k == 1) {               /* log p is exactly quadratic */
+        int j = ix[0];
+        double d = x - mu[j];
+        L[0] = logc[j] - 0.5 * lam[j] * d * d;
+        L[1] = -lam[j] * d;
+        L[2] = -lam[j];
+        L[3] = 0.0;
+        r[0] = 1.0;
+        Y[0] = 0.0;
+        return 0.0;
+    }
+    double abar = 0.0, lbar = 0.0, y2 = 0.0, y3 = 0.0, ylam = 0.0;
+    double lse = responsibilities(k, ix, mu, lam, logc, x, r);
+    for (int q = 0; q < k; q++) {
+        abar += r[q] * (-lam[ix[q]] * (x - mu[ix[q]]));
+        lbar += r[q] * lam[ix[q]];
+    }
+    for (int q = 0; q < k; q++) {
+        double y = -lam[ix[q]] * (x - mu[ix[q]]) - abar;
+        Y[q] = y;
+        y2 += r[q] * y * y;
+        y3 += r[q] * y * y * y;
+        ylam += r[q] * y * (lam[ix[q]] - lbar);
+    }
+    double F2 = y2 - lbar, F3 = y3 - 3.0 * ylam;
+    double err_r = 0.0, M4 = 0.0, M2 = 0.0, VZ = 0.0, gsum = 0.0;
+    double hh2 = hh * hh, hh3 = hh2 * hh, aF3 = fabs(F3);
+    for (int q = 0; q < k; q++) {
+        double lq = lam[ix[q]], ay = fabs(Y[q]), s = fabs(lq + F2), z = lq - lbar;
+        double v = ay * hh + s * 0.5 * hh2 + aF3 * hh3 / 6.0;
+        double grow = v < 1.0 ? 1.0 + 1.72 * v : 1e300;     /* e^v for v <= 1 */
+        double yb = ay + s * hh + aF3 * 0.5 * hh2;
+        err_r += r[q] * grow * v * v * v * v / 24.0;
+        M4 += r[q] * grow * yb * yb * yb * yb;
+        M2 += r[q] * grow * yb * yb;
+        VZ += r[q] * grow * z * z;
+        gsum += r[q] * grow;
+    }
+    double F4 = fmax(M4, 2.0 * M2 * M2) + 6.0 * sqrt(M4 * VZ) + 3.0 * VZ;   /* >= |F''''| */
+    err_r += gsum * F4 * hh2 * hh2 / 24.0;
+    double err_g = hh3 / 6.0 * F4 / (fabs(abar) + sqrt(lbar));
+    L[0] = lse;
+    L[1] = abar;
+    L[2] = F2;
+    L[3] = F3;
+    return err_r > err_g ? err_r : err_g;
+}
+
+static const int32_t ALL[MAXJ] = {
+#define R16(b) b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7, b + 8, b + 9, b + 10, b + 11, \
+               b + 12, b + 13, b + 14, b + 15
+    R16(0), R16(16), R16(32), R16(48), R16(64), R16(80), R16(96), R16(112), R16(128), R16(144),
+    R16(160), R16(176), R16(192), R16(208), R16(224), R16(240)
+#undef R16
+};
+
+/* ------------------------------------------------------------ workspace */
+
+void *sws_new(void)
+{
+    return calloc(1, sizeof(ws_t));
+}
+
+static void free_threads(ws_t *ws)
+{
+    for (int t = 0; t < MAXT; t++) {
+        thr_t *th = ws->th + t;
+        free(th->rec); free(th->coef); free(th->r4); free(th->mom); free(th->built); free(th->acc);
+        memset(th, 0, sizeof(*th));
     }
 }
 
-/* Cells c0..c1-1: EXPAND coefficients or the EXACT flag, for the current mixture. */
-static void build_table(table_t *t, int c0, int c1)
+static void free_geometry(ws_t *ws)
 {
-    const double *mu = t->mu, *lam = t->lam, *logc = t->logc;
-    double hh = 0.5 * t->h;
-    for (int c = c0; c < c1; c++) {
-        cell_t *cell = t->cells + c;
-        double x = t->lo + c * t->h + hh;
-        int first = c * t->J, k = t->cnt[c];
-        const int32_t *ix = t->idx + first;
-        t->mom[3 * c] = t->mom[3 * c + 1] = t->mom[3 * c + 2] = 0.0;
-        t->mom2[3 * c] = t->mom2[3 * c + 1] = t->mom2[3 * c + 2] = 0.0;
-        cell->centre = x;
-        cell->exact = 0;
-        if (k == 1) {               /* log p is exactly quadratic here */
-            int j = ix[0];
-            double d = x - mu[j];
-            t->L0[c] = logc[j] - 0.5 * lam[j] * d * d;
-            cell->L1 = -lam[j] * d;
-            cell->L2 = -lam[j];
-            t->r[first] = 1.0;
-            t->r1[first] = t->r2[first] = 0.0;
-            continue;
-        }
-        double l[MAXJ], abar = 0.0, a2 = 0.0, lbar = 0.0, err = 0.0;
-        double lse = responsibilities(k, ix, mu, lam, logc, x, l);
-        for (int q = 0; q < k; q++) {
-            double aj = -lam[ix[q]] * (x - mu[ix[q]]);
-            abar += l[q] * aj;
-            a2 += l[q] * aj * aj;
-            lbar += l[q] * lam[ix[q]];
-        }
-        double kappa = 0.0;  /* bounds |d3 log p / dw3| = |kappa3(a) - 3 cov(a, lam)| */
-        for (int q = 0; q < k; q++) {
-            double da = fabs(-lam[ix[q]] * (x - mu[ix[q]]) - abar);
-            double dev = da * hh, lh2 = lam[ix[q]] * hh * hh;
-            /* r_j varies by at most a factor exp(dev) over the half cell */
-            double grow = dev < 1.0 ? 1.0 + 1.72 * dev : 1e300;
-            err += l[q] * grow * (dev * dev * dev + 3.0 * lh2 * dev + lh2 * lh2) / 6.0;
-            kappa += l[q] * grow * (da * da * da + 3.0 * da * fabs(lam[ix[q]] - lbar));
-        }
-        /* the interpolated gradient's error, against the gradient's local scale */
-        err = fmax(err, 0.5 * hh * hh * kappa / (fabs(abar) + sqrt(lbar)));
-        if (err > SMOOTH) {
-            cell->exact = 1;
-            continue;
-        }
-        double abar1 = (a2 - abar * abar) - lbar;   /* (log p)'' */
-        t->L0[c] = lse;
-        cell->L1 = abar;
-        cell->L2 = abar1;
-        for (int q = 0; q < k; q++) {
-            double dev = -lam[ix[q]] * (x - mu[ix[q]]) - abar;
-            t->r[first + q] = l[q];
-            t->r1[first + q] = l[q] * dev;
-            t->r2[first + q] = l[q] * (dev * dev - lam[ix[q]] - abar1);
+    free(ws->map); free(ws->start); free(ws->off); free(ws->idx); free(ws->occ);
+    free(ws->centre); free(ws->half);
+    ws->map = NULL;
+    ws->start = ws->off = ws->idx = ws->occ = NULL;
+    ws->centre = ws->half = NULL;
+    ws->G = ws->L = ws->E = 0;
+    ws->F = 0;
+    free_threads(ws);
+}
+
+void sws_free(void *p)
+{
+    if (!p) return;
+    free_geometry((ws_t *)p);
+    free(p);
+}
+
+static void *aligned(size_t bytes)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
+}
+
+/* Per-thread arrays for the current geometry, every leaf unbuilt. */
+static int alloc_threads(ws_t *ws)
+{
+    free_threads(ws);
+    int L = ws->L, J = ws->J;
+    for (int t = 0; t < MAXT; t++) {
+        thr_t *th = ws->th + t;
+        th->rec = aligned(sizeof(rec_t) * (L + 1));
+        th->coef = calloc(L, sizeof(coef_t));
+        th->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
+        th->mom = aligned(sizeof(double) * 4 * K * L);
+        th->built = calloc((L + 63) / 64, sizeof(uint64_t));
+        th->acc = calloc(1 + 3 * J, sizeof(double));
+        if (!th->rec || !th->coef || !th->r4 || !th->mom || !th->built || !th->acc) return -1;
+        memset(th->mom, 0, sizeof(double) * 4 * K * L);
+        for (int l = 0; l <= L; l++) {
+            th->rec[l].A = NAN;
+            th->rec[l].B = th->rec[l].C = th->rec[l].c = 0.0;
         }
     }
+    return 0;
 }
 
-typedef struct {
-    table_t *t;
-    double cut;     /* > 0: build the active sets first */
-    int c0, c1;
-} cells_job_t;
-
-static void *cells_main(void *arg)
+/* The map and the leaves' centres from ws->start. */
+static int fill_leaves(ws_t *ws)
 {
-    cells_job_t *j = arg;
-    if (j->cut > 0) build_sets(j->t, j->cut, j->c0, j->c1);
-    build_table(j->t, j->c0, j->c1);
-    return NULL;
-}
-
-/* Build the table for the current mixture: active sets too when cut > 0 (the
- * grid placement changed or they are due), then every cell's coefficients;
- * split over two threads when threads > 1. */
-void sws_build(table_t *t, double cut, int threads)
-{
-    cells_job_t a = {t, cut, 0, t->G}, b = {t, cut, t->G / 2, t->G};
-    pthread_t th;
-    if (threads > 1 && t->G >= 1024) {
-        a.c1 = t->G / 2;
-        if (pthread_create(&th, NULL, cells_main, &b) == 0) {
-            cells_main(&a);
-            pthread_join(th, NULL);
-            return;
-        }
-        a.c1 = t->G;
+    int64_t F = ws->F;
+    double hf = ws->h / (double)(1 << ws->D);
+    ws->map = malloc(sizeof(uint16_t) * (F + 2));
+    ws->centre = malloc(sizeof(double) * (ws->L > 0 ? ws->L : 1));
+    ws->half = malloc(sizeof(double) * (ws->L > 0 ? ws->L : 1));
+    if (!ws->map || !ws->centre || !ws->half) return -1;
+    ws->map[0] = ws->map[F + 1] = (uint16_t)ws->L;
+    for (int l = 0; l < ws->L; l++) {
+        int32_t a = ws->start[l], b = ws->start[l + 1];
+        for (int32_t f = a; f < b; f++) ws->map[f] = (uint16_t)l;
+        ws->centre[l] = ws->lo + (0.5 * (a + b) - 1.0) * hf;
+        ws->half[l] = 0.5 * (b - a) * hf;
     }
-    cells_main(&a);
+    ws->flo = ws->lo - hf;
+    ws->inv_hf = 1.0 / hf;
+    return 0;
 }
 
-/* One weight evaluated exactly over components idx[0..k-1]: adds log p to
- * out[0] and its S0, S1, S2 terms; returns dC/dw. */
-static __attribute__((noinline)) double exact_one(const table_t *t, double x, const int32_t *idx,
-                                                  int k, double *out)
+typedef struct {                /* growing arrays while planning */
+    int32_t *start, *off, *idx;
+    int64_t n, cap, e, ecap;
+} plan_t;
+
+static int emit(plan_t *pl, int32_t first, const int32_t *ix, int k)
 {
-    int J = t->J;
+    if (pl->n + 2 > pl->cap) {
+        pl->cap = 2 * pl->cap + 64;
+        int32_t *s = realloc(pl->start, sizeof(int32_t) * pl->cap), *o;
+        if (!s) return -1;
+        pl->start = s;
+        o = realloc(pl->off, sizeof(int32_t) * pl->cap);
+        if (!o) return -1;
+        pl->off = o;
+    }
+    if (pl->e + k > pl->ecap) {
+        pl->ecap = 2 * pl->ecap + k + 256;
+        int32_t *q = realloc(pl->idx, sizeof(int32_t) * pl->ecap);
+        if (!q) return -1;
+        pl->idx = q;
+    }
+    pl->start[pl->n] = first;
+    pl->off[pl->n] = (int32_t)pl->e;
+    memcpy(pl->idx + pl->e, ix, sizeof(int32_t) * k);
+    pl->e += k;
+    pl->n++;
+    return 0;
+}
+
+/* Leaves for the fine cells first .. first + 2^depth - 1 ([a, a + w)), about n weights
+ * there at the last call, cand[0..nc-1] the active set around it: this one if the
+ * expansion holds over it, if it cannot be split or if it held too few weights for two
+ * leaves to pay (they then take the exact path should the expansion not hold), else its
+ * halves. */
+static int refine(ws_t *ws, plan_t *pl, int32_t first, int depth, double a, double w, double cut,
+                  double n, const int32_t *cand, int nc)
+{
+    int32_t ix[MAXJ];
+    double L[4], l[MAXJ], dev[MAXJ];
+    int k = active_set(ws, a, a + w, cut, cand, nc, ix);
+    if (depth == 0 || n < SPLIT_MIN || k <= 1 || pl->n >= MAX_LEAVES - 2
+        || expansion(ws, k, ix, a + 0.5 * w, 0.5 * w, L, l, dev) <= PLAN_SMOOTH)
+        return emit(pl, first, ix, k);
+    int32_t half = (int32_t)1 << (depth - 1);
+    if (refine(ws, pl, first, depth - 1, a, 0.5 * w, cut, 0.5 * n, ix, k)) return -1;
+    return refine(ws, pl, first + half, depth - 1, a + 0.5 * w, 0.5 * w, cut, 0.5 * n, ix, k);
+}
+
+/* Plan the geometry for the current mixture over [lo, lo + G h): refine the coarse cells
+ * as far as the weights they held at the last call make it pay (all of them as far as
+ * needed the first time), listing every leaf's active components.  Returns 0, or -1
+ * when out of memory. */
+int sws_plan(void *p, int J, const double *mu, const double *lam, const double *logc,
+             double lo, double h, int G, double cut)
+{
+    ws_t *ws = p;
+    ws->mu = mu; ws->lam = lam; ws->logc = logc;
+    int D = 0;
+    while ((G << (D + 1)) <= (1 << FINE_BITS)) D++;
+    int32_t *occ = calloc(G, sizeof(int32_t));
+    if (!occ) return -1;
+    if (ws->occ && ws->G > 0 && ws->J == J) {    /* carry the counts over to the new cells */
+        for (int c = 0; c < ws->G; c++) {
+            if (!ws->occ[c]) continue;
+            double a = ws->lo + c * ws->h, b = a + ws->h;
+            long c0 = (long)floor((a - lo) / h), c1 = (long)floor((b - lo) / h);
+            for (long q = c0 < 0 ? 0 : c0; q <= c1 && q < G; q++)
+                occ[q] = occ[q] > INT32_MAX - ws->occ[c] ? INT32_MAX : occ[q] + ws->occ[c];
+        }
+    } else {
+        for (int c = 0; c < G; c++) occ[c] = INT32_MAX;
+    }
+    int J_old = ws->J;
+    ws->J = J;
+    plan_t pl = {0};
+    int rc = 0;
+    for (int c = 0; c < G && rc == 0; c++)
+        rc = refine(ws, &pl, 1 + ((int32_t)c << D), D, lo + c * h, h, cut, (double)occ[c], ALL, J);
+    if (rc == 0) rc = emit(&pl, 1 + (int32_t)(G << D), NULL, 0);   /* the end marker */
+    if (rc != 0) {
+        free(occ); free(pl.start); free(pl.off); free(pl.idx);
+        ws->J = J_old;
+        return -1;
+    }
+    free_geometry(ws);
+    ws->J = J; ws->G = G; ws->D = D; ws->F = (int64_t)G << D; ws->lo = lo; ws->h = h;
+    ws->L = (int)pl.n - 1;
+    ws->E = (int)pl.e;
+    ws->start = pl.start; ws->off = pl.off; ws->idx = pl.idx; ws->occ = occ;
+    if (fill_leaves(ws)) return -1;
+    return alloc_threads(ws);
+}
+
+/* The geometry's sizes and placement (for saving it). */
+void sws_shape(void *p, int64_t *sizes, double *place)
+{
+    ws_t *ws = p;
+    sizes[0] = ws->J; sizes[1] = ws->G; sizes[2] = ws->L; sizes[3] = ws->E; sizes[4] = ws->D;
+    place[0] = ws->lo; place[1] = ws->h;
+}
+
+/* ptr: start[L + 1], off[L + 1], occ[G]; idx: E entries. */
+void sws_export(void *p, int32_t *ptr, int32_t *idx)
+{
+    ws_t *ws = p;
+    memcpy(ptr, ws->start, sizeof(int32_t) * (ws->L + 1));
+    memcpy(ptr + ws->L + 1, ws->off, sizeof(int32_t) * (ws->L + 1));
+    memcpy(ptr + 2 * (ws->L + 1), ws->occ, sizeof(int32_t) * ws->G);
+    if (ws->E) memcpy(idx, ws->idx, sizeof(int32_t) * ws->E);
+}
+
+/* The inverse of sws_export; returns 0, -1 (out of memory) or -2 (inconsistent). */
+int sws_import(void *p, int J, int G, int D, int L, int E, double lo, double h,
+               const int32_t *ptr, const int32_t *idx)
+{
+    ws_t *ws = p;
+    if (J < 1 || J > MAXJ || G < 1 || D < 0 || ((int64_t)G << D) > (1 << FINE_BITS) || L < 1
+        || L > MAX_LEAVES || E < 0 || !(h > 0.0))
+        return -2;
+    const int32_t *start = ptr, *off = ptr + L + 1;
+    if (start[0] != 1 || start[L] != 1 + (G << D) || off[0] != 0 || off[L] != E) return -2;
+    for (int l = 0; l < L; l++)
+        if (start[l + 1] <= start[l] || off[l + 1] < off[l]) return -2;
+    for (int e = 0; e < E; e++) if (idx[e] < 0 || idx[e] >= J) return -2;
+    free_geometry(ws);
+    ws->J = J; ws->G = G; ws->D = D; ws->F = (int64_t)G << D; ws->L = L; ws->E = E;
+    ws->lo = lo; ws->h = h;
+    ws->start = malloc(sizeof(int32_t) * (L + 1));
+    ws->off = malloc(sizeof(int32_t) * (L + 1));
+    ws->occ = malloc(sizeof(int32_t) * G);
+    ws->idx = malloc(sizeof(int32_t) * (E > 0 ? E : 1));
+    if (!ws->start || !ws->off || !ws->occ || !ws->idx) { free_geometry(ws); return -1; }
+    memcpy(ws->start, start, sizeof(int32_t) * (L + 1));
+    memcpy(ws->off, off, sizeof(int32_t) * (L + 1));
+    memcpy(ws->occ, ptr + 2 * (L + 1), sizeof(int32_t) * G);
+    if (E) memcpy(ws->idx, idx, sizeof(int32_t) * E);
+    if (fill_leaves(ws)) { free_geometry(ws); return -1; }
+    return alloc_threads(ws);
+}
+
+/* --------------------------------------------------------------- the pass */
+
+/* Coefficients of leaf l for the current mixture, in thread th's copy:
+ * g = -F'(w) = A + B d + C d^2, and the responsibilities' Taylor coefficients
+ *   r' = r Y,  r'' = r (Y^2 - lam - F''),  r''' = r (Y^3 - 3 Y (lam + F'') - F'''). */
+static void build_leaf(const ws_t *ws, thr_t *th, int l)
+{
+    int k = ws->off[l + 1] - ws->off[l];
+    const int32_t *ix = ws->idx + ws->off[l];
+    double L[4], r[MAXJ], Y[MAXJ], x = ws->centre[l];
+    coef_t *cf = th->coef + l;
+    th->built[l >> 6] |= 1ull << (l & 63);
+    th->n_built++;
+    if (k == 0 || expansion(ws, k, ix, x, ws->half[l], L, r, Y) > SMOOTH) {
+        cf->state = EXACT;      /* rec[l].A stays NaN */
+        return;
+    }
+    double *r4 = th->r4 + 4 * (int64_t)ws->off[l];
+    for (int q = 0; q < k; q++) {
+        double y = Y[q], s2 = ws->lam[ix[q]] + L[2];
+        r4[4 * q] = r[q];
+        r4[4 * q + 1] = r[q] * y;
+        r4[4 * q + 2] = r[q] * (y * y - s2);
+        r4[4 * q + 3] = r[q] * (y * y * y - 3.0 * y * s2 - L[3]);
+    }
+    for (int q = 0; q < 4; q++) cf->L[q] = L[q];
+    cf->state = EXPAND;
+    th->rec[l].B = -L[2];
+    th->rec[l].C = -0.5 * L[3];
+    th->rec[l].c = x;
+    th->rec[l].A = -L[1];
+}
+
+/* One weight evaluated exactly over the k components idx: adds log p to acc[0] and
+ * its S0, S1, S2 terms; returns dC/dw. */
+static double exact_one(const ws_t *ws, double x, const int32_t *idx, int k, double *acc)
+{
+    int J = ws->J;
     double l[MAXJ], g = 0.0;
-    out[0] += responsibilities(k, idx, t->mu, t->lam, t->logc, x, l);
+    acc[0] += responsibilities(k, idx, ws->mu, ws->lam, ws->logc, x, l);
     for (int a = 0; a < k; a++) {
         int j = idx[a];
-        double d = x - t->mu[j];
-        g += l[a] * t->lam[j] * d;
-        out[1 + j] += l[a];
-        out[1 + J + j] += l[a] * d;
-        out[1 + 2 * J + j] += l[a] * d * d;
+        double d = x - ws->mu[j];
+        g += l[a] * ws->lam[j] * d;
+        acc[1 + j] += l[a];
+        acc[1 + J + j] += l[a] * d;
+        acc[1 + 2 * J + j] += l[a] * d * d;
     }
     return g;
 }
 
-enum { NO_GRAD, SET_GRAD, ADD_GRAD };
 
-static inline __attribute__((always_inline)) int64_t
-eval_loop(const table_t *t, const float *w, int64_t n, float *grad, const int mode, float scale,
-          double *out, double *mom, double *range, const int32_t *all)
+/* Adds (1, d, d^2, d^3) to m[0..3]. */
+#define MOMENTS_SCALAR(m, d)                                                                    \
+    do {                                                                                        \
+        double *m_ = (m), d_ = (d), d2_ = d_ * d_;                                              \
+        m_[0] += 1.0; m_[1] += d_; m_[2] += d2_; m_[3] += d2_ * d_;                             \
+    } while (0)
+
+/* The weight x, fine index f (0 or F + 1: off the grid), copy k of the moments, where the
+ * fast path did not take it: off the grid, in a leaf not built yet this call, or in an
+ * EXACT leaf.  Widens the thread's range to x (finish widens it to the leaves that held
+ * weights). */
+static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, double x, int32_t f,
+                                                 int k)
 {
-    int64_t n_exact = 0;
-    const cell_t *cells = t->cells;
-    double lo = t->lo, inv_h = 1.0 / t->h;
-    unsigned G = (unsigned)t->G;
-    for (int64_t i = 0; i < n; i++) {
-        double x = w[i], u = (x - lo) * inv_h, g;
-        unsigned c = (unsigned)(int)u;      /* u < 0 or huge or NaN: off the grid */
-        if (u >= 0.0 && c < G && !cells[c].exact) {
-            const cell_t *cell = cells + c;
-            double delta = x - cell->centre;
-            double *m = mom + 3 * c;
-            m[0] += 1.0;
-            m[1] += delta;
-            m[2] += delta * delta;
-            g = -(cell->L1 + cell->L2 * delta);
-        } else if (u >= 0.0 && c < G) {
-            g = exact_one(t, x, t->idx + (int64_t)c * t->J, t->cnt[c], out);
-            n_exact++;
-            range[0] = x < range[0] ? x : range[0];
-            range[1] = x > range[1] ? x : range[1];
-        } else {
-            g = exact_one(t, x, all, t->J, out);
-            n_exact++;
-            range[0] = x < range[0] ? x : range[0];
-            range[1] = x > range[1] ? x : range[1];
-        }
-        if (mode == SET_GRAD) grad[i] = (float)g;
-        if (mode == ADD_GRAD) grad[i] += scale * (float)g;
+    if (x - x == 0.0) {         /* finite */
+        th->lo = x < th->lo ? x : th->lo;
+        th->hi = x > th->hi ? x : th->hi;
     }
-    return n_exact;
+    if ((uint32_t)f - 1u >= (uint32_t)ws->F) {
+        th->n_exact++;
+        return exact_one(ws, x, ALL, ws->J, th->acc);
+    }
+    int l = ws->map[f];
+    if (th->coef[l].state == UNBUILT) build_leaf(ws, th, l);
+    if (th->coef[l].state == EXACT) {
+        th->n_exact++;
+        th->mom[((int64_t)l * K + k) * 4] += 1.0;     /* only counted: the plan reads it */
+        return exact_one(ws, x, ws->idx + ws->off[l], ws->off[l + 1] - ws->off[l], th->acc);
+    }
+    const rec_t *r = th->rec + l;
+    double d = x - r->c;
+    MOMENTS_SCALAR(th->mom + ((int64_t)l * K + k) * 4, d);
+    return r->A + d * (r->B + r->C * d);
 }
 
+/* The pass over n weights in blocks of BLOCK, position i0 in the thread's share (which
+ * fixes each weight's copy of the moments), in three steps per block:
+ *   A. the weights in float64 and their fine indices, clamped to 0 .. F + 1 (0 and
+ *      F + 1: off the grid; NaN: 0);
+ *   B. per weight: leaf, gradient into gb, moments (the only scalar step);
+ *   C. the gradients into grad.
+ * As macros, for two instruction sets: INDICES and GRADS do A and C for j0 .. j1 - 1,
+ * MOMENTS(m, d) adds (1, d, d^2, d^3) to m[0..3]; the numbers are the same. */
+#define BLOCK 256
+
+#define STEP_B(q, MK, MOMENTS)                                                                  \
+    do {                                                                                        \
+        int32_t f = fb[j + (q)];                                                                \
+        uint32_t l = map[f];                                                                    \
+        const rec_t *r = rec + l;                                                               \
+        double A = r->A, x = xb[j + (q)];                                                       \
+        if (__builtin_expect(A == A, 1)) {                                                      \
+            double d = x - r->c;                                                                \
+            gb[j + (q)] = A + d * (r->B + r->C * d);                                            \
+            MOMENTS((MK) + (size_t)l * (K * 4), d);                                             \
+        } else {                                                                                \
+            gb[j + (q)] = slow_one(ws, th, x, f, (int)((i0 + b0 + j + (q)) & (K - 1)));        \
+        }                                                                                       \
+    } while (0)
+
+#define PASS_LOOP(INDICES, MOMENTS, GRADS)                                                      \
+    const uint16_t *map = ws->map;                                                              \
+    const rec_t *rec = th->rec;                                                                 \
+    const double flo = ws->flo, inv_hf = ws->inv_hf, Fmax = (double)(ws->F + 1);                \
+    int32_t fb[BLOCK];                                                                          \
+    double xb[BLOCK], gb[BLOCK];                                                                \
+    double *mk[K];                                                                              \
+    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {                                                 \
+        const float *w = w_ + b0;                                                               \
+        float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;                                      \
+        int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK, j = 0;                                    \
+        for (int q = 0; q < K; q++) mk[q] = th->mom + ((i0 + b0 + q) & (K - 1)) * 4;            \
+        INDICES(0, nb);                                                                         \
+        for (; j + K <= nb; j += K) {                                                           \
+            STEP_B(0, mk[0], MOMENTS);                                                          \
+            STEP_B(1, mk[1], MOMENTS);                                                          \
+            STEP_B(2, mk[2], MOMENTS);                                                          \
+            STEP_B(3, mk[3], MOMENTS);                                                          \
+            UNROLL8(STEP_B(4, mk[4], MOMENTS); STEP_B(5, mk[5], MOMENTS);                       \
+                    STEP_B(6, mk[6], MOMENTS); STEP_B(7, mk[7], MOMENTS);)                      \
+        }                                                                                       \
+        for (int q = 0; j < nb; j++, q++) STEP_B(0, mk[q], MOMENTS);                            \
+        if (mode != NO_GRAD) GRADS(0, nb);                                                      \
+    }
+
+#define INDICES_SCALAR(j0, j1)                                                                  \
+    for (int64_t s_ = (j0); s_ < (j1); s_++) {                                                  \
+        double x_ = (double)w[s_], u = (x_ - flo) * inv_hf;                                     \
+        xb[s_] = x_;                                                                            \
+        u = u > 0.0 ? u : 0.0;      /* NaN too */                                               \
+        u = u < Fmax ? u : Fmax;                                                                \
+        fb[s_] = (int32_t)u;                                                                    \
+    }
+
+#define GRADS_SCALAR(j0, j1)                                                                    \
+    for (int64_t s_ = (j0); s_ < (j1); s_++) {                                                  \
+        if (mode == SET_GRAD) grad[s_] = (float)gb[s_];                                         \
+        else grad[s_] += scale * (float)gb[s_];                                                 \
+    }
+
+
+static inline __attribute__((always_inline)) void
+pass_generic(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, int64_t i0,
+             const int mode, float scale)
+{
+    PASS_LOOP(INDICES_SCALAR, MOMENTS_SCALAR, GRADS_SCALAR)
+}
+
+static void pass_modes_generic(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t n,
+                               int64_t i0, int mode, float scale)
+{
+    if (mode == ADD_GRAD) pass_generic(ws, th, w, grad, n, i0, ADD_GRAD, scale);
+    else if (mode == SET_GRAD) pass_generic(ws, th, w, grad, n, i0, SET_GRAD, scale);
+    else pass_generic(ws, th, w, grad, n, i0, NO_GRAD, scale);
+}
+
+#ifdef SWS_X86
+static int have_avx2(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && getenv("SWS_KERNEL_NO_SIMD") == NULL;
+    }
+    return known;
+}
+
+#define INDICES_AVX(j0, j1)                                                                     \
+    do {                                                                                        \
+        const __m256d vflo = _mm256_set1_pd(flo), vinv = _mm256_set1_pd(inv_hf);                \
+        const __m256d vzero = _mm256_setzero_pd(), vmax = _mm256_set1_pd(Fmax);                 \
+        int64_t t = (j0);                                                                       \
+        for (; t + 4 <= (j1); t += 4) {                                                         \
+            __m256d x_ = _mm256_cvtps_pd(_mm_loadu_ps(w + t));                                  \
+            _mm256_storeu_pd(xb + t, x_);                                                       \
+            __m256d u = _mm256_mul_pd(_mm256_sub_pd(x_, vflo), vinv);                           \
+            u = _mm256_min_pd(_mm256_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */     \
+            _mm_storeu_si128((__m128i *)(fb + t), _mm256_cvttpd_epi32(u));                     \
+        }                                                                                       \
+        INDICES_SCALAR(t, (j1));                                                                \
+    } while (0)
+
+#define GRADS_AVX(j0, j1)                                                                       \
+    do {                                                                                        \
+        const __m128 vscale = _mm_set1_ps(scale);                                               \
+        int64_t t = (j0);                                                                       \
+        for (; t + 4 <= (j1); t += 4) {                                                         \
+            __m128 g = _mm256_cvtpd_ps(_mm256_loadu_pd(gb + t));                                \
+            if (mode == SET_GRAD) _mm_storeu_ps(grad + t, g);                                   \
+            else _mm_storeu_ps(grad + t, _mm_add_ps(_mm_loadu_ps(grad + t), _mm_mul_ps(vscale, g))); \
+        }                                                                                       \
+        GRADS_SCALAR(t, (j1));                                                                  \
+    } while (0)
+
+/* (1, d, d^2, d^3) = (1, d, d, d) (1, 1, d, d) (1, 1, 1, d) in one vector: the same four sums
+ * as MOMENTS_SCALAR, one add. */
+#define MOMENTS_AVX(m, d) do {                                                                  \
+        __m256d bd_ = _mm256_set1_pd(d);                                                        \
+        __m256d v_ = _mm256_mul_pd(_mm256_mul_pd(_mm256_blend_pd(bd_, ones_, 0x1),              \
+                                                 _mm256_blend_pd(bd_, ones_, 0x3)),             \
+                                   _mm256_blend_pd(bd_, ones_, 0x7));                           \
+        _mm256_store_pd((m), _mm256_add_pd(_mm256_load_pd(m), v_));                             \
+    } while (0)
+
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+pass_avx2(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, int64_t i0,
+          const int mode, float scale)
+{
+    const __m256d ones_ = _mm256_set1_pd(1.0);
+    PASS_LOOP(INDICES_AVX, MOMENTS_AVX, GRADS_AVX)
+}
+
+__attribute__((target("avx2"))) static void
+pass_modes_avx2(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t n, int64_t i0,
+                int mode, float scale)
+{
+    if (mode == ADD_GRAD) pass_avx2(ws, th, w, grad, n, i0, ADD_GRAD, scale);
+    else if (mode == SET_GRAD) pass_avx2(ws, th, w, grad, n, i0, SET_GRAD, scale);
+    else pass_avx2(ws, th, w, grad, n, i0, NO_GRAD, scale);
+}
+#endif
+
 typedef struct {
-    const table_t *t;
-    const float *w;
-    int64_t n;
-    float *grad;
-    int mode;
+    ws_t *ws;
+    int t, nt, mode;
+    const float *const *w;
+    float *const *grad;
+    const int64_t *n;
+    int64_t start, stop;        /* this thread's share of the concatenated weights */
     float scale;
-    double *out, *mom, range[2];
-    int64_t n_exact;
 } job_t;
+
+/* Clear what the last call left in thread t's copy: the leaves it built. */
+static void reset_thread(ws_t *ws, thr_t *th)
+{
+    int words = (ws->L + 63) / 64;
+    for (int q = 0; q < words; q++) {
+        uint64_t b = th->built[q];
+        while (b) {
+            int l = q * 64 + __builtin_ctzll(b);
+            b &= b - 1;
+            th->coef[l].state = UNBUILT;
+            th->rec[l].A = NAN;
+            memset(th->mom + (int64_t)l * K * 4, 0, sizeof(double) * K * 4);
+        }
+        th->built[q] = 0;
+    }
+    memset(th->acc, 0, sizeof(double) * (1 + 3 * ws->J));
+    th->lo = INFINITY;
+    th->hi = -INFINITY;
+    th->n_exact = th->n_built = 0;
+}
 
 static void run_job(job_t *j)
 {
-    int32_t all[MAXJ];
-    for (int q = 0; q < j->t->J; q++) all[q] = q;
-    if (j->mode == NO_GRAD)
-        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, NO_GRAD, j->scale, j->out, j->mom, j->range, all);
-    else if (j->mode == ADD_GRAD)
-        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, ADD_GRAD, j->scale, j->out, j->mom, j->range, all);
-    else
-        j->n_exact = eval_loop(j->t, j->w, j->n, j->grad, SET_GRAD, j->scale, j->out, j->mom, j->range, all);
+    ws_t *ws = j->ws;
+    thr_t *th = ws->th + j->t;
+    reset_thread(ws, th);
+    int64_t base = 0;
+    for (int q = 0; q < j->nt; q++) {
+        int64_t a = j->start > base ? j->start - base : 0;
+        int64_t b = j->stop - base < j->n[q] ? j->stop - base : j->n[q];
+        if (b > a) {
+            float *g = j->grad ? j->grad[q] + a : NULL;
+            const float *w = j->w[q] + a;
+            int64_t i0 = base + a - j->start;
+#ifdef SWS_X86
+            if (have_avx2()) pass_modes_avx2(ws, th, w, g, b - a, i0, j->mode, j->scale);
+            else
+#endif
+            pass_modes_generic(ws, th, w, g, b - a, i0, j->mode, j->scale);
+        }
+        base += j->n[q];
+    }
 }
 
-static void *thread_main(void *arg)
+/* A persistent second thread (created on first use; again after a fork). */
+static struct {
+    pthread_mutex_t m;
+    pthread_cond_t go, done;
+    job_t *job;
+    int busy, started;
+    pid_t pid;
+} worker = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
+            NULL, 0, 0, 0};
+static pthread_mutex_t worker_use = PTHREAD_MUTEX_INITIALIZER;
+
+static void *worker_main(void *arg)
 {
-    run_job((job_t *)arg);
+    (void)arg;
+    pthread_mutex_lock(&worker.m);
+    for (;;) {
+        while (!worker.job) pthread_cond_wait(&worker.go, &worker.m);
+        job_t *j = worker.job;
+        pthread_mutex_unlock(&worker.m);
+        run_job(j);
+        pthread_mutex_lock(&worker.m);
+        worker.job = NULL;
+        worker.busy = 0;
+        pthread_cond_signal(&worker.done);
+    }
     return NULL;
 }
 
-/* Evaluate n float32 weights, split over two threads when threads > 1.
- * grad: NULL, or receives dC/dw (accumulate = 0), or gets scale * dC/dw added
- * (accumulate = 1).  Adds sum log p to out[0] and S0, S1, S2 to out[1..J],
- * out[J+1..2J], out[2J+1..3J] for weights in EXACT cells or off the grid
- * (EXPAND cells are summed by sws_finish), and widens range[0..1] to those
- * weights. */
-void sws_eval(table_t *t, const float *w, int64_t n, float *grad, int accumulate, float scale,
-              double *out, double *range, int threads)
+/* Run job b on the worker and a here; returns 0, or -1 when no thread could be started. */
+static int run_two(job_t *a, job_t *b)
 {
-    int mode = !grad ? NO_GRAD : accumulate ? ADD_GRAD : SET_GRAD;
-    job_t main_job = {t, w, n, grad, mode, scale, out, t->mom, {range[0], range[1]}, 0};
-    pthread_t th;
-    if (threads > 1 && n >= PARALLEL_MIN) {
-        int64_t half = n / 2;
-        job_t other = {t, w + half, n - half, grad ? grad + half : NULL, mode, scale, t->out2, t->mom2,
-                       {range[0], range[1]}, 0};
-        main_job.n = half;
-        if (pthread_create(&th, NULL, thread_main, &other) == 0) {
-            run_job(&main_job);
-            pthread_join(th, NULL);
-            main_job.range[0] = fmin(main_job.range[0], other.range[0]);
-            main_job.range[1] = fmax(main_job.range[1], other.range[1]);
-            t->n_exact += other.n_exact;
-        } else {
-            main_job.n = n;
-            run_job(&main_job);
+    pthread_mutex_lock(&worker_use);
+    pthread_mutex_lock(&worker.m);
+    if (!worker.started || worker.pid != getpid()) {
+        pthread_t th;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_cond_init(&worker.go, NULL);
+        pthread_cond_init(&worker.done, NULL);
+        worker.job = NULL;
+        worker.busy = 0;
+        int err = pthread_create(&th, &attr, worker_main, NULL);
+        pthread_attr_destroy(&attr);
+        if (err) {
+            pthread_mutex_unlock(&worker.m);
+            pthread_mutex_unlock(&worker_use);
+            return -1;
         }
-    } else {
-        run_job(&main_job);
+        worker.started = 1;
+        worker.pid = getpid();
     }
-    t->n_exact += main_job.n_exact;
-    range[0] = main_job.range[0];
-    range[1] = main_job.range[1];
+    worker.job = b;
+    worker.busy = 1;
+    pthread_cond_signal(&worker.go);
+    pthread_mutex_unlock(&worker.m);
+    run_job(a);
+    pthread_mutex_lock(&worker.m);
+    while (worker.busy) pthread_cond_wait(&worker.done, &worker.m);
+    pthread_mutex_unlock(&worker.m);
+    pthread_mutex_unlock(&worker_use);
+    return 0;
 }
 
-/* Add the second thread's sums, and the EXPAND cells' contributions from
- * their moments, to out; widen range[0..1] to the occupied cells. */
-void sws_finish(table_t *t, double *out, double *range)
+/* Sum the threads' moments and sums into out (1 + 3J: log p, S0, S1, S2) and mark the
+ * coarse cells that held weights. */
+static void finish(ws_t *ws, int nthreads, double *out, double *range)
 {
-    int J = t->J;
-    for (int q = 0; q < 3 * t->G; q++) t->mom[q] += t->mom2[q];
-    for (int q = 0; q < 1 + 3 * J; q++) out[q] += t->out2[q];
+    int J = ws->J, words = (ws->L + 63) / 64;
     double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J;
-    for (int c = 0; c < t->G; c++) {
-        cell_t *cell = t->cells + c;
-        double m0 = t->mom[3 * c], m1 = t->mom[3 * c + 1], m2 = t->mom[3 * c + 2];
-        if (cell->exact || m0 == 0.0) continue;
-        double x = cell->centre;
-        range[0] = fmin(range[0], x - 0.5 * t->h);
-        range[1] = fmax(range[1], x + 0.5 * t->h);
-        out[0] += t->L0[c] * m0 + cell->L1 * m1 + 0.5 * cell->L2 * m2;
-        for (int e = c * J; e < c * J + t->cnt[c]; e++) {
-            int j = t->idx[e];
-            double r = t->r[e], r1 = t->r1[e], r2 = t->r2[e], d0 = x - t->mu[j];
-            S0[j] += r * m0 + r1 * m1 + 0.5 * r2 * m2;
-            S1[j] += r * d0 * m0 + (r1 * d0 + r) * m1 + (0.5 * r2 * d0 + r1) * m2;
-            S2[j] += r * d0 * d0 * m0 + (r1 * d0 * d0 + 2 * r * d0) * m1
-                   + (0.5 * r2 * d0 * d0 + 2 * r1 * d0 + r) * m2;
+    memset(out, 0, sizeof(double) * (1 + 3 * J));
+    memset(ws->occ, 0, sizeof(int32_t) * ws->G);
+    for (int t = 0; t < nthreads; t++)
+        for (int q = 0; q < 1 + 3 * J; q++) out[q] += ws->th[t].acc[q];
+    for (int q = 0; q < words; q++) {
+        uint64_t b = ws->th[0].built[q];
+        if (nthreads > 1) b |= ws->th[1].built[q];
+        while (b) {
+            int l = q * 64 + __builtin_ctzll(b);
+            b &= b - 1;
+            int owner = (ws->th[0].built[q] >> (l & 63)) & 1 ? 0 : 1;
+            const thr_t *th = ws->th + owner;
+            const coef_t *cf = th->coef + l;
+            range[0] = fmin(range[0], ws->centre[l] - ws->half[l]);
+            range[1] = fmax(range[1], ws->centre[l] + ws->half[l]);
+            double m[4] = {0.0, 0.0, 0.0, 0.0};
+            for (int t = 0; t < nthreads; t++) {
+                if (!((ws->th[t].built[q] >> (l & 63)) & 1)) continue;
+                const double *mt = ws->th[t].mom + (int64_t)l * K * 4;
+                for (int k = 0; k < K; k++)
+                    for (int p = 0; p < 4; p++) m[p] += mt[4 * k + p];
+            }
+            int32_t *oc = ws->occ + ((ws->start[l] - 1) >> ws->D);
+            *oc = (double)*oc + m[0] >= (double)INT32_MAX ? INT32_MAX : *oc + (int32_t)m[0];
+            if (cf->state != EXPAND || m[0] == 0.0) continue;
+            /* sum over the leaf's weights of the Taylor series in d, truncated after d^3:
+             *   log p:  F + F' d + F'' d^2 / 2 + F''' d^3 / 6
+             *   S0_j:   r + r' d + r'' d^2 / 2 + r''' d^3 / 6                      (= R(d))
+             *   S1_j:   R(d) (d0 + d),   S2_j: R(d) (d0 + d)^2,   d0 = c - mu_j */
+            double x = ws->centre[l];
+            out[0] += cf->L[0] * m[0] + cf->L[1] * m[1] + 0.5 * cf->L[2] * m[2] + cf->L[3] * m[3] / 6.0;
+            const double *r4 = th->r4 + 4 * (int64_t)ws->off[l];
+            for (int e = ws->off[l]; e < ws->off[l + 1]; e++, r4 += 4) {
+                int j = ws->idx[e];
+                double c0 = r4[0], c1 = r4[1], c2 = 0.5 * r4[2], c3 = r4[3] / 6.0, d0 = x - ws->mu[j];
+                S0[j] += c0 * m[0] + c1 * m[1] + c2 * m[2] + c3 * m[3];
+                S1[j] += c0 * d0 * m[0] + (c1 * d0 + c0) * m[1] + (c2 * d0 + c1) * m[2]
+                       + (c3 * d0 + c2) * m[3];
+                S2[j] += c0 * d0 * d0 * m[0] + (c1 * d0 * d0 + 2.0 * c0 * d0) * m[1]
+                       + (c2 * d0 * d0 + 2.0 * c1 * d0 + c0) * m[2]
+                       + (c3 * d0 * d0 + 2.0 * c2 * d0 + c1) * m[3];
+            }
         }
     }
+}
+
+/* Evaluate nt float32 tensors w[q] of n[q] weights (one logical sequence) for the
+ * mixture (mu, lam, logc) on the planned geometry.  mode: 0 no gradient, 1 grad[q]
+ * receives dC/dw, 2 grad[q] gets scale * dC/dw added.  Writes sum log p and S0, S1,
+ * S2 to out (1 + 3J) and, to info: [0] the weights evaluated exactly, [1], [2] the
+ * range of the finite weights (widened to the leaves that held them), [3] the leaves
+ * built.  threads > 1: split over two threads when there are at
+ * least min_parallel weights.  Returns 0, or -1 without a plan for J components. */
+int sws_eval(void *p, int J, const double *mu, const double *lam, const double *logc,
+             int nt, const float *const *w, const int64_t *n, float *const *grad, int mode,
+             float scale, int threads, int64_t min_parallel, double *out, double *info)
+{
+    ws_t *ws = p;
+    if (ws->J != J || ws->L == 0) return -1;
+    ws->mu = mu; ws->lam = lam; ws->logc = logc;
+    int64_t total = 0;
+    for (int q = 0; q < nt; q++) total += n[q];
+    job_t a = {ws, 0, nt, mode, w, mode == NO_GRAD ? NULL : grad, n, 0, total, scale};
+    int used = 1;
+    if (threads > 1 && total >= min_parallel) {
+        job_t b = a;
+        b.t = 1;
+        a.stop = b.start = total / 2;
+        if (run_two(&a, &b) == 0) used = 2;
+        else { a.stop = total; run_job(&a); }
+    } else {
+        run_job(&a);
+    }
+    double range[2] = {ws->th[0].lo, ws->th[0].hi};
+    if (used > 1) {
+        range[0] = fmin(range[0], ws->th[1].lo);
+        range[1] = fmax(range[1], ws->th[1].hi);
+    }
+    finish(ws, used, out, range);
+    info[0] = (double)ws->th[0].n_exact + (used > 1 ? (double)ws->th[1].n_exact : 0.0);
+    info[1] = range[0];
+    info[2] = range[1];
+    info[3] = (double)ws->th[0].n_built + (used > 1 ? (double)ws->th[1].n_built : 0.0);
+    return 0;
+}
+
+/* ------------------------------------------------- the mixture's parameters */
+
+/* mu, lam, logc, log pi (J each, float64) from the parameters (float32): means (J-1),
+ * log-precisions gamma (J), mixing logits rho (J-1) and pi0's logit. */
+void sws_mixture(int J, const float *means, const float *gamma, const float *rho, double pi0_logit,
+                 double *mu, double *lam, double *logc, double *logpi)
+{
+    double t = pi0_logit;
+    /* log sigmoid(t) and log sigmoid(-t), accurate for large |t| */
+    double ls_pos = t >= 0 ? -log1p(exp(-t)) : t - log1p(exp(t));
+    double ls_neg = ls_pos - t;
+    double m = -INFINITY, s = 0.0;
+    for (int k = 0; k < J - 1; k++) m = rho[k] > m ? rho[k] : m;
+    for (int k = 0; k < J - 1; k++) s += exp(rho[k] - m);
+    double lse = m + log(s);
+    mu[0] = 0.0;
+    logpi[0] = ls_pos;
+    for (int k = 1; k < J; k++) {
+        mu[k] = means[k - 1];
+        logpi[k] = ls_neg + (rho[k - 1] - lse);
+    }
+    for (int j = 0; j < J; j++) {
+        lam[j] = exp((double)gamma[j]);
+        logc[j] = logpi[j] + 0.5 * gamma[j] - 0.9189385332046728;   /* log(2 pi) / 2 */
+    }
+}
+
+/* From out (sum log p, S0, S1, S2) of sws_eval: C = -sum log p + hyper-prior, returned,
+ * and scale * dC/dp added to the float32 gradients of the parameters (any may be NULL):
+ * means (J-1), gamma (J), rho (J-1), pi0's logit (when learned: Beta(a, b) prior on pi0). */
+double sws_backward(int J, const double *out, const double *lam, const double *logpi,
+                    const float *gamma, double pi0_logit, int learn_pi0,
+                    double pi0_a, double pi0_b, const float *alpha, const float *beta, double scale,
+                    float *g_means, float *g_gamma, float *g_rho, float *g_pi0)
+{
+    const double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J;
+    double C = -out[0];
+    for (int j = 0; j < J; j++) {
+        C += (1.0 - alpha[j]) * gamma[j] + beta[j] * lam[j];
+        if (g_gamma) {
+            double d = 0.5 * lam[j] * S2[j] - 0.5 * S0[j] + (1.0 - alpha[j]) + beta[j] * lam[j];
+            g_gamma[j] += (float)(scale * d);
+        }
+    }
+    if (g_means)
+        for (int k = 1; k < J; k++) g_means[k - 1] += (float)(scale * (-lam[k] * S1[k]));
+    /* d/d log pi_j = -S0_j;  log pi_0 = log sigmoid(t), log pi_k = log sigmoid(-t) + log_softmax(rho)_k */
+    double t = pi0_logit, rest = 0.0;
+    double ls_pos = t >= 0 ? -log1p(exp(-t)) : t - log1p(exp(t)), ls_neg = ls_pos - t;
+    for (int k = 1; k < J; k++) rest -= S0[k];
+    if (g_rho)
+        for (int k = 1; k < J; k++) {
+            double soft = exp(logpi[k] - ls_neg);       /* softmax(rho)_k */
+            g_rho[k - 1] += (float)(scale * (-S0[k] - soft * rest));
+        }
+    if (learn_pi0) {
+        double sig = exp(ls_pos), sig_neg = exp(ls_neg);
+        C -= (pi0_a - 1.0) * ls_pos + (pi0_b - 1.0) * ls_neg;
+        if (g_pi0) {
+            double d = -S0[0] * sig_neg - sig * rest - (pi0_a - 1.0) * sig_neg + (pi0_b - 1.0) * sig;
+            g_pi0[0] += (float)(scale * d);
+        }
+    }
+    return C;
+}
+
+/* ------------------------------------------------------------ one training step */
+
+/* Plan over the weights' range [lo, hi] (widened by a margin) for the mixture (mu, lam,
+ * logc): G, a power of two in [32, 1024], follows the range against the sharpest
+ * component's standard deviation. */
+int sws_plan_range(void *p, int J, const double *mu, const double *lam, const double *logc,
+                   double lo, double hi, double cut)
+{
+    double margin = 0.05 * (hi - lo) + 1e-6, width = hi - lo + 2.0 * margin, lmax = 0.0;
+    for (int j = 0; j < J; j++) lmax = lam[j] > lmax ? lam[j] : lmax;
+    double cells = width * sqrt(lmax);
+    int G = 32;
+    while (G < 1024 && G < cells) G *= 2;
+    return sws_plan(p, J, mu, lam, logc, lo - margin, width / G, G, cut);
+}
+
+/* The training loop's call: from the mixture's float32 parameters (means, gamma, rho and
+ * pi0's logit; a Beta(a, b) prior on pi0 when learn_pi0), plan first when plan is set
+ * (over the range [lo, hi]), evaluate the nt tensors w (n[q] weights each) adding
+ * scale * dC/dw to grad[q], and add scale * dC/dp to the parameters' float32 gradients
+ * (any may be NULL).  mix: 4J float64 scratch (mu, lam, logc, log pi); out, info as
+ * for sws_eval, info[4] = 0 or the error (-1: out of memory planning).  Returns C. */
+double sws_step(void *p, int J, const float *means, const float *gamma, const float *rho,
+                const float *pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
+                const float *alpha, const float *beta, int nt, const float *const *w,
+                const int64_t *n, float *const *grad, float scale, int threads,
+                int64_t min_parallel, int plan, double lo, double hi, double cut,
+                float *g_means, float *g_gamma, float *g_rho, float *g_pi0,
+                double *mix, double *out, double *info)
+{
+    double *mu = mix, *lam = mix + J, *logc = mix + 2 * J, *logpi = mix + 3 * J;
+    sws_mixture(J, means, gamma, rho, *pi0_logit, mu, lam, logc, logpi);
+    info[4] = 0.0;
+    if ((plan || ((ws_t *)p)->J != J) && sws_plan_range(p, J, mu, lam, logc, lo, hi, cut) != 0) {
+        info[4] = -1.0;
+        return NAN;
+    }
+    sws_eval(p, J, mu, lam, logc, nt, w, n, grad, ADD_GRAD, scale, threads, min_parallel, out, info);
+    return sws_backward(J, out, lam, logpi, gamma, *pi0_logit, learn_pi0, pi0_a, pi0_b, alpha, beta,
+                        scale, g_means, g_gamma, g_rho, g_pi0);
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, NULL};

@@ -11,10 +11,20 @@ section 1):
 
 with responsibilities r_ij and S0_j = sum_i r_ij, S1_j = sum_i r_ij d_ij,
 S2_j = sum_i r_ij d_ij^2, d_ij = w_i - mu_j.  Autograd over the J x N matrix of
-log-densities costs about 17x a plain training step; this path makes one pass
-over the weights in C (``_kernel.c``), skipping components whose responsibility
-is below exp(-40) in the weight's neighbourhood.  Where the C module is not
-built, an exact chunked PyTorch implementation gives the same numbers.
+log-densities costs about 17x a plain training step.  Three paths avoid it:
+
+- CPU, float32 (the C kernel ``_kernel.c``): one pass over the weights, on an
+  adaptive piecewise-quadratic expansion of log p; to within 1e-4 of the
+  exact sums, deterministic for given inputs and thread count.
+- Other devices (``sws.prior.fused``): the dense formulas in float32 with
+  float64 sums, two passes per tensor, compiled with ``torch.compile`` where
+  it works; no host synchronisation.
+- Otherwise (no C kernel built, float64 weights): exact dense float64 in
+  chunks on the weights' device.
+
+``prior_backward`` is the training loop's form: it adds ``scale * dC/dp`` to
+the gradients of the weights and of the mixture's parameters in place and
+returns C as a 0-d tensor on the prior's device.
 """
 
 from __future__ import annotations
@@ -24,23 +34,19 @@ import math
 
 import torch
 
-__all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_reference",
-           "kernel_available"]
+from sws.prior import fused
 
-_GRID_MIN, _GRID_MAX = 256, 32768  # cells in the table; building it costs about GRID x J
+__all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_reference",
+           "kernel_available", "prior_backward"]
+
 _MAX_COMPONENTS = 256  # the C kernel's scratch size
 _CUT = 20.0  # components below exp(-CUT) relative responsibility are dropped (as in _kernel.c)
+_MIN_PARALLEL = 1 << 17  # weights below which the C kernel's second thread does not pay
+_COARSE_MIN, _COARSE_MAX = 32, 1024  # coarse cells of the C kernel's grid
 
-_f32p = ctypes.POINTER(ctypes.c_float)
+_vp = ctypes.c_void_p
 _f64p = ctypes.POINTER(ctypes.c_double)
-
-
-class _Table(ctypes.Structure):
-    _fields_ = [("J", ctypes.c_int), ("G", ctypes.c_int), ("lo", ctypes.c_double),
-                ("h", ctypes.c_double)] + [
-        (name, ctypes.c_void_p) for name in
-        ("mu", "lam", "logc", "ptr", "idx", "r", "r1", "r2", "cells", "L0", "mom", "mom2", "out2")
-    ] + [("n_exact", ctypes.c_int64)]
+_i64p = ctypes.POINTER(ctypes.c_int64)
 
 
 def _load():
@@ -48,15 +54,36 @@ def _load():
         from sws.prior import _kernel  # built by setup.py
     except ImportError:
         return None
-    lib = ctypes.CDLL(_kernel.__file__)
-    table_p = ctypes.POINTER(_Table)
-    lib.sws_build.restype = None
-    lib.sws_build.argtypes = [table_p, ctypes.c_double, ctypes.c_int]
-    lib.sws_eval.restype = None
-    lib.sws_eval.argtypes = [table_p, _f32p, ctypes.c_int64, _f32p, ctypes.c_int, ctypes.c_float,
-                             _f64p, _f64p, ctypes.c_int]
-    lib.sws_finish.restype = None
-    lib.sws_finish.argtypes = [table_p, _f64p, _f64p]
+    try:
+        lib = ctypes.CDLL(_kernel.__file__)
+        sigs = {
+            "sws_new": (_vp, []),
+            "sws_free": (None, [_vp]),
+            "sws_plan": (ctypes.c_int, [_vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_double,
+                                        ctypes.c_double, ctypes.c_int, ctypes.c_double]),
+            "sws_eval": (ctypes.c_int, [_vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_int, _vp, _vp, _vp,
+                                        ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_int64,
+                                        _vp, _vp]),
+            "sws_shape": (None, [_vp, _i64p, _f64p]),
+            "sws_export": (None, [_vp, _vp, _vp]),
+            "sws_import": (ctypes.c_int, [_vp, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                          ctypes.c_int, ctypes.c_double, ctypes.c_double, _vp, _vp]),
+            "sws_mixture": (None, [ctypes.c_int, _vp, _vp, _vp, ctypes.c_double, _vp, _vp, _vp, _vp]),
+            "sws_plan_range": (ctypes.c_int, [_vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_double, ctypes.c_double,
+                                              ctypes.c_double]),
+            "sws_step": (ctypes.c_double, [_vp, ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_int, ctypes.c_double,
+                                           ctypes.c_double, _vp, _vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_float,
+                                           ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_double,
+                                           ctypes.c_double, ctypes.c_double, _vp, _vp, _vp, _vp, _vp, _vp, _vp]),
+            "sws_backward": (ctypes.c_double, [ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_double,
+                                               ctypes.c_int, ctypes.c_double, ctypes.c_double, _vp, _vp,
+                                               ctypes.c_double, _vp, _vp, _vp, _vp]),
+        }
+        for name, (res, args) in sigs.items():
+            f = getattr(lib, name)
+            f.restype, f.argtypes = res, args
+    except (OSError, AttributeError):  # an extension from another version of this file
+        return None
     return lib
 
 
@@ -68,139 +95,173 @@ def kernel_available() -> bool:
     return _LIB is not None
 
 
-def _ptr(t: torch.Tensor, kind):
-    return ctypes.cast(t.data_ptr(), kind)
-
-
 def _log_norm_const(gamma: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
     return log_pi + 0.5 * gamma - 0.5 * math.log(2 * math.pi)
 
 
-class Workspace:
-    """State kept between calls of the C kernel: the grid's placement and size,
-    the cells' active components, and buffers.  Pass one per prior to
-    ``mixture_nll``.
+def _threads() -> int:
+    return 2 if torch.get_num_threads() > 1 else 1
 
-    The active sets are recomputed every ``SETS_EVERY`` calls with a safety
-    margin (the mixture moves slowly).  The grid follows the weights' range,
-    and its size follows the mixture's sharpness: it doubles while more than
-    ``EXACT_HIGH`` of the weights need the exact path and halves while fewer
-    than ``EXACT_LOW`` do, so broad early mixtures get a cheap coarse table and
-    sharp late ones a fine table.
+
+class Workspace:
+    """State the C kernel keeps between calls: its geometry (a coarse grid over the
+    weights' range, each cell split into leaves fine enough for the mixture there,
+    each leaf's active components) and the range of the weights it saw.  Pass one
+    per prior to ``mixture_nll``.
+
+    The geometry is planned again every ``SETS_EVERY`` calls (the mixture moves
+    slowly; the active sets keep a margin of ``SETS_MARGIN`` in log-responsibility
+    and the leaves are planned finer than each call requires), and whenever the
+    number of components changes.
     """
 
-    SETS_EVERY = 8     # calls between recomputations of the active sets
+    SETS_EVERY = 8     # calls between plans
     SETS_MARGIN = 4.0  # extra log-responsibility margin covering the mixture's drift meanwhile
-    EXACT_HIGH, EXACT_LOW = 0.005, 0.0005  # the exact path costs ~20x the expansion
+    VERSION = 2        # of the saved state (1: the uniform grid of the first kernel)
 
     def __init__(self):
-        self.lo, self.hi = -1.0, 1.0
-        self.G, self.J, self.bufs = 1024, None, None
-        self.calls, self.n_exact, self.n_seen = 0, 0, 0
+        self.lo, self.hi = -1.0, 1.0   # the weights' range, as last seen
+        self.calls, self.n_exact, self.n_seen, self.n_built = 0, 0, 0, 0
+        self.J = None                  # components of the current plan
+        self._handle = None
+        self._bufs = self.out = None
+        self.info = (ctypes.c_double * 5)()
 
-    def buffers(self, J: int):
-        if self.J != J or self.bufs is None or self.bufs["ptr"].numel() != self.G + 1:
-            self.J, G = J, self.G
-            f64 = dict(dtype=torch.float64)
-            self.bufs = {
-                "ptr": torch.empty(G + 1, dtype=torch.int32),  # per-cell counts of active components
-                "idx": torch.empty(G * J, dtype=torch.int32),
-                **{k: torch.empty(G * J, **f64) for k in ("r", "r1", "r2")},
-                "cells": torch.empty(G * 4, **f64),  # 32-byte cell_t
-                "L0": torch.empty(G, **f64),
-                "mom": torch.empty(G * 3, **f64),
-                "mom2": torch.empty(G * 3, **f64),
-                "out2": torch.zeros(1 + 3 * J, **f64),
-            }
-        return self.bufs
+    def __del__(self):
+        if self._handle is not None and _LIB is not None:
+            _LIB.sws_free(self._handle)
+            self._handle = None
 
-    def resize(self):
-        """Adapt the grid size to the share of weights that took the exact path."""
-        if self.n_seen:
-            share = self.n_exact / self.n_seen
-            if share > self.EXACT_HIGH and self.G < _GRID_MAX:
-                self.G *= 2
-            elif share < self.EXACT_LOW and self.G > _GRID_MIN:
-                self.G //= 2
-        self.n_exact = self.n_seen = 0
+    def handle(self):
+        if self._handle is None:
+            self._handle = _LIB.sws_new()
+            if not self._handle:
+                raise MemoryError("the prior's C kernel could not allocate its workspace")
+        return self._handle
+
+    def mixture_buffers(self, J: int) -> torch.Tensor:
+        """A (4, J) float64 scratch: mu, lam, logc, log pi (and ``self.out``, 1 + 3J sums)."""
+        if self._bufs is None or self._bufs.shape[1] != J:
+            self._bufs = torch.zeros(4, J, dtype=torch.float64)
+            self.out = torch.zeros(1 + 3 * J, dtype=torch.float64)
+        return self._bufs
+
+    def plan(self, J: int, mu: torch.Tensor, lam: torch.Tensor, logc: torch.Tensor) -> None:
+        """Plan the geometry for the mixture (float64 CPU tensors) over the weights' range."""
+        rc = _LIB.sws_plan_range(self.handle(), J, mu.data_ptr(), lam.data_ptr(), logc.data_ptr(),
+                                 self.lo, self.hi, _CUT + self.SETS_MARGIN)
+        if rc != 0:
+            raise MemoryError("the prior's C kernel ran out of memory planning its grid")
+        self.J = J
 
     def state_dict(self) -> dict:
         """Everything that carries over between calls, for bit-identical resumption.
 
-        Scalars (call count, grid size and placement, exact-path counters) as
-        plain numbers; the cached active sets (``ptr``, ``idx``) as tensors.
+        Scalars (format version, call count, the weights' range, the geometry's
+        sizes and placement, exact-path counters) as plain numbers; the geometry
+        itself as two int32 tensors ``ptr`` and ``idx``.
         """
-        state = {"calls": self.calls, "G": self.G, "J": self.J, "lo": self.lo, "hi": self.hi,
-                 "n_exact": self.n_exact, "n_seen": self.n_seen,
-                 "grid": list(getattr(self, "grid", ())) or None}
-        if self.bufs is not None:
-            state["ptr"] = self.bufs["ptr"].clone()
-            state["idx"] = self.bufs["idx"].clone()
+        state = {"version": self.VERSION, "calls": self.calls, "lo": self.lo, "hi": self.hi,
+                 "n_exact": self.n_exact, "n_seen": self.n_seen, "J": self.J}
+        if self.J is not None and self._handle is not None:
+            sizes, place = (ctypes.c_int64 * 5)(), (ctypes.c_double * 2)()
+            _LIB.sws_shape(self._handle, sizes, place)
+            J, G, L, E, D = (int(v) for v in sizes)
+            ptr = torch.empty(2 * (L + 1) + G, dtype=torch.int32)
+            idx = torch.empty(max(E, 1), dtype=torch.int32)
+            _LIB.sws_export(self._handle, ptr.data_ptr(), idx.data_ptr())
+            state.update(G=G, D=D, L=L, E=E, grid_lo=place[0], grid_h=place[1], ptr=ptr,
+                         idx=idx[:E].clone())
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore what ``state_dict`` returned; the next call continues exactly where it left off."""
-        self.calls, self.G, self.lo, self.hi = int(state["calls"]), int(state["G"]), state["lo"], state["hi"]
-        self.n_exact, self.n_seen = int(state["n_exact"]), int(state["n_seen"])
-        if state.get("grid") is not None:
-            self.grid = tuple(state["grid"])
-        self.J, self.bufs = None, None
-        if state.get("J") is not None and "ptr" in state:
-            bufs = self.buffers(int(state["J"]))
-            if state["ptr"].shape != bufs["ptr"].shape or state["idx"].shape != bufs["idx"].shape:
-                raise ValueError("workspace state does not match its grid size")
-            bufs["ptr"].copy_(state["ptr"])
-            bufs["idx"].copy_(state["idx"])
+        """Restore what ``state_dict`` returned; the next call continues exactly where it left off.
+
+        A state saved by another version of the kernel restores only the call
+        count and range (the next call plans afresh).
+        """
+        self.calls, self.lo, self.hi = int(state["calls"]), float(state["lo"]), float(state["hi"])
+        self.n_exact, self.n_seen = int(state.get("n_exact", 0)), int(state.get("n_seen", 0))
+        self.J = None
+        if state.get("version") != self.VERSION or state.get("J") is None or "ptr" not in state:
+            return
+        if _LIB is None:
+            return
+        J, G, D, L, E = (int(state[k]) for k in ("J", "G", "D", "L", "E"))
+        ptr = state["ptr"].to(torch.int32).contiguous()
+        idx = state["idx"].to(torch.int32).contiguous()
+        if ptr.numel() != 2 * (L + 1) + G or idx.numel() != E:
+            raise ValueError("workspace state does not match its grid size")
+        rc = _LIB.sws_import(self.handle(), J, G, D, L, E, float(state["grid_lo"]), float(state["grid_h"]),
+                             ptr.data_ptr(), idx.data_ptr() if E else None)
+        if rc != 0:
+            raise ValueError("workspace state is inconsistent" if rc == -2 else "out of memory")
+        self.J = J
 
 
-def _stats_c(mu, gamma, log_pi, weights, grads, ws, scale=1.0):
-    """Run the C kernel.  ``grads``: None (value and statistics only), "new"
-    (return dC/dw per tensor) or "accumulate" (add scale * dC/dw to each w.grad)."""
-    J = mu.numel()
-    with torch.no_grad():
-        mu64, gamma64 = mu.detach().double().contiguous(), gamma.detach().double()
-        lam64 = gamma64.exp().contiguous()
-        logc64 = _log_norm_const(gamma64, log_pi.detach().double()).contiguous()
-    new_sets = ws.calls % ws.SETS_EVERY == 0 or ws.J != J
-    if new_sets:  # the grid moves only when the active sets are recomputed
-        ws.resize()
-        margin = 0.05 * (ws.hi - ws.lo) + 1e-6
-        ws.grid = (ws.lo - margin, (ws.hi - ws.lo + 2 * margin) / ws.G)
-    bufs = ws.buffers(J)
+_F32 = torch.float32
+
+
+def _c_takes(tensors) -> bool:
+    for t in tensors:
+        if not (t.is_cpu and t.dtype is _F32 and t.is_contiguous()):
+            return False
+    return True
+
+
+def _run_c(ws: Workspace, J: int, mix: torch.Tensor, weights, grads, mode: int, scale: float,
+           out: torch.Tensor | None = None, ptrs=None) -> torch.Tensor:
+    """The C kernel over ``weights`` for the mixture in ``mix[:3]`` (mu, lam, logc).
+
+    mode 0: no gradient; 1: ``grads`` receive dC/dw; 2: get ``scale * dC/dw`` added.
+    ``ptrs``: the ctypes arrays of the weights' addresses, sizes and the gradients'
+    addresses, when the caller has them.  Returns the (1 + 3J) float64 sums: log p, S0,
+    S1, S2 (in ``out`` when given).
+    """
+    if ws.calls % ws.SETS_EVERY == 0 or ws.J != J:
+        ws.plan(J, mix[0], mix[1], mix[2])
     ws.calls += 1
-    table = _Table(J=J, G=ws.G, lo=ws.grid[0], h=ws.grid[1], mu=mu64.data_ptr(),
-                   lam=lam64.data_ptr(), logc=logc64.data_ptr(),
-                   **{k: v.data_ptr() for k, v in bufs.items()})
-    tp = ctypes.byref(table)
-    threads = 2 if torch.get_num_threads() > 1 else 1
-    _LIB.sws_build(tp, _CUT + ws.SETS_MARGIN if new_sets else 0.0, threads)
-    bufs["out2"].zero_()
-    out = torch.zeros(1 + 3 * J, dtype=torch.float64)
-    rng = torch.tensor([math.inf, -math.inf], dtype=torch.float64)
-    new_grads = []
-    for w in weights:
-        if grads == "accumulate" and (w.dtype != torch.float32 or not w.is_contiguous()
-                                      or w.device.type != "cpu"):
-            raise ValueError("the fused prior gradient needs contiguous float32 CPU tensors")
-        w_ = w.detach()
-        if w_.dtype != torch.float32 or not w_.is_contiguous() or w_.device.type != "cpu":
-            w_ = w_.to("cpu", torch.float32).contiguous()
-        if grads == "accumulate":
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            g, acc = w.grad, 1
-        else:
-            g, acc = (torch.empty_like(w_) if grads == "new" else None), 0
-        _LIB.sws_eval(tp, _ptr(w_, _f32p), w_.numel(), _ptr(g, _f32p) if g is not None else None,
-                      acc, scale, _ptr(out, _f64p), _ptr(rng, _f64p), threads)
-        new_grads.append(g if grads == "new" else None)
-    _LIB.sws_finish(tp, _ptr(out, _f64p), _ptr(rng, _f64p))
-    ws.n_exact += table.n_exact
-    ws.n_seen += sum(w.numel() for w in weights)
-    lo_seen, hi_seen = rng.tolist()
-    if math.isfinite(lo_seen):
-        ws.lo, ws.hi = lo_seen, hi_seen
-    return out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:], new_grads
+    nt = len(weights)
+    if ptrs is None:
+        ptrs = ((_vp * nt)(*[w.data_ptr() for w in weights]), (ctypes.c_int64 * nt)(*[w.numel() for w in weights]),
+                (_vp * nt)(*[g.data_ptr() for g in grads]) if mode else None)
+    if out is None:
+        out = torch.empty(1 + 3 * J, dtype=torch.float64)
+    info = ws.info
+    rc = _LIB.sws_eval(ws.handle(), J, mix[0].data_ptr(), mix[1].data_ptr(), mix[2].data_ptr(), nt,
+                       ptrs[0], ptrs[1], ptrs[2], mode, scale, _threads(), _MIN_PARALLEL, out.data_ptr(), info)
+    if rc != 0:
+        raise RuntimeError("the prior's C kernel has no plan for this mixture")
+    ws.n_exact += int(info[0])
+    ws.n_built = int(info[3])
+    ws.n_seen += sum(ptrs[1])
+    lo, hi = info[1], info[2]
+    if lo - lo == 0.0 and hi - hi == 0.0:  # finite
+        ws.lo, ws.hi = lo, hi
+    return out
+
+
+def _mixture64(mu, gamma, log_pi) -> torch.Tensor:
+    """(3, J) float64 CPU: mu, lam, logc from the mixture's tensors."""
+    with torch.no_grad():
+        g = gamma.detach().double().cpu()
+        return torch.stack([mu.detach().double().cpu(), g.exp(),
+                            _log_norm_const(g, log_pi.detach().double().cpu())]).contiguous()
+
+
+def _stats_c(mu, gamma, log_pi, weights, want_grad, ws):
+    """The C kernel on contiguous float32 CPU copies of ``weights``; new gradient tensors."""
+    J = mu.numel()
+    mix = _mixture64(mu, gamma, log_pi)
+    ws_ = [w.detach().to("cpu", torch.float32).contiguous() for w in weights]
+    grads = [torch.empty_like(w) for w in ws_] if want_grad else None
+    out = _run_c(ws, J, mix, ws_, grads, 1 if want_grad else 0, 1.0)
+    if grads is not None:
+        grads = [g.to(w.device, w.dtype) if g.device != w.device or g.dtype != w.dtype else g
+                 for g, w in zip(grads, weights)]
+    else:
+        grads = [None] * len(weights)
+    return out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:], grads
 
 
 def _stats_torch(mu, gamma, log_pi, weights, want_grad, chunk=1 << 16):
@@ -238,20 +299,37 @@ def _stats_torch(mu, gamma, log_pi, weights, want_grad, chunk=1 << 16):
     return logp, S0, S1, S2, grads
 
 
-def _kernel_takes(weights) -> bool:
-    return kernel_available() and all(
-        w.dtype == torch.float32 and w.is_contiguous() and w.device.type == "cpu" for w in weights)
+def _stats_fused(mu, gamma, log_pi, weights, want_grad):
+    """The float32 path (``sws.prior.fused``), on the weights' device; sums on ``mu``'s device."""
+    logp, S, grads = fused.stats(mu, gamma, log_pi, weights, grads=None, new_grads=want_grad)
+    J = mu.numel()
+    return logp, S[:J], S[J:2 * J], S[2 * J:], grads if want_grad else [None] * len(weights)
+
+
+def _path(mu, weights, use_kernel) -> str:
+    """Which implementation takes these tensors: "c", "fused" or "torch"."""
+    on_cpu = mu.device.type == "cpu" and all(w.device.type == "cpu" for w in weights)
+    if use_kernel:
+        if not kernel_available():
+            raise RuntimeError("the C kernel sws.prior._kernel is not built; reinstall the package")
+        return "c"  # CPU copies of whatever is given; results back on the weights' devices
+    if use_kernel is None and on_cpu and kernel_available():
+        return "c"
+    if use_kernel is None and not on_cpu and all(w.is_floating_point() and w.dtype != torch.float64
+                                                 for w in weights):
+        return "fused"
+    return "torch"
 
 
 class _MixtureNLL(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ws, use_c, mu, gamma, log_pi, *weights):
+    def forward(ctx, ws, path, mu, gamma, log_pi, *weights):
         want = [w.requires_grad for w in weights]
-        if use_c:
-            logp, S0, S1, S2, grads = _stats_c(mu, gamma, log_pi, weights,
-                                               "new" if any(want) else None, ws)
-        else:
-            logp, S0, S1, S2, grads = _stats_torch(mu, gamma, log_pi, weights, any(want))
+        stats = {"c": lambda: _stats_c(mu, gamma, log_pi, weights, any(want), ws),
+                 "fused": lambda: _stats_fused(mu, gamma, log_pi, weights, any(want)),
+                 "torch": lambda: _stats_torch(mu, gamma, log_pi, weights, any(want))}[path]
+        logp, S0, S1, S2, grads = stats()
+        logp, S0, S1, S2 = (t.to(mu.device) for t in (logp, S0, S1, S2))
         lam = gamma.detach().double().exp()
         ctx.param_grads = [(-lam * S1).to(mu.dtype), (0.5 * lam * S2 - 0.5 * S0).to(gamma.dtype),
                            (-S0).to(log_pi.dtype)]
@@ -261,8 +339,8 @@ class _MixtureNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         params = [grad_out * g for g in ctx.param_grads]
-        weights = [None if g is None else (g.mul_(grad_out) if g.dtype == grad_out.dtype
-                                           else g * grad_out) for g in ctx.weight_grads]
+        weights = [None if g is None else (g.mul_(grad_out.to(g.device)) if g.dtype == grad_out.dtype
+                                           else g * grad_out.to(g.device)) for g in ctx.weight_grads]
         ctx.weight_grads = None
         return (None, None, *params, *weights)
 
@@ -277,20 +355,19 @@ def mixture_nll(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
 
     Args:
       mu, gamma, log_pi: the J component means, log-precisions, log mixing proportions.
-      weights: tensors whose entries the prior covers (any shapes).
-      workspace: optional state reused across steps (the grid follows the
-        weights' range, buffers are allocated once).
-      use_kernel: force the C kernel (True) or the PyTorch path (False);
-        default: the C kernel where built.
+      weights: tensors whose entries the prior covers (any shapes, any device).
+      workspace: optional state reused across steps by the C kernel.
+      use_kernel: True: the C kernel (on CPU copies of the tensors); False: the
+        exact float64 PyTorch path; default: the C kernel for CPU tensors where
+        built, the float32 fused path for tensors on other devices, else the
+        exact path.
     Returns:
-      A scalar tensor.
+      A scalar tensor on ``mu``'s device.
     """
     if mu.numel() > _MAX_COMPONENTS:
         raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
-    use_c = kernel_available() if use_kernel is None else use_kernel
-    if use_c and not kernel_available():
-        raise RuntimeError("the C kernel sws.prior._kernel is not built; reinstall the package")
-    return _MixtureNLL.apply(workspace or Workspace(), use_c, mu, gamma, log_pi, *weights)
+    path = _path(mu, weights, use_kernel)
+    return _MixtureNLL.apply(workspace or Workspace(), path, mu, gamma, log_pi, *weights)
 
 
 def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.Tensor,
@@ -299,32 +376,133 @@ def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.
     """Fused form for training loops: add ``scale * dC/dw`` to every ``w.grad`` in place.
 
     Equivalent to ``(scale * mixture_nll(...)).backward()`` for the weights, but
-    with no J x N autograd graph: contiguous float32 CPU tensors take one pass
-    of the C kernel; others (GPU, float64, or no C kernel built) the exact dense
-    path on their own device.  A missing ``.grad`` is created as zeros.
+    with no J x N autograd graph.  A missing ``.grad`` is created as zeros.
 
     Returns:
       (C, dC/dmu, dC/dgamma, dC/dlog_pi) as float64 tensors on ``mu``'s device
       (unscaled), for the caller to back-propagate into the mixture's parameters.
     """
-    if not _kernel_takes(weights):
-        C, d_mu, d_gamma, d_logpi, grads = _stats_torch_grads(mu, gamma, log_pi, weights)
+    for w in weights:
+        if w.grad is None:
+            w.grad = torch.zeros_like(w)
+    path = _path(mu, weights, None)
+    J = mu.numel()
+    if path == "c" and _c_takes(weights) and _c_takes([w.grad for w in weights]):
+        out = _run_c(workspace or Workspace(), J, _mixture64(mu, gamma, log_pi), weights,
+                     [w.grad for w in weights], 2, scale)
+        logp, S0, S1, S2 = out[0], out[1:1 + J], out[1 + J:1 + 2 * J], out[1 + 2 * J:]
+    elif path == "fused":
+        logp, S, _ = fused.stats(mu, gamma, log_pi, weights, grads=[w.grad for w in weights], scale=scale)
+        S0, S1, S2 = S[:J], S[J:2 * J], S[2 * J:]
+    else:
+        logp, S0, S1, S2, grads = (_stats_c(mu, gamma, log_pi, weights, True, workspace or Workspace())
+                                   if path == "c" else _stats_torch(mu, gamma, log_pi, weights, True))
         with torch.no_grad():
             for w, g in zip(weights, grads):
-                if w.grad is None:
-                    w.grad = torch.zeros_like(w)
-                w.grad.add_(g.to(w.grad.dtype), alpha=scale)
-        return C, d_mu, d_gamma, d_logpi
-    logp, S0, S1, S2, _ = _stats_c(mu, gamma, log_pi, weights, "accumulate",
-                                   workspace or Workspace(), scale)
+                w.grad.add_(g.to(w.grad.device, w.grad.dtype), alpha=scale)
+    logp, S0, S1, S2 = (t.to(mu.device) for t in (logp, S0, S1, S2))
     lam = gamma.detach().double().exp()
     return -logp, -lam * S1, 0.5 * lam * S2 - 0.5 * S0, -S0
 
 
-def _stats_torch_grads(mu, gamma, log_pi, weights):
-    logp, S0, S1, S2, grads = _stats_torch(mu, gamma, log_pi, weights, True)
-    lam = gamma.detach().double().exp()
-    return -logp, -lam * S1, 0.5 * lam * S2 - 0.5 * S0, -S0, grads
+def _ensure_grad(p: torch.Tensor) -> torch.Tensor:
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
+
+
+def prior_backward(prior, weights: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """Add ``scale * dC/dp`` to the ``.grad`` of ``weights`` and of ``prior``'s parameters.
+
+    ``prior`` is a ``GaussianMixturePrior``; C = -log p(weights) + hyper-prior.
+    Float32 CPU tensors take one call of the C kernel (the mixture's gradients
+    included); tensors on other devices the fused float32 path, with the
+    mixture's gradients in closed form on its device; anything else the exact
+    float64 path.  No host synchronisation on any device.
+
+    Returns:
+      C, a 0-d float64 tensor on the prior's device.
+    """
+    params = [prior.means, prior.log_precisions, prior.mixing_logits]
+    learn_pi0 = isinstance(prior.pi0_logit, torch.nn.Parameter)
+    if learn_pi0:
+        params.append(prior.pi0_logit)
+    J = prior.log_precisions.numel()
+    if J > _MAX_COMPONENTS:
+        raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
+    fast = _LIB is not None
+    w_ptrs, g_ptrs = [], []
+    for w in weights:
+        g = w.grad
+        if g is None:
+            g = w.grad = torch.zeros_like(w)
+        if fast:
+            if w.is_cpu and w.dtype is _F32 and g.dtype is _F32 and w.is_contiguous() and g.is_contiguous():
+                w_ptrs.append(w.data_ptr())
+                g_ptrs.append(g.data_ptr())
+            else:
+                fast = False
+    p_grads = [(p.grad if p.grad is not None else _ensure_grad(p)) if p.requires_grad else None for p in params]
+    if (fast and _c_takes(params) and _c_takes((prior.alpha, prior.beta))
+            and _c_takes(g for g in p_grads if g is not None)):
+        nt = len(weights)
+        ptrs = ((_vp * nt)(*w_ptrs), (ctypes.c_int64 * nt)(*[w.numel() for w in weights]), (_vp * nt)(*g_ptrs))
+        return _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs)
+    mu, gamma, log_pi = prior.mixture()
+    accumulated = mixture_nll_accumulate(mu, gamma, log_pi, weights, scale, prior._workspace)
+    return _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0)
+
+
+def _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs) -> torch.Tensor:
+    ws = prior._workspace
+    buf = ws.mixture_buffers(J)
+    plan = ws.calls % ws.SETS_EVERY == 0 or ws.J != J
+    ws.calls += 1
+    cfg, info = prior.config, ws.info
+    C = _LIB.sws_step(ws.handle(), J, params[0].data_ptr(), params[1].data_ptr(), params[2].data_ptr(),
+                      prior.pi0_logit.data_ptr(), int(learn_pi0), float(cfg.pi0_a), float(cfg.pi0_b),
+                      prior.alpha.data_ptr(), prior.beta.data_ptr(), len(weights), ptrs[0], ptrs[1], ptrs[2],
+                      scale, _threads(), _MIN_PARALLEL, int(plan), ws.lo, ws.hi, _CUT + ws.SETS_MARGIN,
+                      *[g.data_ptr() if g is not None else None for g in p_grads],
+                      *([None] if len(p_grads) == 3 else []), buf.data_ptr(), ws.out.data_ptr(), info)
+    if info[4] != 0:
+        raise MemoryError("the prior's C kernel ran out of memory planning its grid")
+    ws.J = J
+    ws.n_exact += int(info[0])
+    ws.n_seen += sum(ptrs[1])
+    ws.n_built = int(info[3])
+    lo, hi = info[1], info[2]
+    if lo - lo == 0.0 and hi - hi == 0.0:  # finite
+        ws.lo, ws.hi = lo, hi
+    return torch.tensor(C, dtype=torch.float64)
+
+
+def _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0) -> torch.Tensor:
+    """The mixture's gradients in closed form (float64, on the prior's device), from the sums."""
+    nll, _, _, d_logpi = accumulated
+    with torch.no_grad():
+        dev = prior.log_precisions.device
+        nll, d_logpi = nll.to(dev), d_logpi.to(dev)
+        S0 = -d_logpi
+        gamma = prior.log_precisions.detach().double()
+        lam = gamma.exp()
+        alpha, beta = prior.alpha.double(), prior.beta.double()
+        d_mu, d_gamma = (t.to(dev) for t in accumulated[1:3])
+        hyper = ((1.0 - alpha) * gamma + beta * lam).sum()
+        rest = -S0[1:].sum()
+        t = prior.pi0_logit.detach().double()
+        soft = torch.softmax(prior.mixing_logits.detach().double(), 0)
+        grads = [d_mu[1:], d_gamma + (1.0 - alpha) + beta * lam, -S0[1:] - soft * rest]
+        if learn_pi0:
+            a, b = prior.config.pi0_a, prior.config.pi0_b
+            sig, sig_neg = torch.sigmoid(t), torch.sigmoid(-t)
+            hyper = hyper - ((a - 1.0) * torch.nn.functional.logsigmoid(t)
+                             + (b - 1.0) * torch.nn.functional.logsigmoid(-t))
+            grads.append(-S0[0] * sig_neg - sig * rest - (a - 1.0) * sig_neg + (b - 1.0) * sig)
+        for g_acc, g in zip(p_grads, grads):
+            if g_acc is not None:
+                g_acc.add_(g.reshape(g_acc.shape).to(g_acc.dtype), alpha=scale)
+        return nll + hyper
 
 
 def mixture_nll_reference(mu, gamma, log_pi, weights) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sws.config import PriorConfig
-from sws.prior.kernel import Workspace, mixture_nll, mixture_nll_accumulate
+from sws.prior.kernel import Workspace, mixture_nll, prior_backward
 
 __all__ = ["GaussianMixturePrior"]
 
@@ -109,21 +109,15 @@ class GaussianMixturePrior(nn.Module):
         """Add ``scale * dC/dp`` to the ``.grad`` of the weights and the mixture parameters.
 
         The same gradients as ``(scale * self.complexity(weights)).backward()``,
-        but the weights' part is accumulated in place by one fused pass of the C
-        kernel (or, for tensors it cannot take, such as GPU ones, by the exact
-        dense path on their device).  Call it after the data term's ``backward()``.
+        but with no autograd graph: float32 CPU tensors take one call of the C
+        kernel (``sws.prior.kernel``), tensors on a GPU the fused float32 path on
+        their device (``sws.prior.fused``), and the mixture's gradients follow in
+        closed form.  Call it after the data term's ``backward()``.
 
         Returns:
           The value of C.
         """
-        mu, gamma, log_pi = self.mixture()
-        nll, d_mu, d_gamma, d_log_pi = mixture_nll_accumulate(
-            mu, gamma, log_pi, weights, scale, self._workspace)
-        hyper = self.hyper_prior()
-        surrogate = ((mu * d_mu.to(mu.dtype)).sum() + (gamma * d_gamma.to(gamma.dtype)).sum()
-                     + (log_pi * d_log_pi.to(log_pi.dtype)).sum() + hyper)
-        (scale * surrogate).backward()
-        return nll.item() + hyper.item()
+        return float(prior_backward(self, weights, scale))
 
     def summary(self) -> dict:
         """Current mixture as plain lists: means, standard deviations, mixing proportions."""
