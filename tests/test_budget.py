@@ -127,3 +127,23 @@ def test_paper_preset_runs_three_epochs_without_the_guard_stopping_it(tmp_path, 
     assert "diverged" not in err
     history = [r for r in json.loads((run / "history.json").read_text()) if r["stage"] == "retrain"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_codebook_finetuning_keeps_the_pattern_and_lowers_the_loss(tmp_path):
+    from sws.method.finetune import finetune_codebook_
+    model = pretrained()
+    model, report = sws.compress(model, toy(), toy(seed=1), epochs=3, batch_size=64, tau=0.05, init_sigma=0.05,
+                                 lr_log_precisions=1e-2, lr_mixing=1e-2, budget=False)
+    covered = {n: model.get_parameter(n) for n in report.covered}
+    before = {n: p.detach().clone() for n, p in covered.items()}
+    loss_before = sws.evaluate(model, toy())["loss"]
+    codebook = finetune_codebook_(model, covered, torch.tensor(report.codebook), toy(), epochs=3, lr=1e-2,
+                                  batch_size=64)
+    assert codebook[0] == 0 and len(set(codebook.tolist())) == len(codebook)
+    for n, p in covered.items():
+        assert torch.equal(p.eq(0), before[n].eq(0))                # zeros stay zeros
+        assert set(p.detach().unique().tolist()) <= set(codebook.tolist())
+    assert sws.evaluate(model, toy())["loss"] < loss_before
+    path = tmp_path / "f.sws"
+    sws.save(path, model, codebook=codebook, quantized=list(covered))
+    assert torch.equal(sws.load(path, model=mlp())(toy().tensors[0][:4]), model(toy().tensors[0][:4]))

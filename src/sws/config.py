@@ -157,10 +157,15 @@ class RetrainConfig:
 class QuantizeConfig:
     merge_threshold: float = 1e-2    # merge components whose KL divergence (either way) is below this
     drop_dead_units: bool = True     # then zero the weights that cannot change the output (lossless)
+    finetune_epochs: int = 0         # then train the codebook values, assignments fixed (beyond the paper)
+    finetune_lr: float = 1e-4        # Adam rate of that fine-tuning
 
     def validate(self):
         if not self.merge_threshold >= 0:
             raise ConfigError(f"merge_threshold must be >= 0, got {self.merge_threshold}")
+        if not (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0):
+            raise ConfigError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
+        _positive(self, "finetune_lr")
 
 
 PRESETS: dict[str, dict] = {

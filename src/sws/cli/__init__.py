@@ -155,6 +155,11 @@ merge_option = _options(
     click.option("--drop-dead-units/--keep-dead-units", default=QuantizeConfig.drop_dead_units,
                  show_default=True, help="After snapping, zero the weights that cannot change the "
                  "output: leaving units that output 0, entering units nobody reads (lossless)."),
+    click.option("--finetune-epochs", type=int, default=QuantizeConfig.finetune_epochs, show_default=True,
+                 help="After snapping, train the codebook values for N epochs, assignments and zeros "
+                      "fixed (beyond the paper; the file's size does not change)."),
+    click.option("--finetune-lr", type=float, default=QuantizeConfig.finetune_lr, show_default=True,
+                 help="Adam learning rate of the codebook fine-tuning."),
 )
 
 

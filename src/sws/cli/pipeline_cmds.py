@@ -85,7 +85,8 @@ def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretra
 @figures_option
 @resume_option
 @guard_option
-def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, batch_size, seed, data_dir, force, quiet,
+def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, batch_size,
+                seed, data_dir, force, quiet,
                 figures, resume, guard, **kw):
     """Retrain a pretrained run with the Gaussian-mixture prior.
 
@@ -120,7 +121,7 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, batch_si
         run = src
         run.refuse_overwrite("retrained", force)
         _refuse_interrupted(run, "retrain", "retrain", force)
-    qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
+    qcfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
     qcfg.validate()
     _record_command(run, "retrain", dataclasses.asdict(cfg))
     with _resume_hint("retrain", run):
@@ -136,9 +137,9 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, batch_si
 @merge_option
 @data_option
 @force_option
-def quantize_cmd(run_dir, merge_threshold, drop_dead_units, data_dir, force):
+def quantize_cmd(run_dir, merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, data_dir, force):
     """Post-process a retrained run: merge components, snap weights to the codebook."""
-    cfg = QuantizeConfig(merge_threshold, drop_dead_units)
+    cfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
     cfg.validate()
     run = RunDir.open(run_dir)
     run.require("retrained", "run 'sws retrain' first")
@@ -177,7 +178,8 @@ def evaluate_cmd(path, model_ref, data, data_dir):
 @resume_option
 @guard_option
 def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
-            weight_init, train_subset, val_size, merge_threshold, drop_dead_units, preset, batch_size, seed,
+            weight_init, train_subset, val_size, merge_threshold, drop_dead_units, finetune_epochs, finetune_lr,
+            preset, batch_size, seed,
             data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, write RUN/model.sws.
 
@@ -193,7 +195,7 @@ def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr
     pcfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                          train_subset, val_size, batch_size, seed, budget=kw.get("budget"))
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
-    qcfg = QuantizeConfig(merge_threshold, drop_dead_units)
+    qcfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
     qcfg.validate()
     run = RunDir.create(out, force)
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),

@@ -62,7 +62,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
              include: Iterable[Pattern] | None = None, exclude: Iterable[Pattern] | None = None,
              skip_norm: bool = True, merge_threshold: float = 1e-2, loss_fn: Callable | None = None,
              output: Callable | None = None, n_train: int | None = None, out=None,
-             recalibrate_bn: bool = True, drop_dead_units: bool = True, device=None,
+             recalibrate_bn: bool = True, drop_dead_units: bool = True, finetune_epochs: int = 0,
+             finetune_lr: float = 1e-4, device=None,
              quiet: bool = True, on_epoch: Callable[[dict], object] | None = None, guard: bool = True,
              resume: tuple[dict, dict] | None = None, on_state: Callable[[dict, dict], None] | None = None,
              **overrides) -> tuple[nn.Module, CompressionReport]:
@@ -87,6 +88,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
       out: path of the ``.sws`` file to write (rank 0 only).
       recalibrate_bn: after quantising, re-estimate batch-norm statistics on ``train``.
       drop_dead_units: after quantising, zero the weights that cannot change the output.
+      finetune_epochs, finetune_lr: then train the codebook values on ``train``, assignments fixed
+        (``sws.method.finetune``).
       device: where to train (default: where the model is).
       guard, resume, on_state, on_epoch: as in ``sws.method.loop.fit``.
 
@@ -126,7 +129,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     if decision["status"] == "over" and distributed.is_main():
         warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
     kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
-    q = sws_.quantize_(recalibrate=train if recalibrate_bn else None)
+    q = sws_.quantize_(recalibrate=train if recalibrate_bn else None, finetune=train if finetune_epochs else None,
+                       finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, loss_fn=loss_fn, output=output)
     if val is not None:
         metrics.update({f"retrained_{k[4:]}": v for k, v in kept.items() if k.startswith("val_")})
         metrics.update({f"quantized_{k}": v for k, v in evaluate(model, val, **kw).items()})
@@ -134,6 +138,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     report = CompressionReport(
         config=dataclasses.asdict(cfg) | {"merge_threshold": merge_threshold, "n_train": sws_.n_train,
                                           "recalibrate_bn": recalibrate_bn, "drop_dead_units": drop_dead_units,
+                                          "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
                                           "dead_unit_weights_dropped": q.dropped},
         covered=list(sws_.covered), history=history, codebook=q.codebook.tolist(), layers=stats["layers"],
         nonzero_share=stats["total"]["nonzero_share"], distinct_values=stats["total"]["distinct"],

@@ -130,11 +130,17 @@ def recalibrate_batchnorm(model: nn.Module, data, device=None, max_batches: int 
 
 
 def postprocess_(model: nn.Module, mixture, covered: dict[str, torch.Tensor], threshold: float, *,
-                 dead_units: bool = True, recalibrate=None, batch_size: int = 256) -> Quantized:
+                 dead_units: bool = True, recalibrate=None, batch_size: int = 256, finetune=None,
+                 finetune_epochs: int = 0, finetune_lr: float = 1e-4, **finetune_kw) -> Quantized:
     """The whole post-processing, in place: ``quantize_``, then (``dead_units``)
-    ``drop_dead_units``, then batch-norm recalibration on ``recalibrate`` (a training set)."""
+    ``drop_dead_units``, then (``finetune_epochs`` on the training set ``finetune``) the codebook's
+    fine-tuning (``sws.method.finetune``), then batch-norm recalibration on ``recalibrate``."""
     codebook, merged = quantize_(covered, mixture, threshold)
     dropped = drop_dead_units(model) if dead_units else 0
+    if finetune is not None and finetune_epochs > 0:
+        from sws.method.finetune import finetune_codebook_
+        codebook = finetune_codebook_(model, covered, codebook, finetune, epochs=finetune_epochs, lr=finetune_lr,
+                                      batch_size=batch_size, **finetune_kw)
     if recalibrate is not None:
         recalibrate_batchnorm(model, recalibrate, batch_size=batch_size)
     return Quantized(codebook, merged, list(covered), dropped)

@@ -170,14 +170,14 @@ class SoftWeightSharing:
         return {"sws/sd0": s["stds"][0], "sws/pi0": s["pis"][0],
                 "sws/mean_min": min(s["means"]), "sws/mean_max": max(s["means"])}
 
-    @torch.no_grad()
-    def quantize_(self, recalibrate=None) -> Quantized:
+    def quantize_(self, recalibrate=None, **finetune) -> Quantized:
         """Post-process the model in place: merge, snap, assign, drop dead units and (given a
-        training set) re-estimate batch-norm statistics.  Returns what was done."""
+        training set) re-estimate batch-norm statistics; ``finetune=train, finetune_epochs=N``
+        also fine-tunes the codebook (``sws.method.postprocess.postprocess_``).  Returns what was done."""
         q = self.quantize_config
         self.quantized = postprocess_(self.model, self.prior, self.covered, q.merge_threshold,
                                       dead_units=q.drop_dead_units, recalibrate=recalibrate,
-                                      batch_size=self.config.batch_size)
+                                      batch_size=self.config.batch_size, seed=self.config.seed, **finetune)
         return self.quantized
 
     def stats(self) -> dict:

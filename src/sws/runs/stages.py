@@ -213,7 +213,10 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     test, split = scoring_set(meta["data"], data_dir)
     run.invalidate_after("retrained")
     retrained_eval = evaluate(model, test)
-    q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units)
+    train = load_data(meta["data"], data_dir)[0] if cfg.finetune_epochs else None
+    q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
+                     finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
+                     batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"])
     quantized_eval = evaluate(model, test)
     stats = layer_stats(covered)
     metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), "split": split,
