@@ -99,6 +99,8 @@ def main():
     print("last logged: " + ", ".join(f"{k}={v:.4g}" for k, v in logged.items()))
     print(f"validation accuracy: pretrained {acc_pre:.3f}, quantised {acc_q:.3f} "
           f"(batch-norm re-estimated: {r['sws/recalibrated']})")
+    print(f"time in the prior (gradient and mixture step): {1000 * r['sws/prior_seconds'] / r['sws/steps']:.1f} ms "
+          f"per step over {r['sws/steps']} steps")
     print(f"non-zero weights {100 * r['sws/nonzero_share']:.1f}%, {r['sws/distinct_values']} distinct values; "
           f"{args.out}: {r['sws/file_bytes']} bytes, CR {r['sws/cr_file']:.1f} from the file's bytes "
           f"({time.perf_counter() - t0:.0f} s)")

@@ -13,6 +13,7 @@ optimiser and schedule; the config's ``lr_weights`` is not used.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -93,6 +94,7 @@ class Driver:
         self.result: dict | None = None
         self._pending = None          # a state loaded before the model was there
         self._cx_sum, self._cx_n, self._last_cx = 0.0, 0, float("nan")
+        self.seconds = 0.0            # spent in step(): the prior's gradient and the mixture's update
         # fail early on a bad preset or override, not at the start of training
         from sws.method.surface import resolve_config
         self.config = resolve_config(config, dict(overrides))
@@ -118,6 +120,7 @@ class Driver:
     def step(self, epoch: float | None, done: int, total: int | None):
         """Add (tau / N) dC/dp to the gradients and step the mixture (its rates per the config's
         schedule at step ``done`` of ``total``)."""
+        t0 = time.perf_counter()
         factor = lr_factor(self.config.lr_schedule, done, total) if total else 1.0
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * factor
@@ -129,6 +132,7 @@ class Driver:
         self._cx_sum += c
         self._cx_n += 1
         self._epoch = epoch
+        self.seconds += time.perf_counter() - t0
         return c
 
     def values(self, reset: bool = True) -> dict:
@@ -153,7 +157,8 @@ class Driver:
         total = self.sws.stats()["total"]
         res = {"sws/nonzero_share": total["nonzero_share"], "sws/distinct_values": total["distinct"],
                "sws/codebook_size": int(q.codebook.numel()), "sws/dropped_dead": int(q.dropped),
-               "sws/recalibrated": data is not None}
+               "sws/recalibrated": data is not None, "sws/steps": self.sws.steps_done,
+               "sws/prior_seconds": self.seconds}
         if self.out is not None and write:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             from sws.format.stats import file_stats
