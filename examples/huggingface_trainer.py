@@ -112,8 +112,12 @@ def main():
     if args.onnx:
         info = sws.export_onnx(args.out, args.onnx, model=transformers.BertForSequenceClassification(config()),
                                example_input=batch, gather=True)
+        with tempfile.TemporaryDirectory() as folder:
+            dense = sws.export_onnx(args.out, f"{folder}/dense.onnx", example_input=batch,
+                                    model=transformers.BertForSequenceClassification(config()))["bytes"]
         print(f"{args.onnx}: {info['bytes']} bytes (gather graph, {info['gather']['tensors']} tensors as "
-              f"{info['gather']['index_bits']}-bit indices), inputs {', '.join(info['input_names'])}")
+              f"{info['gather']['index_bits']}-bit indices; the dense graph: {dense} bytes), "
+              f"inputs {', '.join(info['input_names'])}")
         try:
             import onnxruntime
         except ImportError:
