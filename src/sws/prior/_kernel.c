@@ -47,6 +47,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <unistd.h>
+#include <dlfcn.h>
 #include <Python.h>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -693,6 +694,62 @@ pass_modes_avx2(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t 
     else if (mode == SET_GRAD) pass_avx2(ws, th, w, grad, n, i0, SET_GRAD, scale);
     else pass_avx2(ws, th, w, grad, n, i0, NO_GRAD, scale);
 }
+
+/* AVX-512 (F and VL): steps A and C eight weights at a time; step B as with AVX2. */
+#define INDICES_AVX512(j0, j1)                                                                  \
+    do {                                                                                        \
+        const __m512d vflo = _mm512_set1_pd(flo), vinv = _mm512_set1_pd(inv_hf);                \
+        const __m512d vzero = _mm512_setzero_pd(), vmax = _mm512_set1_pd(Fmax);                 \
+        int64_t t = (j0);                                                                       \
+        for (; t + 8 <= (j1); t += 8) {                                                         \
+            __m512d x_ = _mm512_cvtps_pd(_mm256_loadu_ps(w + t));                               \
+            _mm512_storeu_pd(xb + t, x_);                                                       \
+            __m512d u = _mm512_mul_pd(_mm512_sub_pd(x_, vflo), vinv);                           \
+            u = _mm512_min_pd(_mm512_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */     \
+            _mm256_storeu_si256((__m256i *)(fb + t), _mm512_cvttpd_epi32(u));                  \
+        }                                                                                       \
+        INDICES_SCALAR(t, (j1));                                                                \
+    } while (0)
+
+#define GRADS_AVX512(j0, j1)                                                                    \
+    do {                                                                                        \
+        const __m256 vscale = _mm256_set1_ps(scale);                                            \
+        int64_t t = (j0);                                                                       \
+        for (; t + 8 <= (j1); t += 8) {                                                         \
+            __m256 g = _mm512_cvtpd_ps(_mm512_loadu_pd(gb + t));                                \
+            if (mode == SET_GRAD) _mm256_storeu_ps(grad + t, g);                                \
+            else _mm256_storeu_ps(grad + t, _mm256_add_ps(_mm256_loadu_ps(grad + t), _mm256_mul_ps(vscale, g))); \
+        }                                                                                       \
+        GRADS_SCALAR(t, (j1));                                                                  \
+    } while (0)
+
+static int have_avx512(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+                && getenv("SWS_KERNEL_NO_SIMD") == NULL && getenv("SWS_KERNEL_NO_AVX512") == NULL;
+    }
+    return known;
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) static inline __attribute__((always_inline)) void
+pass_avx512(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, int64_t i0,
+            const int mode, float scale)
+{
+    const __m256d ones_ = _mm256_set1_pd(1.0);
+    PASS_LOOP(INDICES_AVX512, MOMENTS_AVX, GRADS_AVX512)
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+pass_modes_avx512(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t n, int64_t i0,
+                  int mode, float scale)
+{
+    if (mode == ADD_GRAD) pass_avx512(ws, th, w, grad, n, i0, ADD_GRAD, scale);
+    else if (mode == SET_GRAD) pass_avx512(ws, th, w, grad, n, i0, SET_GRAD, scale);
+    else pass_avx512(ws, th, w, grad, n, i0, NO_GRAD, scale);
+}
 #endif
 
 typedef struct {
@@ -740,12 +797,46 @@ static void run_job(job_t *j)
             const float *w = j->w[q] + a;
             int64_t i0 = base + a - j->start;
 #ifdef SWS_X86
-            if (have_avx2()) pass_modes_avx2(ws, th, w, g, b - a, i0, j->mode, j->scale);
+            if (have_avx512()) pass_modes_avx512(ws, th, w, g, b - a, i0, j->mode, j->scale);
+            else if (have_avx2()) pass_modes_avx2(ws, th, w, g, b - a, i0, j->mode, j->scale);
             else
 #endif
             pass_modes_generic(ws, th, w, g, b - a, i0, j->mode, j->scale);
         }
         base += j->n[q];
+    }
+}
+
+/* Two jobs at once.  Preferably on the OpenMP thread team of the process (PyTorch's:
+ * found at run time through the GOMP entry points, so the extension links against no
+ * OpenMP itself); its threads are the ones PyTorch just used, so the second job neither
+ * waits for a thread to wake nor competes with a spinning one.  Otherwise on a persistent
+ * worker thread of our own. */
+typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_fn)(void);
+static struct { gomp_parallel_fn parallel; omp_int_fn num, thread; int known; } omp;
+
+static void find_omp(void)
+{
+    if (omp.known) return;
+    if (getenv("SWS_KERNEL_NO_OMP") == NULL) {
+        omp.parallel = (gomp_parallel_fn)dlsym(RTLD_DEFAULT, "GOMP_parallel");
+        omp.num = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_num_threads");
+        omp.thread = (omp_int_fn)dlsym(RTLD_DEFAULT, "omp_get_thread_num");
+        if (!omp.num || !omp.thread) omp.parallel = NULL;
+    }
+    omp.known = 1;
+}
+
+static void omp_body(void *arg)
+{
+    job_t **jobs = arg;
+    int n = omp.num(), t = omp.thread();
+    if (n < 2) {                /* a team of one: both here, in order */
+        run_job(jobs[0]);
+        run_job(jobs[1]);
+    } else if (t < 2) {
+        run_job(jobs[t]);
     }
 }
 
@@ -780,6 +871,12 @@ static void *worker_main(void *arg)
 /* Run job b on the worker and a here; returns 0, or -1 when no thread could be started. */
 static int run_two(job_t *a, job_t *b)
 {
+    find_omp();
+    if (omp.parallel) {
+        job_t *jobs[2] = {a, b};
+        omp.parallel(omp_body, jobs, 2, 0);
+        return 0;
+    }
     pthread_mutex_lock(&worker_use);
     pthread_mutex_lock(&worker.m);
     if (!worker.started || worker.pid != getpid()) {

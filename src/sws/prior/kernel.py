@@ -41,7 +41,7 @@ __all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_re
 
 _MAX_COMPONENTS = 256  # the C kernel's scratch size
 _CUT = 20.0  # components below exp(-CUT) relative responsibility are dropped (as in _kernel.c)
-_MIN_PARALLEL = 1 << 17  # weights below which the C kernel's second thread does not pay
+_MIN_PARALLEL = 1 << 15  # weights below which the C kernel's second thread does not pay
 _COARSE_MIN, _COARSE_MAX = 32, 1024  # coarse cells of the C kernel's grid
 
 _vp = ctypes.c_void_p

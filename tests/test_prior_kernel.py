@@ -1,0 +1,293 @@
+"""The prior's fast paths (issue 15): the C kernel's adaptive expansion, its threads and
+instruction sets, its saved state; the float32 fused path (the GPU's, run here on CPU);
+the closed-form mixture gradients; which path takes which tensors."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sws.config import PriorConfig
+from sws.prior import GaussianMixturePrior, fused
+from sws.prior import kernel as K
+
+needs_c = pytest.mark.skipif(not K.kernel_available(), reason="C kernel not built")
+
+
+def mixture(J=16, lo_prec=1e2, hi_prec=1e6, seed=0, spread=0.6):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.cat([torch.zeros(1), torch.linspace(-spread, spread, J - 1)
+                    + 0.01 * torch.randn(J - 1, generator=g)]).double()
+    gamma = torch.linspace(math.log(lo_prec), math.log(hi_prec), J)[torch.randperm(J, generator=g)].double()
+    log_pi = torch.log_softmax(torch.randn(J, generator=g), 0).double()
+    return mu, gamma, log_pi
+
+
+def weights(n=40000, seed=1, scale=0.15, extra=()):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.cat([torch.randn(n, generator=g) * scale, torch.rand(n // 10, generator=g) * 2 - 1,
+                   torch.tensor(list(extra), dtype=torch.float32)])
+    return [w[: n // 2].reshape(100, -1).contiguous(), w[n // 2:].contiguous()]
+
+
+def dense(mu, gamma, log_pi, ws):
+    logp, S0, S1, S2, grads = K._stats_torch(mu, gamma, log_pi, ws, True)
+    return logp, torch.cat([S0, S1, S2]), torch.cat([g.reshape(-1) for g in grads]).double()
+
+
+def kernel(mu, gamma, log_pi, ws, calls=3, workspace=None):
+    workspace = workspace or K.Workspace()
+    for _ in range(calls):  # the plan follows the weights' range from the second call on
+        logp, S0, S1, S2, grads = K._stats_c(mu, gamma, log_pi, ws, True, workspace)
+    return logp, torch.cat([S0, S1, S2]), torch.cat([g.reshape(-1) for g in grads]).double(), workspace
+
+
+def assert_close_to_dense(ours, ref, J, rel=2e-4):
+    logp, S, g = ours[:3]
+    rlogp, rS, rg = ref
+    assert logp.item() == pytest.approx(rlogp.item(), rel=1e-6)
+    assert (g - rg).abs().max().item() <= rel * rg.abs().max().item() + 1e-6
+    for q in range(3):  # S0, S1, S2 each against its largest entry
+        a, b = S[q * J:(q + 1) * J], rS[q * J:(q + 1) * J]
+        assert (a - b).abs().max().item() <= rel * b.abs().max().item() + 1e-9
+
+
+@needs_c
+@pytest.mark.parametrize("lo_prec,hi_prec", [(16.0, 16.0), (1e2, 1e4), (1e3, 1e7), (1e6, 1e8)])
+@pytest.mark.parametrize("J", [3, 17])
+def test_kernel_matches_dense_over_sharpness(lo_prec, hi_prec, J):
+    mu, gamma, log_pi = mixture(J, lo_prec, hi_prec, seed=J)
+    ws = weights(extra=(0.0, 5.0, -7.5, 1e-6))
+    assert_close_to_dense(kernel(mu, gamma, log_pi, ws), dense(mu, gamma, log_pi, ws), J)
+
+
+@needs_c
+def test_kernel_is_deterministic_per_thread_count():
+    mu, gamma, log_pi = mixture(16, 1e2, 1e6)
+    ws = weights(n=200000)
+    threads = torch.get_num_threads()
+    try:
+        results = {}
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            a, b = kernel(mu, gamma, log_pi, ws), kernel(mu, gamma, log_pi, ws)
+            for x, y in zip(a[:3], b[:3]):
+                assert torch.equal(x, y)
+            results[t] = a
+        ref = dense(mu, gamma, log_pi, ws)
+        for t in (1, 2):
+            assert_close_to_dense(results[t], ref, 16)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_c
+def test_off_grid_and_non_finite_weights():
+    mu, gamma, log_pi = mixture(8, 1e2, 1e4)
+    ws = weights(n=2000)
+    wsp = K.Workspace()
+    kernel(mu, gamma, log_pi, ws, workspace=wsp)
+    far = [torch.tensor([40.0, -40.0, 0.1], dtype=torch.float32)]  # off the planned grid
+    got = kernel(mu, gamma, log_pi, far, calls=1, workspace=wsp)
+    assert_close_to_dense(got, dense(mu, gamma, log_pi, far), 8)
+    bad = [torch.tensor([0.1, float("nan"), 0.2], dtype=torch.float32)]
+    logp = K._stats_c(mu, gamma, log_pi, bad, False, wsp)[0]
+    assert math.isnan(logp.item())
+    assert math.isfinite(K._stats_c(mu, gamma, log_pi, ws, False, wsp)[0].item())  # recovers
+
+
+@needs_c
+def test_modes_agree():
+    """No gradient, new gradients and accumulated gradients: the same sums and gradients."""
+    mu, gamma, log_pi = mixture(16, 1e2, 1e5)
+    ws = weights(n=30000)
+    logp, S0, S1, S2, grads = K._stats_c(mu, gamma, log_pi, ws, True, K.Workspace())
+    logp2 = K._stats_c(mu, gamma, log_pi, ws, False, K.Workspace())[0]
+    assert torch.equal(logp, logp2)
+    acc = [w.clone().requires_grad_() for w in ws]
+    for a in acc:
+        a.grad = torch.full_like(a, 0.5)
+    C, d_mu, _, _ = K.mixture_nll_accumulate(mu.float(), gamma.float(), log_pi.float(), acc, 2.0, K.Workspace())
+    for a, g in zip(acc, grads):
+        torch.testing.assert_close(a.grad, 0.5 + 2.0 * g, rtol=1e-6, atol=1e-5)
+    assert C.item() == pytest.approx(-logp.item(), rel=1e-6)
+
+
+def _run_subprocess(code: str, env: dict) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+_DIGEST = """
+import hashlib, torch
+torch.set_num_threads({threads})
+from sws.prior import kernel as K
+g = torch.Generator().manual_seed(0)
+mu = torch.cat([torch.zeros(1), torch.linspace(-0.5, 0.5, 15)]).double()
+gamma = torch.linspace(4.0, 12.0, 16).double()
+log_pi = torch.log_softmax(torch.randn(16, generator=g), 0).double()
+ws = [torch.randn(150001, generator=g) * 0.2, torch.randn(1003, generator=g) * 0.05]
+wsp = K.Workspace()
+for _ in range(3):
+    logp, S0, S1, S2, grads = K._stats_c(mu, gamma, log_pi, ws, True, wsp)
+h = hashlib.sha256()
+for t in (logp, S0, S1, S2, *grads):
+    h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest())
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+def test_instruction_sets_and_thread_pools_give_the_same_bits(threads):
+    """The AVX-512, AVX2 and portable loops, and PyTorch's OpenMP team or the kernel's own
+    worker thread: bit for bit the same results."""
+    code = _DIGEST.format(threads=threads)
+    digests = {_run_subprocess(code, env) for env in (
+        {}, {"SWS_KERNEL_NO_AVX512": "1"}, {"SWS_KERNEL_NO_SIMD": "1"}, {"SWS_KERNEL_NO_OMP": "1"})}
+    assert len(digests) == 1
+
+
+@needs_c
+def test_workspace_state_round_trip_across_plans():
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(20000, generator=g) * 0.1]
+    mu, gamma, log_pi = mixture(7, 1e2, 1e4)
+
+    def calls(wsp, n, start):
+        outs = []
+        for i in range(start, start + n):
+            ws[0].grad = None
+            outs.append(K.mixture_nll_accumulate(mu + 0.001 * i, gamma + 0.05 * i, log_pi, ws, 1.0, wsp)[0].item())
+        return outs
+    a = K.Workspace()
+    calls(a, 13, 0)   # state saved between two plans
+    state = a.state_dict()
+    assert state["version"] == K.Workspace.VERSION and state["ptr"].dtype == torch.int32
+    b = K.Workspace()
+    b.load_state_dict({k: (v.clone() if torch.is_tensor(v) else v) for k, v in state.items()})
+    assert calls(a, 20, 13) == calls(b, 20, 13)
+    with pytest.raises(ValueError):
+        K.Workspace().load_state_dict({**state, "idx": state["idx"][:-1]})
+
+
+def test_old_workspace_state_is_accepted():
+    """A state saved by the first kernel (uniform grid) restores the counters; the next call plans."""
+    old = {"calls": 5, "G": 1024, "J": 16, "lo": -0.4, "hi": 0.5, "n_exact": 3, "n_seen": 100,
+           "grid": [-0.45, 0.001], "ptr": torch.zeros(1025, dtype=torch.int32),
+           "idx": torch.zeros(1024 * 16, dtype=torch.int32)}
+    wsp = K.Workspace()
+    wsp.load_state_dict(old)
+    assert wsp.calls == 5 and wsp.J is None
+    mu, gamma, log_pi = mixture(16)
+    w = [torch.randn(1000) * 0.1]
+    if K.kernel_available():
+        assert math.isfinite(K._stats_c(mu, gamma, log_pi, w, False, wsp)[0].item())
+
+
+@pytest.mark.parametrize("learn_pi0", [False, True])
+@pytest.mark.parametrize("path", ["c", "torch"])
+def test_prior_backward_equals_autograd(learn_pi0, path, monkeypatch):
+    """backward_complexity: the weights' and the mixture's gradients and C, as autograd gives them."""
+    if path == "c" and not K.kernel_available():
+        pytest.skip("C kernel not built")
+    if path == "torch":
+        monkeypatch.setattr(K, "_LIB", None)
+    torch.manual_seed(0)
+    cfg = PriorConfig(learn_pi0=learn_pi0, pi0_a=30.0, pi0_b=3.0, pi0=0.95) if learn_pi0 else PriorConfig()
+    prior = GaussianMixturePrior(cfg)
+    with torch.no_grad():
+        prior.means.add_(0.02 * torch.randn_like(prior.means))
+        prior.log_precisions.copy_(torch.linspace(4, 9, 16))
+        prior.mixing_logits.copy_(torch.randn(15))
+    ws = [(torch.randn(300, 50) * 0.1).requires_grad_(), (torch.randn(70) * 0.2).requires_grad_()]
+    params = [p for p in prior.parameters()]
+    for w in ws:
+        w.grad = torch.ones_like(w)
+    value = prior.backward_complexity(ws, 1e-3)
+    fused_grads = [t.grad.clone() for t in ws + params]
+    for t in ws + params:
+        t.grad = None
+    for w in ws:
+        w.grad = torch.ones_like(w)
+    mu, gamma, log_pi = (t.double() for t in prior.mixture())
+    ref = K.mixture_nll_reference(mu, gamma, log_pi, [w.double() for w in ws]) + prior.hyper_prior().double()
+    (1e-3 * ref).backward()
+    assert float(value) == pytest.approx(ref.item(), rel=1e-6)
+    for a, t in zip(fused_grads, ws + params):
+        scale = t.grad.abs().max().item()
+        assert (a - t.grad).abs().max().item() <= 2e-4 * scale + 1e-7
+
+
+@pytest.mark.parametrize("state", ["broad", "sharp", "far"])
+def test_fused_float32_path_matches_dense(state):
+    """The GPU's float32 path, run eagerly on CPU: float64 sums, float32 per weight."""
+    J = 16
+    mu, gamma, log_pi = {"broad": mixture(J, 16.0, 16.0), "sharp": mixture(J, 1e3, 1e8),
+                         "far": mixture(J, 1e5, 1e6, spread=2.0)}[state]
+    ws = weights(n=50000, scale=3.0 if state == "far" else 0.15)
+    rlogp, rS, rg = dense(mu, gamma, log_pi, ws)
+    grads = [torch.full_like(w, 0.25) for w in ws]
+    logp, S, made = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, grads=grads, scale=2.0)
+    assert made is None and logp.dtype == torch.float64 and S.dtype == torch.float64
+    assert logp.item() == pytest.approx(rlogp.item(), rel=1e-6)
+    g = torch.cat([(x.reshape(-1) - 0.25) / 2.0 for x in grads]).double()
+    assert (g - rg).abs().max().item() <= 1e-5 * rg.abs().max().item() + 1e-4
+    for q in range(3):
+        a, b = S[q * J:(q + 1) * J], rS[q * J:(q + 1) * J]
+        assert (a - b).abs().max().item() <= 1e-5 * b.abs().max().item() + 1e-9
+    _, _, new = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, new_grads=True)
+    torch.testing.assert_close(torch.cat([x.reshape(-1) for x in new]).double(), g, rtol=0, atol=1e-3)
+
+
+def test_fused_chunking_bounds_memory_and_keeps_sums(monkeypatch):
+    mu, gamma, log_pi = mixture(8, 1e2, 1e4)
+    ws = weights(n=20000)
+    whole = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws)
+    monkeypatch.setattr(fused, "_EAGER_CELLS", 8 * 1000)   # chunks of 1000 weights
+    parts = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws)
+    assert parts[0].item() == pytest.approx(whole[0].item(), rel=1e-12)
+    torch.testing.assert_close(parts[1], whole[1], rtol=1e-10, atol=1e-12)
+
+
+class _NoC:
+    def __getattr__(self, name):
+        raise AssertionError(f"the C kernel was called ({name}) with tensors it cannot take")
+
+
+def test_no_device_pointer_reaches_c(monkeypatch):
+    """Tensors on a device other than the CPU never reach the C kernel: complexity(),
+    backward_complexity() and mixture_nll choose the fused path (shapes only, on "meta")."""
+    monkeypatch.setattr(K, "_LIB", _NoC())
+    prior = GaussianMixturePrior(PriorConfig()).to("meta")
+    ws = [torch.empty(30, 20, device="meta", requires_grad=True)]
+    c = prior.complexity(ws)
+    assert c.device.type == "meta" and c.shape == ()
+    c.backward()
+    assert ws[0].grad is not None and ws[0].grad.device.type == "meta"
+    assert K._path(torch.zeros(3, device="meta"), ws, None) == "fused"
+    assert K._path(torch.zeros(3), [torch.zeros(3, dtype=torch.float64)], None) in ("c", "torch")
+
+
+def test_paths_without_the_c_kernel(monkeypatch):
+    """The build without a compiler: every entry point works on the exact PyTorch path."""
+    monkeypatch.setattr(K, "_LIB", None)
+    assert not K.kernel_available()
+    prior = GaussianMixturePrior(PriorConfig())
+    ws = [(torch.randn(500) * 0.1).requires_grad_()]
+    prior.complexity(ws).backward()
+    ws[0].grad = None
+    value = prior.backward_complexity(ws, 1e-2)
+    assert math.isfinite(float(value)) and ws[0].grad is not None
+    state = prior._workspace.state_dict()
+    K.Workspace().load_state_dict(state)
+
+
+def test_too_many_components():
+    with pytest.raises(ValueError, match="at most 256"):
+        K.mixture_nll(torch.zeros(300), torch.zeros(300), torch.zeros(300), [torch.zeros(3)])
