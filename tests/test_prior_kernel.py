@@ -245,14 +245,46 @@ def test_fused_float32_path_matches_dense(state):
     torch.testing.assert_close(torch.cat([x.reshape(-1) for x in new]).double(), g, rtol=0, atol=1e-3)
 
 
-def test_fused_chunking_bounds_memory_and_keeps_sums(monkeypatch):
+@pytest.mark.parametrize("small", [1 << 20, 5000])
+def test_fused_chunks_and_groups_keep_sums_and_gradients(monkeypatch, small):
+    """Chunked (bounded memory), small tensors grouped or not: the same sums and gradients."""
     mu, gamma, log_pi = mixture(8, 1e2, 1e4)
-    ws = weights(n=20000)
-    whole = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws)
+    ws = weights(n=20000) + [torch.randn(37) * 0.1, torch.randn(3, 5) * 0.2]
+    monkeypatch.setattr(fused, "_SMALL", small)   # 5000: the first tensor alone, the others together
+    whole = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, new_grads=True)
+    acc = [torch.ones_like(w) for w in ws]
     monkeypatch.setattr(fused, "_EAGER_CELLS", 8 * 1000)   # chunks of 1000 weights
-    parts = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws)
+    parts = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, grads=acc, scale=0.5)
     assert parts[0].item() == pytest.approx(whole[0].item(), rel=1e-12)
     torch.testing.assert_close(parts[1], whole[1], rtol=1e-10, atol=1e-12)
+    for a, g, w in zip(acc, whole[2], ws):
+        assert g.shape == w.shape
+        torch.testing.assert_close(a, 1.0 + 0.5 * g, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_fused_path_compiled(monkeypatch):
+    """The function the GPU runs compiled (torch.compile, here with inductor's CPU backend):
+    one graph for every chunk size, in-place gradient update, the eager numbers."""
+    monkeypatch.setenv("SWS_FUSED_COMPILE", "all")
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(fused, "_COMPILED_CHUNK", 7000)
+    mu, gamma, log_pi = mixture(16, 1e2, 1e5)
+    ws = weights(n=16000)
+    acc = [torch.zeros_like(w) for w in ws]
+    try:
+        logp, S, _ = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, grads=acc, scale=2.0)
+    except Exception as e:  # no working compiler toolchain for inductor on this machine
+        pytest.skip(f"torch.compile unavailable here: {e}")
+    assert fused._compiled["cpu"] is not None   # it did not fall back to eager
+    monkeypatch.setenv("SWS_FUSED_COMPILE", "0")
+    monkeypatch.setattr(fused, "_compiled", {})
+    ref = [torch.zeros_like(w) for w in ws]
+    rlogp, rS, _ = fused.stats(mu.float(), gamma.float(), log_pi.float(), ws, grads=ref, scale=2.0)
+    assert logp.item() == pytest.approx(rlogp.item(), rel=1e-8)
+    torch.testing.assert_close(S, rS, rtol=1e-6, atol=1e-6)
+    for a, b in zip(acc, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
 
 
 class _NoC:
