@@ -56,7 +56,7 @@ def test_the_kept_state_is_the_best_within_budget_not_the_last():
     model = pretrained()
     model, report = sws.compress(model, toy(), toy(seed=1), epochs=8, batch_size=64, tau=0.05,
                                  lr_weights=2e-3, lr_log_precisions=1e-2, lr_mixing=1e-2, init_sigma=0.05,
-                                 max_error_increase=5.0, patience=0)
+                                 max_error_increase=5.0, patience=0, finetune_epochs=0)
     rows = report.history
     assert all("pp_val_error" in r and "pp_cr" in r and "pp_nonzero_share" in r for r in rows)
     within = [r for r in rows if r["pp_within_budget"]]

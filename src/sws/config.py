@@ -110,6 +110,7 @@ class RetrainConfig:
     budget: bool = True              # keep the best post-processed state within the accuracy budget
     max_error_increase: float = 0.3  # points of validation error over the pretrained net (issue 13)
     patience: int = 5                # epochs without a better kept state before stopping (0: never)
+    tau_control: float = 1.5         # the budget's tau controller: x or / per epoch (1: off; issue 13)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -131,6 +132,8 @@ class RetrainConfig:
             raise ConfigError(f"zero_sharpen must be a finite factor >= 1, got {self.zero_sharpen}")
         if not (self.max_error_increase >= 0 and math.isfinite(self.max_error_increase)):
             raise ConfigError(f"max_error_increase must be a number of points >= 0, got {self.max_error_increase}")
+        if not (self.tau_control >= 1 and math.isfinite(self.tau_control)):
+            raise ConfigError(f"tau_control must be a finite factor >= 1, got {self.tau_control}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
@@ -157,8 +160,8 @@ class RetrainConfig:
 class QuantizeConfig:
     merge_threshold: float = 1e-2    # merge components whose KL divergence (either way) is below this
     drop_dead_units: bool = True     # then zero the weights that cannot change the output (lossless)
-    finetune_epochs: int = 0         # then train the codebook values, assignments fixed (beyond the paper)
-    finetune_lr: float = 1e-4        # Adam rate of that fine-tuning
+    finetune_epochs: int = 3         # then train the codebook values, assignments fixed (beyond the paper)
+    finetune_lr: float = 3e-3        # Adam rate of that fine-tuning (LeNet-300-100: +0.21 points back)
 
     def validate(self):
         if not self.merge_threshold >= 0:

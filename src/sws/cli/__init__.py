@@ -124,6 +124,8 @@ retrain_options = _options(
     click.option("--pi0", type=float, default=None, help="Zero component's mixing proportion."),
     click.option("--init", type=click.Choice(["linspace", "range"]), default=None,
                  help="Means: linspace(-0.6, 0.6) or spread over the pretrained weights."),
+    click.option("--init-sigma", type=float, default=None,
+                 help="Initial standard deviation of every component [tutorial 0.25]."),
     click.option("--cover", type=click.Choice(["all", "weights"]), default=None,
                  help="Prior over all parameters (tutorial) or weights only."),
     click.option("--tau-schedule", type=click.Choice(["constant", "linear", "exponential"]),
@@ -145,6 +147,9 @@ retrain_options = _options(
                       "longer improves [--budget]; --no-budget keeps the last epoch, as the tutorial."),
     click.option("--max-error-increase", type=float, default=None, metavar="POINTS",
                  help="The accuracy budget: validation error points over the pretrained net [0.3]."),
+    click.option("--tau-control", type=float, default=None, metavar="FACTOR",
+                 help="With the budget: divide tau by FACTOR after an epoch whose retrained network used "
+                      "more than half the budget, multiply it by FACTOR otherwise (1: off) [1.5]."),
     click.option("--patience", type=int, default=None,
                  help="Epochs without a better kept state before retraining stops (0: never) [5]."),
 )
@@ -155,9 +160,9 @@ merge_option = _options(
     click.option("--drop-dead-units/--keep-dead-units", default=QuantizeConfig.drop_dead_units,
                  show_default=True, help="After snapping, zero the weights that cannot change the "
                  "output: leaving units that output 0, entering units nobody reads (lossless)."),
-    click.option("--finetune-epochs", type=int, default=QuantizeConfig.finetune_epochs, show_default=True,
+    click.option("--finetune-epochs", type=int, default=None,
                  help="After snapping, train the codebook values for N epochs, assignments and zeros "
-                      "fixed (beyond the paper; the file's size does not change)."),
+                      "fixed (beyond the paper; the file's size does not change) [3; 0 with --no-budget]."),
     click.option("--finetune-lr", type=float, default=QuantizeConfig.finetune_lr, show_default=True,
                  help="Adam learning rate of the codebook fine-tuning."),
 )
@@ -171,6 +176,16 @@ def _pretrain_cfg(model, data, epochs, lr, lr_schedule, input_norm, weight_init,
     cfg = PretrainConfig(model=model, data=data, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
                          batch_size=batch_size, seed=seed)
+    cfg.validate()
+    return cfg
+
+
+def _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, budget) -> QuantizeConfig:
+    """Post-processing settings; the codebook is fine-tuned by default unless the budget is off
+    (--no-budget: the tutorial's post-processing exactly)."""
+    if finetune_epochs is None:
+        finetune_epochs = QuantizeConfig.finetune_epochs if budget is not False else 0
+    cfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
     cfg.validate()
     return cfg
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from sws.cli import (
+    _quantize_cfg,
     _budget_status,
     _echo_metrics,
     _options,
@@ -121,8 +122,7 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune
         run = src
         run.refuse_overwrite("retrained", force)
         _refuse_interrupted(run, "retrain", "retrain", force)
-    qcfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
-    qcfg.validate()
+    qcfg = _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, cfg.budget)
     _record_command(run, "retrain", dataclasses.asdict(cfg))
     with _resume_hint("retrain", run):
         _echo_metrics("retrained", run_retrain(run, cfg, data_dir, quiet, snapshots=figures, guard=guard,
@@ -139,10 +139,10 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune
 @force_option
 def quantize_cmd(run_dir, merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, data_dir, force):
     """Post-process a retrained run: merge components, snap weights to the codebook."""
-    cfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
-    cfg.validate()
     run = RunDir.open(run_dir)
     run.require("retrained", "run 'sws retrain' first")
+    budget = run.load("retrained")[1].get("retrain", {}).get("budget", False)
+    cfg = _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, budget)
     run.refuse_overwrite("quantized", force)
     _record_command(run, "quantize", vars(cfg))
     _print_report(run_quantize(run, cfg, data_dir))
@@ -195,8 +195,7 @@ def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr
     pcfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                          train_subset, val_size, batch_size, seed, budget=kw.get("budget"))
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
-    qcfg = QuantizeConfig(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr)
-    qcfg.validate()
+    qcfg = _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, rcfg.budget)
     run = RunDir.create(out, force)
     _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
                                  "quantize": vars(qcfg), "weights": str(weights) if weights else None})

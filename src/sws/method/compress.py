@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from torch import nn
 
-from sws.config import RetrainConfig
+from sws.config import QuantizeConfig, RetrainConfig
 from sws.errors import ConfigError
 from sws.method import distributed
 from sws.method.batches import as_source
@@ -62,8 +62,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
              include: Iterable[Pattern] | None = None, exclude: Iterable[Pattern] | None = None,
              skip_norm: bool = True, merge_threshold: float = 1e-2, loss_fn: Callable | None = None,
              output: Callable | None = None, n_train: int | None = None, out=None,
-             recalibrate_bn: bool = True, drop_dead_units: bool = True, finetune_epochs: int = 0,
-             finetune_lr: float = 1e-4, device=None,
+             recalibrate_bn: bool = True, drop_dead_units: bool = True, finetune_epochs: int | None = None,
+             finetune_lr: float = QuantizeConfig.finetune_lr, device=None,
              quiet: bool = True, on_epoch: Callable[[dict], object] | None = None, guard: bool = True,
              resume: tuple[dict, dict] | None = None, on_state: Callable[[dict, dict], None] | None = None,
              **overrides) -> tuple[nn.Module, CompressionReport]:
@@ -89,7 +89,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
       recalibrate_bn: after quantising, re-estimate batch-norm statistics on ``train``.
       drop_dead_units: after quantising, zero the weights that cannot change the output.
       finetune_epochs, finetune_lr: then train the codebook values on ``train``, assignments fixed
-        (``sws.method.finetune``).
+        (``sws.method.finetune``); default: ``QuantizeConfig``'s with the budget on, 0 without.
       device: where to train (default: where the model is).
       guard, resume, on_state, on_epoch: as in ``sws.method.loop.fit``.
 
@@ -122,10 +122,13 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     budget = Budget(model, sws_.prior, sws_.covered, val, threshold=merge_threshold, dead_units=drop_dead_units,
                     max_error_increase=cfg.max_error_increase if cfg.budget else None,
                     patience=cfg.patience if cfg.budget else 0,
-                    recalibrate=train if recalibrate_bn and has_bn else None, eval_kw=kw)
+                    recalibrate=train if recalibrate_bn and has_bn else None, eval_kw=kw,
+                    tau_control=cfg.tau_control)
     history = retrain(model, sws_.prior, train, cfg, val, None, quiet, on_epoch, covered=sws_.weights,
                       watch=budget, n_train=sws_.n_train, guard=guard, resume=resume, on_state=on_state, **kw)
     decision = budget.decide()
+    if finetune_epochs is None:
+        finetune_epochs = QuantizeConfig.finetune_epochs if budget.active else 0
     if decision["status"] == "over" and distributed.is_main():
         warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
     kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])

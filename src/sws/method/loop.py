@@ -211,6 +211,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             seen = sums.get("seen", 0)
             t0 = time.perf_counter() - sums.get("seconds", 0.0)
             tau = None
+            tau_scale = float(getattr(extra, "tau_scale", 1.0))   # the budget's controller, if any
             with _bar(steps, f"{stage} {epoch}/{cfg.epochs}", quiet) as bar:
                 bar.update(skip)
                 for step, (x, y) in train.epoch(cfg.batch_size, loop.gen, skip, rank, world):
@@ -221,7 +222,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()                  # under DDP: the data term's gradients are averaged
                     if prior is not None:
-                        tau = cfg.tau_at(epoch - 1 + step / steps)
+                        tau = cfg.tau_at(epoch - 1 + step / steps) * tau_scale
                         if cfg.zero_sharpen != 1:
                             with torch.no_grad():
                                 prior.beta[0] = cfg.zero_beta_at(((epoch - 1) * steps + step) / (cfg.epochs * steps))
@@ -251,7 +252,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             if prior is not None:
                 if guard:
                     _check_prior(loop, prior, epoch, steps, cfg)
-                rec.update(tau=cfg.tau_at(epoch - 1 + (steps - 1) / steps),
+                rec.update(tau=cfg.tau_at(epoch - 1 + (steps - 1) / steps) * tau_scale,
                            complexity=cx_total / max(seen_total, 1),
                            share_within_2sd_of_zero=_near_zero(prior, covered), prior=prior.summary())
             rec.update(evaluate_splits(model, {"val": val, "test": test}, loss_fn=loss_fn, output=output,

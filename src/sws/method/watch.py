@@ -48,7 +48,8 @@ class Budget:
 
     def __init__(self, model, prior, covered: dict, val, *, threshold: float, dead_units: bool = True,
                  max_error_increase: float | None = 0.3, reference_error: float | None = None,
-                 patience: int = 5, recalibrate=None, eval_kw: dict | None = None, header: dict | None = None):
+                 patience: int = 5, recalibrate=None, eval_kw: dict | None = None, header: dict | None = None,
+                 tau_control: float = 1.0):
         self.model, self.prior, self.covered, self.val = model, prior, covered, val
         self.threshold, self.dead_units = threshold, dead_units
         self.recalibrate, self.eval_kw, self.header = recalibrate, dict(eval_kw or {}), dict(header or {})
@@ -62,6 +63,8 @@ class Budget:
         self.best: dict | None = None             # epoch, figures and state of the kept state
         self.lowest: dict | None = None           # the state with the lowest error (over budget)
         self.since = 0                            # epochs since the kept state improved
+        self.tau_control = tau_control if self.active else 1.0
+        self.tau_scale = 1.0                      # what the loop multiplies tau by (the controller)
 
     @property
     def active(self) -> bool:
@@ -113,7 +116,22 @@ class Budget:
         else:
             self.since += 1
         rec["pp_kept_epoch"] = self.best["epoch"] if self.best else None
+        self._control(rec)
         return bool(self.best is not None and self.patience and self.since >= self.patience)
+
+    def _control(self, rec: dict) -> None:
+        """The tau controller: the retrained network may spend half the budget, snapping the
+        other half.  When the retrained network's validation error is above the reference plus
+        half the budget, relax tau; otherwise tighten it (tighter clusters make snapping cheaper,
+        and a state within budget may compress further)."""
+        if self.tau_control == 1.0:
+            return
+        retrained = rec.get("val_error")
+        if retrained is not None and retrained > self.reference_error + self.max_error_increase / 200.0:
+            self.tau_scale /= self.tau_control
+        else:
+            self.tau_scale *= self.tau_control
+        rec["tau_scale_next"] = self.tau_scale
 
     def decide(self) -> dict:
         """Load the kept state into the model and prior; what was chosen and why.
@@ -148,7 +166,8 @@ class Budget:
 
     # resumable: the kept states travel with the training state
     def state_dict(self) -> tuple[dict, dict]:
-        tensors, meta = {}, {"reference_error": self.reference_error, "since": self.since}
+        tensors, meta = {}, {"reference_error": self.reference_error, "since": self.since,
+                             "tau_scale": self.tau_scale}
         for slot in ("best", "lowest"):
             entry = getattr(self, slot)
             if entry is None:
@@ -163,6 +182,7 @@ class Budget:
     def load_state_dict(self, tensors: dict, meta: dict) -> None:
         self.reference_error = meta.get("reference_error", self.reference_error)
         self.since = int(meta.get("since", 0))
+        self.tau_scale = float(meta.get("tau_scale", 1.0))
         for slot in ("best", "lowest"):
             entry = meta.get(slot)
             if entry is None:

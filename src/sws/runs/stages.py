@@ -170,7 +170,7 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     qcfg = qcfg or QuantizeConfig()
     budget = Budget(model, prior, covered, val, threshold=qcfg.merge_threshold, dead_units=qcfg.drop_dead_units,
                     max_error_increase=cfg.max_error_increase if cfg.budget else None,
-                    patience=cfg.patience if cfg.budget else 0, header=header_of(meta))
+                    patience=cfg.patience if cfg.budget else 0, header=header_of(meta), tau_control=cfg.tau_control)
     t0 = time.perf_counter()
     on_epoch = _history_writer(run, "retrain", state[1].get("history") if state else None)
     if snapshots:
