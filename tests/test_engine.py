@@ -318,3 +318,14 @@ def test_surface_in_a_hand_written_loop(tmp_path):
     back = sws.load(tmp_path / "m.sws", model=MLP())
     x = data.tensors[0][:5]
     assert size == (tmp_path / "m.sws").stat().st_size and torch.equal(back(x), model(x))
+
+
+def test_custom_training_loop_example_runs(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "custom_training_loop.py"
+    spec = importlib.util.spec_from_file_location("loop_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    stats = example.main(["--out", str(tmp_path / "l.sws"), "--epochs", "3"])
+    assert "outputs identical" in capsys.readouterr().out and stats["nonzero_share"] < 1

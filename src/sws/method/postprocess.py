@@ -131,12 +131,18 @@ def recalibrate_batchnorm(model: nn.Module, data, device=None, max_batches: int 
 
 def postprocess_(model: nn.Module, mixture, covered: dict[str, torch.Tensor], threshold: float, *,
                  dead_units: bool = True, recalibrate=None, batch_size: int = 256, finetune=None,
-                 finetune_epochs: int = 0, finetune_lr: float = 1e-4, **finetune_kw) -> Quantized:
+                 finetune_epochs: int = 0, finetune_lr: float = 1e-4, probe=None, **finetune_kw) -> Quantized:
     """The whole post-processing, in place: ``quantize_``, then (``dead_units``)
     ``drop_dead_units``, then (``finetune_epochs`` on the training set ``finetune``) the codebook's
-    fine-tuning (``sws.method.finetune``), then batch-norm recalibration on ``recalibrate``."""
+    fine-tuning (``sws.method.finetune``), then batch-norm recalibration on ``recalibrate``.
+    ``probe``: a data set whose first items check that dropping dead units changed no output."""
     codebook, merged = quantize_(covered, mixture, threshold)
-    dropped = drop_dead_units(model) if dead_units else 0
+    example = None
+    if probe is not None and dead_units:
+        source = as_source(probe, "probe data")
+        x, _ = source.batch(torch.arange(min(8, len(source))))
+        example = to_device(x, next(model.parameters()).device) if torch.is_tensor(x) else None
+    dropped = drop_dead_units(model, example_input=example) if dead_units else 0
     if finetune is not None and finetune_epochs > 0:
         from sws.method.finetune import finetune_codebook_
         codebook = finetune_codebook_(model, covered, codebook, finetune, epochs=finetune_epochs, lr=finetune_lr,

@@ -177,7 +177,8 @@ class SoftWeightSharing:
         q = self.quantize_config
         self.quantized = postprocess_(self.model, self.prior, self.covered, q.merge_threshold,
                                       dead_units=q.drop_dead_units, recalibrate=recalibrate,
-                                      batch_size=self.config.batch_size, seed=self.config.seed, **finetune)
+                                      batch_size=self.config.batch_size, seed=self.config.seed,
+                                      probe=finetune.get("finetune", recalibrate), **finetune)
         return self.quantized
 
     def stats(self) -> dict:

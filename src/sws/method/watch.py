@@ -83,7 +83,7 @@ class Budget:
             net = copy.deepcopy(self.model)
             covered = {name: net.get_parameter(name) for name in self.covered}
             q = postprocess_(net, self.prior, covered, self.threshold, dead_units=self.dead_units,
-                             recalibrate=None)
+                             recalibrate=None, probe=self.val)
             if self.recalibrate is not None:
                 recalibrate_batchnorm(net, self.recalibrate, max_batches=20)
             scores = evaluate(net, self.val, **self.eval_kw)

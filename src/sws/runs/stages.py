@@ -215,7 +215,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     retrained_eval = evaluate(model, test)
     train = load_data(meta["data"], data_dir)[0] if cfg.finetune_epochs else None
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
-                     finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
+                     finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"])
     quantized_eval = evaluate(model, test)
     stats = layer_stats(covered)
