@@ -206,16 +206,21 @@ def _echo_metrics(title: str, metrics: dict):
     keys = [k for k in metrics if isinstance(metrics[k], (int, float)) and not isinstance(metrics[k], bool)]
     click.echo(f"{title}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k in keys))
     decision = metrics.get("budget") or {}
-    if decision.get("message"):
-        click.echo(("warning: " if decision["status"] == "over" else "budget: ") + decision["message"],
-                   err=decision["status"] == "over")
+    if decision.get("message"):   # the final word comes after post-processing (_print_report)
+        click.echo("budget, before post-processing: " + decision["message"])
 
 
-def _budget_status(run: RunDir) -> int:
-    """The exit status a finished run owes: OVER_BUDGET_EXIT when no state met the budget."""
+def _budget_status(run: RunDir, say: bool = False) -> int:
+    """The exit status a finished run owes: OVER_BUDGET_EXIT when no state met the budget
+    (``say``: and the warning line, where no report printed it)."""
     from sws.method.watch import OVER_BUDGET_EXIT
-    decision = run.read_json("metrics.json", {}).get("retrained", {}).get("budget") or {}
-    return OVER_BUDGET_EXIT if decision.get("status") == "over" else 0
+    metrics = run.read_json("metrics.json", {})
+    decision = metrics.get("quantized", {}).get("budget") or metrics.get("retrained", {}).get("budget") or {}
+    if decision.get("status") != "over":
+        return 0
+    if say:
+        click.echo(f"warning: {decision['message']}", err=True)
+    return OVER_BUDGET_EXIT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -225,6 +230,10 @@ def cli():
 
 
 def _print_report(m: dict):
+    decision = m.get("budget") or {}
+    if decision.get("message"):
+        click.echo(("warning: " if decision["status"] == "over" else "budget: ") + decision["message"],
+                   err=decision["status"] == "over")
     click.echo(f"{'layer':<28}{'shape':>16}{'non-zero':>12}{'share':>9}{'values':>8}")
     for name, row in m["layers"].items():
         click.echo(f"{name:<28}{'x'.join(map(str, row['shape'])):>16}{row['nonzero']:>12}"

@@ -106,7 +106,7 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune
                                                    resume=True, guard=guard))
         if figures:
             _draw_figures(run)
-        return _budget_status(run)
+        return _budget_status(run, say=True)
     if run_dir is None:
         raise click.UsageError("missing RUN_DIR (or --resume RUN_DIR)")
     cfg = _retrain_cfg(preset, batch_size, seed, **kw)
@@ -129,7 +129,7 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune
                                                qcfg=qcfg))
     if figures:
         _draw_figures(run)
-    return _budget_status(run)
+    return _budget_status(run, say=True)
 
 
 @cli.command("quantize")

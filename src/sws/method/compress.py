@@ -129,14 +129,15 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     decision = budget.decide()
     if finetune_epochs is None:
         finetune_epochs = QuantizeConfig.finetune_epochs if budget.active else 0
-    if decision["status"] == "over" and distributed.is_main():
-        warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
     kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
     q = sws_.quantize_(recalibrate=train if recalibrate_bn else None, finetune=train if finetune_epochs else None,
                        finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, loss_fn=loss_fn, output=output)
     if val is not None:
         metrics.update({f"retrained_{k[4:]}": v for k, v in kept.items() if k.startswith("val_")})
         metrics.update({f"quantized_{k}": v for k, v in evaluate(model, val, **kw).items()})
+        decision = Budget.final(decision, metrics.get("quantized_error"), finetune_epochs)
+    if decision.get("status") == "over" and distributed.is_main():
+        warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
     stats = sws_.stats()
     report = CompressionReport(
         config=dataclasses.asdict(cfg) | {"merge_threshold": merge_threshold, "n_train": sws_.n_train,

@@ -164,6 +164,24 @@ class Budget:
                               f"points), CR {chosen['pp_cr']:.1f}")
         return out
 
+    @staticmethod
+    def final(decision: dict, val_error: float | None, finetune_epochs: int = 0) -> dict:
+        """The decision re-checked on the network the user keeps (after the codebook's fine-tuning):
+        its validation error against the same limit."""
+        limit = decision.get("limit_val_error")
+        if limit is None or val_error is None:
+            return decision
+        within = val_error <= limit + 1e-12
+        out = {**decision, "final_val_error": val_error, "status": "within" if within else "over"}
+        tuned = f" after {finetune_epochs} epochs of codebook fine-tuning" if finetune_epochs else ""
+        head = "" if within else "no state met the accuracy budget: "
+        out["message"] = (f"{head}kept epoch {decision.get('epoch')}: post-processed validation error{tuned} "
+                          f"{100 * val_error:.2f} % {'within' if within else 'over'} the budget "
+                          f"{100 * limit:.2f} % (pretrained {100 * decision['reference_val_error']:.2f} % + "
+                          f"{decision['budget_points']:g} points), CR {decision.get('pp_cr', float('nan')):.1f}"
+                          + ("" if within else "; retrain longer, lower --tau or raise --max-error-increase"))
+        return out
+
     # resumable: the kept states travel with the training state
     def state_dict(self) -> tuple[dict, dict]:
         tensors, meta = {}, {"reference_error": self.reference_error, "since": self.since,

@@ -213,11 +213,15 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     test, split = scoring_set(meta["data"], data_dir)
     run.invalidate_after("retrained")
     retrained_eval = evaluate(model, test)
-    train = load_data(meta["data"], data_dir)[0] if cfg.finetune_epochs else None
+    decision = dict(meta.get("metrics", {}).get("budget") or {})
+    needs_val = cfg.finetune_epochs or decision.get("limit_val_error") is not None
+    train, val, _ = load_data(meta["data"], data_dir) if needs_val else (None, None, None)
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"])
     quantized_eval = evaluate(model, test)
+    if val is not None and decision.get("limit_val_error") is not None:
+        decision = Budget.final(decision, evaluate(model, val).get("error"), cfg.finetune_epochs)
     stats = layer_stats(covered)
     metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), "split": split,
                "codebook": q.codebook.tolist(), "merge_threshold": cfg.merge_threshold,
@@ -226,7 +230,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
                "nonzero_share": stats["total"]["nonzero_share"],
                "distinct_values": stats["total"]["distinct"], "layers": stats["layers"],
                "covered": list(covered), "cover": meta["retrain"]["prior"]["cover"],
-               "dead_unit_weights_dropped": q.dropped}
+               "dead_unit_weights_dropped": q.dropped, "budget": decision}
     if run.has("pretrained"):
         ptensors, pmeta = run.load("pretrained")
         pmodel = model_from_checkpoint(ptensors, pmeta)
