@@ -249,7 +249,7 @@ def _requeue_dead(study, host: str):
 def _val_error(sws_path: Path, val) -> float:
     """Error of the network in the ``.sws`` file on the validation split."""
     from sws.method.files import load
-    from sws.method.loop import evaluate
+    from sws.method.evaluate import evaluate
     return evaluate(load(sws_path), val)["error"]
 
 
