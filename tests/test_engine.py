@@ -329,3 +329,19 @@ def test_custom_training_loop_example_runs(tmp_path, capsys):
     spec.loader.exec_module(example)
     stats = example.main(["--out", str(tmp_path / "l.sws"), "--epochs", "3"])
     assert "outputs identical" in capsys.readouterr().out and stats["nonzero_share"] < 1
+
+
+def test_search_on_a_user_module_and_data(tmp_path, capsys, user_package):
+    p = user_package
+    out = tmp_path / "s"
+    code, stdout, err = call(capsys, "search", "run", out, "--trials", "2", "--model", f"{p}.nets:build",
+                             "--data", f"{p}.data:splits", "--pretrain-epochs", "1", "--epochs", "1",
+                             "--batch-size", "64", "--quiet")
+    assert code == 0, err
+    import json
+    trials = sorted((out / "trials").glob("*/trial.json"))
+    assert len(trials) == 2
+    record = json.loads(trials[0].read_text())
+    assert 0 <= record["val_error"] <= 1 and record["cr"] > 0
+    settings = json.loads((out / "search.json").read_text())
+    assert settings["model"] == f"{p}.nets:build" and settings["data"] == f"{p}.data:splits"

@@ -51,10 +51,18 @@ def _search_space_epilog() -> str:
 @click.option("--n-workers", type=int, default=1, show_default=True,
               help="Worker processes on this machine, all on one study.")
 @click.option("--storage", default=None,
-              help="SQLAlchemy URL of the study, e.g. postgresql://user@host/db, shared by "
-                   "several machines [sqlite:///OUT/study.db].")
+              help="Where the study lives: an SQLAlchemy URL shared by several machines (e.g. "
+                   "postgresql+psycopg://user@host/db), or journal[:PATH] (Optuna's journal file, for a "
+                   "shared filesystem) [sqlite:///OUT/study.db].")
 @click.option("--study-name", default=None, help="Study name in the storage [OUT's name].")
-@click.option("--model", type=click.Choice(list(MODELS)), default=None, help="Reference network [tutorial-conv].")
+@click.option("--model", default=None,
+              help=f"A reference net ({', '.join(MODELS)}) or PKG.MODULE:FUNCTION [tutorial-conv].")
+@click.option("--data", default=None, metavar="PKG.MODULE:FUNCTION",
+              help="Your data function returning (train, val, test); its validation set scores trials [MNIST].")
+@click.option("--budget/--no-budget", default=None,
+              help="Each trial keeps its best state within the accuracy budget (as 'sws run') [--budget].")
+@click.option("--max-error-increase", type=float, default=None, metavar="POINTS",
+              help="The trials' accuracy budget [0.3].")
 @click.option("--pretrain-epochs", type=int, default=None, help="Epochs of the shared pretraining [10].")
 @click.option("--train-subset", type=int, default=None, help="Use the first N training images [all].")
 @click.option("--val-size", type=int, default=None,

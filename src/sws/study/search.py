@@ -57,9 +57,10 @@ __all__ = ["SPACE", "Param", "make_space", "resolve_settings", "run_search", "op
 
 
 DEFAULTS = {"model": "tutorial-conv", "pretrain_epochs": 10, "train_subset": 0, "val_size": 10000,
-            "epochs": 30, "batch_size": 256, "seed": 0, "ranges": {}, "choices": {}}
+            "epochs": 30, "batch_size": 256, "seed": 0, "ranges": {}, "choices": {}, "data": "",
+            "budget": True, "max_error_increase": 0.3}
 FIXED = ("model", "pretrain_epochs", "train_subset", "val_size", "epochs", "batch_size", "seed",
-         "ranges", "choices")
+         "ranges", "choices", "data", "budget", "max_error_increase")
 DIRECTIONS = ["minimize", "maximize"]   # validation error, compression rate
 
 
@@ -77,12 +78,18 @@ def resolve_settings(out: Path, given: dict) -> dict:
             if key in FIXED and _canon(recorded.get(key)) != _canon(value):
                 raise ConfigError(f"{out} was started with {key} {recorded.get(key)!r}, not "
                                   f"{value!r}; drop the option to resume it, or use a new folder")
-        settings = {**recorded, **{k: v for k, v in given.items() if k not in FIXED}}
+        settings = {**DEFAULTS, **recorded, **{k: v for k, v in given.items() if k not in FIXED}}
     else:
         settings = {**DEFAULTS, **given}
-    if settings["model"] not in MODELS:
-        raise ConfigError(f"unknown model {settings['model']!r}; choose one of {', '.join(MODELS)}")
-    for key in ("pretrain_epochs", "epochs", "batch_size", "val_size"):
+    from sws.zoo.refs import is_ref
+    if settings["model"] not in MODELS and not is_ref(settings["model"]):
+        raise ConfigError(f"model {settings['model']!r} is neither a reference net ({', '.join(MODELS)}) "
+                          "nor PKG.MODULE:FUNCTION returning an nn.Module")
+    if settings["data"] and not is_ref(settings["data"]):
+        raise ConfigError(f"data {settings['data']!r}: expected PKG.MODULE:FUNCTION returning (train, val, test)")
+    if settings["data"] and "val_size" not in given and recorded is None:
+        settings["val_size"] = 0            # a user's data function supplies its own validation set
+    for key in ("pretrain_epochs", "epochs", "batch_size") + (() if settings["data"] else ("val_size",)):
         if not (isinstance(settings[key], int) and settings[key] > 0):
             raise ConfigError(f"{key} must be a positive integer, got {settings[key]!r} (the search "
                               "scores trials on a validation split, so val_size must be > 0)")
@@ -246,11 +253,13 @@ def _requeue_dead(study, host: str):
             study.tell(t.number, state=TrialState.FAIL)
 
 
-def _val_error(sws_path: Path, val) -> float:
+def _val_error(sws_path: Path, val, model_ref: str) -> float:
     """Error of the network in the ``.sws`` file on the validation split."""
-    from sws.method.files import load
     from sws.method.evaluate import evaluate
-    return evaluate(load(sws_path), val)["error"]
+    from sws.method.files import load
+    from sws.zoo.refs import resolve_model
+    model = load(sws_path) if model_ref in MODELS else load(sws_path, model=resolve_model(model_ref))
+    return evaluate(model, val)["error"]
 
 
 def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, data_dir) -> tuple:
@@ -270,10 +279,10 @@ def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, d
     sws_path = run.path / "model.sws"
     compress_run(run.path, sws_path)
     total = file_stats(sws_path.read_bytes())["total"]
-    result = {"val_error": _val_error(sws_path, val), "cr": total["cr_file"],
+    result = {"val_error": _val_error(sws_path, val, settings["model"]), "cr": total["cr_file"],
               "file_bytes": total["file_bytes"], "nonzero_share": q["nonzero_share"],
               "distinct_values": q["distinct_values"],
-              "test_error": q["test_error"],   # recorded for the report only; never an objective
+              "test_error": q.get("test_error"),   # recorded for the report only; never an objective
               "sws": str(sws_path.relative_to(out)), "seconds": time.perf_counter() - t0}
     run.write_json("trial.json", {"trial": trial.number, "params": params, **result})
     for key, value in result.items():
@@ -383,7 +392,8 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
         atomic_write(out / "search.json", (json.dumps(settings, indent=2) + "\n").encode())
         run = RunDir(out)
         if not run.has("pretrained"):
-            run_pretrain(run, PretrainConfig(model=settings["model"], epochs=settings["pretrain_epochs"],
+            run_pretrain(run, PretrainConfig(model=settings["model"], data=settings["data"],
+                                             epochs=settings["pretrain_epochs"],
                                              batch_size=settings["batch_size"], seed=settings["seed"],
                                              train_subset=settings["train_subset"],
                                              val_size=settings["val_size"]), data_dir, quiet)

@@ -156,11 +156,13 @@ def configs(params: dict, settings: dict):
     prior = {k: p[k] for k in ("n_components", "zero_alpha", "zero_beta", "alpha", "beta", "learn_pi0")}
     if p["learn_pi0"]:
         prior.update(pi0_a=float(p.get("pi0_a", 1.0)), pi0_b=float(p.get("pi0_b", 1.0)))
+    budget = settings.get("budget", True)
     rcfg = retrain_config("tutorial", epochs=settings["epochs"], batch_size=settings["batch_size"],
+                          budget=budget, max_error_increase=float(settings.get("max_error_increase", 0.3)),
                           seed=settings["seed"], tau=p["tau"], tau_schedule=schedule, tau_start=start,
                           tau_warmup_epochs=warmup, pi0=1.0 - p["one_minus_pi0"],
                           **{k: p[k] for k in ("lr_weights", "lr_means", "lr_log_precisions",
                                                "lr_mixing")}, **prior)
-    qcfg = QuantizeConfig(p["merge_threshold"])
+    qcfg = QuantizeConfig(p["merge_threshold"], finetune_epochs=QuantizeConfig.finetune_epochs if budget else 0)
     qcfg.validate()
     return rcfg, qcfg
