@@ -84,8 +84,8 @@ class PriorConfig:
             raise ConfigError(f"n_components must be at most 256, got {self.n_components}")
         if not 0.0 < self.pi0 < 1.0:
             raise ConfigError(f"pi0 must lie strictly between 0 and 1, got {self.pi0}")
-        if self.init not in ("linspace", "range"):
-            raise ConfigError(f"init must be 'linspace' or 'range', got {self.init!r}")
+        if self.init not in ("linspace", "range", "paper"):
+            raise ConfigError(f"init must be 'linspace', 'range' or 'paper', got {self.init!r}")
         if self.cover not in ("all", "weights"):
             raise ConfigError(f"cover must be 'all' or 'weights', got {self.cover!r}")
         _positive(self, "init_range", "init_sigma", "zero_alpha", "zero_beta", "alpha", "beta",
@@ -174,8 +174,9 @@ class QuantizeConfig:
 PRESETS: dict[str, dict] = {
     "tutorial": {},
     # the paper (ICLR 2017, section 6.1): 2^4 + 1 components, pi0 0.999, mixture lr 5e-4, 100 epochs
+    # init "paper": means over the pretrained weights' range, each sd one spacing (section 4.2)
     "paper": {"epochs": 100, "lr_means": 5e-4, "lr_log_precisions": 5e-4, "lr_mixing": 5e-4,
-              "prior": {"n_components": 17, "pi0": 0.999, "init": "range"}},
+              "prior": {"n_components": 17, "pi0": 0.999, "init": "paper"}},
     # the paper's ResNet (light), WRN-16-4: its settings with 2^6 components for a net 6x the size;
     # weights only (the convolutions have no biases); sws.compress leaves batch-norm unquantised
     "resnet": {"epochs": 100, "lr_means": 5e-4, "lr_log_precisions": 5e-4, "lr_mixing": 5e-4,

@@ -122,8 +122,9 @@ retrain_options = _options(
     click.option("--components", "n_components", type=int, default=None,
                  help="Mixture components, the zero component included [16]."),
     click.option("--pi0", type=float, default=None, help="Zero component's mixing proportion."),
-    click.option("--init", type=click.Choice(["linspace", "range"]), default=None,
-                 help="Means: linspace(-0.6, 0.6) or spread over the pretrained weights."),
+    click.option("--init", type=click.Choice(["linspace", "range", "paper"]), default=None,
+                 help="Means: linspace(-0.6, 0.6), or spread over the pretrained weights ('paper': each "
+                      "component's sd the spacing of the means)."),
     click.option("--init-sigma", type=float, default=None,
                  help="Initial standard deviation of every component [tutorial 0.25]."),
     click.option("--cover", type=click.Choice(["all", "weights"]), default=None,

@@ -138,7 +138,9 @@ def retrain_cmd(run_dir, out, preset, merge_threshold, drop_dead_units, finetune
 @data_option
 @force_option
 def quantize_cmd(run_dir, merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, data_dir, force):
-    """Post-process a retrained run: merge components, snap weights to the codebook."""
+    """Post-process a retrained run: merge components, snap weights to the codebook.
+
+    Exit status 3: the post-processed network is over the accuracy budget."""
     run = RunDir.open(run_dir)
     run.require("retrained", "run 'sws retrain' first")
     budget = run.load("retrained")[1].get("retrain", {}).get("budget", False)
@@ -146,6 +148,7 @@ def quantize_cmd(run_dir, merge_threshold, drop_dead_units, finetune_epochs, fin
     run.refuse_overwrite("quantized", force)
     _record_command(run, "quantize", vars(cfg))
     _print_report(run_quantize(run, cfg, data_dir))
+    return _budget_status(run)
 
 
 @cli.command("evaluate")

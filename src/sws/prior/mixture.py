@@ -38,15 +38,20 @@ class GaussianMixturePrior(nn.Module):
         cfg.validate()
         self.config = cfg
         J = cfg.n_components
-        if cfg.init == "range":
+        if cfg.init in ("range", "paper"):
             if not weights:
-                raise ValueError("init='range' needs the pretrained weights")
+                raise ValueError(f"init={cfg.init!r} needs the pretrained weights")
             flat = torch.cat([w.detach().reshape(-1) for w in weights])
             lo, hi = flat.min().item(), flat.max().item()
         else:
             lo, hi = -cfg.init_range, cfg.init_range
         self.means = nn.Parameter(torch.linspace(lo, hi, J - 1))
-        self.log_precisions = nn.Parameter(torch.full((J,), -2.0 * math.log(cfg.init_sigma)))
+        sigma = cfg.init_sigma
+        if cfg.init == "paper":
+            # paper section 4.2: each component with significant mass in its own region: one
+            # standard deviation of a component spans the distance to its neighbours' means
+            sigma = max((hi - lo) / max(J - 2, 1), 1e-6)
+        self.log_precisions = nn.Parameter(torch.full((J,), -2.0 * math.log(sigma)))
         self.mixing_logits = nn.Parameter(torch.zeros(J - 1))
         if cfg.learn_pi0:  # paper option: pi0 = sigmoid(logit) under a Beta(a, b) prior
             self.pi0_logit = nn.Parameter(torch.tensor(math.log(cfg.pi0 / (1 - cfg.pi0))))
