@@ -345,3 +345,14 @@ def test_search_on_a_user_module_and_data(tmp_path, capsys, user_package):
     assert 0 <= record["val_error"] <= 1 and record["cr"] > 0
     settings = json.loads((out / "search.json").read_text())
     assert settings["model"] == f"{p}.nets:build" and settings["data"] == f"{p}.data:splits"
+
+
+def test_resume_under_another_environment_warns():
+    saved = []
+    torch.manual_seed(0)
+    sws.compress(MLP(), toy(), epochs=1, batch_size=64, on_state=lambda t, m: saved.append((t, m)))
+    tensors, meta = saved[0]
+    assert meta["environment"]["torch_threads"] == torch.get_num_threads()
+    meta = {**meta, "environment": {**meta["environment"], "torch_threads": 999}}
+    with pytest.warns(RuntimeWarning, match="resumes under"):
+        sws.compress(MLP(), toy(), epochs=1, batch_size=64, resume=(tensors, meta))
