@@ -48,6 +48,7 @@
 #include <pthread.h>
 #include <unistd.h>
 #include <dlfcn.h>
+#include <time.h>
 #include <Python.h>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -58,7 +59,9 @@
 #define SMOOTH 1e-4         /* per call: bound on the expansion's relative error */
 #define PLAN_SMOOTH 2e-5    /* when planning: leaves finer than needed, for the mixture's drift */
 #define MAXJ 256
+#ifndef FINE_BITS
 #define FINE_BITS 17        /* at most 2^17 fine cells */
+#endif
 #define MAX_LEAVES 65534    /* leaf ids are uint16, the last one the off-grid dummy */
 #ifndef K
 #define K 4                 /* interleaved copies of the moments (4 or 8) */
@@ -71,18 +74,15 @@
 #define MAXT 2
 #define SPLIT_MIN 8.0       /* weights a leaf must have held for its halves to pay */
 
-enum { UNBUILT = 0, EXPAND = 1, EXACT = 2 };
+enum { UNBUILT = 0, EXPAND = 1, EXACT = 2, BUILDING = 3 };
 enum { NO_GRAD = 0, SET_GRAD = 1, ADD_GRAD = 2 };
 
 typedef struct { double A, B, C, c; } rec_t;    /* g = A + B d + C d^2, d = w - c; A NaN unless EXPAND */
 typedef struct { double L[4]; int32_t state, pad; } coef_t;   /* log p and 3 derivatives at c */
 
 typedef struct {                /* one thread's per-call data */
-    rec_t *rec;                 /* L + 1: the last one, the off-grid dummy, is never ready */
-    coef_t *coef;               /* L */
-    double *r4;                 /* E x 4: r, r', r'', r''' of each active entry (EXPAND leaves) */
     double *mom;                /* L x K x 4: moments m0 .. m3 of d */
-    uint64_t *built;            /* bitmap of the leaves built this call */
+    uint64_t *built;            /* bitmap of the leaves this thread built this call */
     double *acc;                /* 1 + 3J: sums of EXACT and off-grid weights */
     double lo, hi;              /* range of the finite weights seen */
     int64_t n_exact, n_built;
@@ -99,6 +99,9 @@ typedef struct {
     int32_t *idx;               /* E */
     int32_t *occ;               /* G: the weights each coarse cell held at the last call */
     double *centre, *half;      /* L */
+    rec_t *rec;                 /* L + 1 (the last one, the off-grid dummy, is never ready) */
+    coef_t *coef;               /* L */
+    double *r4;                 /* E x 4: r and its first three derivatives, each active entry */
     thr_t th[MAXT];
     const double *mu, *lam, *logc;   /* the current call's mixture */
 } ws_t;
@@ -247,9 +250,13 @@ static void free_threads(ws_t *ws)
 {
     for (int t = 0; t < MAXT; t++) {
         thr_t *th = ws->th + t;
-        free(th->rec); free(th->coef); free(th->r4); free(th->mom); free(th->built); free(th->acc);
+        free(th->mom); free(th->built); free(th->acc);
         memset(th, 0, sizeof(*th));
     }
+    free(ws->rec); free(ws->coef); free(ws->r4);
+    ws->rec = NULL;
+    ws->coef = NULL;
+    ws->r4 = NULL;
 }
 
 static void free_geometry(ws_t *ws)
@@ -277,25 +284,26 @@ static void *aligned(size_t bytes)
     return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
 }
 
-/* Per-thread arrays for the current geometry, every leaf unbuilt. */
+/* The leaf table and the per-thread arrays for the current geometry, every leaf unbuilt. */
 static int alloc_threads(ws_t *ws)
 {
     free_threads(ws);
     int L = ws->L, J = ws->J;
+    ws->rec = aligned(sizeof(rec_t) * (L + 1));
+    ws->coef = calloc(L, sizeof(coef_t));
+    ws->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
+    if (!ws->rec || !ws->coef || !ws->r4) return -1;
+    for (int l = 0; l <= L; l++) {
+        ws->rec[l].A = NAN;
+        ws->rec[l].B = ws->rec[l].C = ws->rec[l].c = 0.0;
+    }
     for (int t = 0; t < MAXT; t++) {
         thr_t *th = ws->th + t;
-        th->rec = aligned(sizeof(rec_t) * (L + 1));
-        th->coef = calloc(L, sizeof(coef_t));
-        th->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
         th->mom = aligned(sizeof(double) * 4 * K * L);
         th->built = calloc((L + 63) / 64, sizeof(uint64_t));
         th->acc = calloc(1 + 3 * J, sizeof(double));
-        if (!th->rec || !th->coef || !th->r4 || !th->mom || !th->built || !th->acc) return -1;
+        if (!th->mom || !th->built || !th->acc) return -1;
         memset(th->mom, 0, sizeof(double) * 4 * K * L);
-        for (int l = 0; l <= L; l++) {
-            th->rec[l].A = NAN;
-            th->rec[l].B = th->rec[l].C = th->rec[l].c = 0.0;
-        }
     }
     return 0;
 }
@@ -464,22 +472,35 @@ int sws_import(void *p, int J, int G, int D, int L, int E, double lo, double h,
 
 /* --------------------------------------------------------------- the pass */
 
-/* Coefficients of leaf l for the current mixture, in thread th's copy:
+/* Coefficients of leaf l for the current mixture, in the shared table, by whichever thread
+ * claims the leaf first (the other waits for them):
  * g = -F'(w) = A + B d + C d^2, and the responsibilities' Taylor coefficients
- *   r' = r Y,  r'' = r (Y^2 - lam - F''),  r''' = r (Y^3 - 3 Y (lam + F'') - F'''). */
-static void build_leaf(const ws_t *ws, thr_t *th, int l)
+ *   r' = r Y,  r'' = r (Y^2 - lam - F''),  r''' = r (Y^3 - 3 Y (lam + F'') - F''').
+ * The numbers depend on the leaf and the mixture only.  Returns the leaf's state. */
+static __attribute__((noinline)) int build_leaf(const ws_t *ws, thr_t *th, int l)
 {
+    coef_t *cf = ws->coef + l;
+    int state = UNBUILT;
+    if (!__atomic_compare_exchange_n(&cf->state, &state, BUILDING, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        while (state == BUILDING) {     /* the other thread is on it: a few hundred ns */
+#ifdef SWS_X86
+            _mm_pause();
+#endif
+            state = __atomic_load_n(&cf->state, __ATOMIC_ACQUIRE);
+        }
+        return state;
+    }
     int k = ws->off[l + 1] - ws->off[l];
     const int32_t *ix = ws->idx + ws->off[l];
     double L[4], r[MAXJ], Y[MAXJ], x = ws->centre[l];
-    coef_t *cf = th->coef + l;
     th->built[l >> 6] |= 1ull << (l & 63);
     th->n_built++;
     if (k == 0 || expansion(ws, k, ix, x, ws->half[l], L, r, Y) > SMOOTH) {
-        cf->state = EXACT;      /* rec[l].A stays NaN */
-        return;
+        __atomic_store_n(&cf->state, EXACT, __ATOMIC_RELEASE);     /* rec[l].A stays NaN */
+        return EXACT;
     }
-    double *r4 = th->r4 + 4 * (int64_t)ws->off[l];
+    double *r4 = ws->r4 + 4 * (int64_t)ws->off[l];
     for (int q = 0; q < k; q++) {
         double y = Y[q], s2 = ws->lam[ix[q]] + L[2];
         r4[4 * q] = r[q];
@@ -488,11 +509,14 @@ static void build_leaf(const ws_t *ws, thr_t *th, int l)
         r4[4 * q + 3] = r[q] * (y * y * y - 3.0 * y * s2 - L[3]);
     }
     for (int q = 0; q < 4; q++) cf->L[q] = L[q];
-    cf->state = EXPAND;
-    th->rec[l].B = -L[2];
-    th->rec[l].C = -0.5 * L[3];
-    th->rec[l].c = x;
-    th->rec[l].A = -L[1];
+    rec_t *rc = ws->rec + l;
+    rc->B = -L[2];
+    rc->C = -0.5 * L[3];
+    rc->c = x;
+    double A = -L[1];
+    __atomic_store(&rc->A, &A, __ATOMIC_RELEASE);   /* A last: a reader that sees it sees all */
+    __atomic_store_n(&cf->state, EXPAND, __ATOMIC_RELEASE);
+    return EXPAND;
 }
 
 /* One weight evaluated exactly over the k components idx: adds log p to acc[0] and
@@ -537,20 +561,22 @@ static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, doub
         return exact_one(ws, x, ALL, ws->J, th->acc);
     }
     int l = ws->map[f];
-    if (th->coef[l].state == UNBUILT) build_leaf(ws, th, l);
-    if (th->coef[l].state == EXACT) {
+    int state = __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE);
+    if (state != EXPAND && state != EXACT) state = build_leaf(ws, th, l);
+    if (state == EXACT) {
         th->n_exact++;
         th->mom[((int64_t)l * K + k) * 4] += 1.0;     /* only counted: the plan reads it */
         return exact_one(ws, x, ws->idx + ws->off[l], ws->off[l + 1] - ws->off[l], th->acc);
     }
-    const rec_t *r = th->rec + l;
+    const rec_t *r = ws->rec + l;
     double d = x - r->c;
     MOMENTS_SCALAR(th->mom + ((int64_t)l * K + k) * 4, d);
     return r->A + d * (r->B + r->C * d);
 }
 
-/* The pass over n weights in blocks of BLOCK, position i0 in the thread's share (which
- * fixes each weight's copy of the moments), in three steps per block:
+/* The pass over n weights in blocks of BLOCK (weight j of a block adds to copy j mod K of
+ * its leaf's moments; i0, the position in the thread's share, is not needed for that),
+ * in three steps per block:
  *   A. the weights in float64 and their fine indices, clamped to 0 .. F + 1 (0 and
  *      F + 1: off the grid; NaN: 0);
  *   B. per weight: leaf, gradient into gb, moments (the only scalar step);
@@ -559,43 +585,52 @@ static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, doub
  * MOMENTS(m, d) adds (1, d, d^2, d^3) to m[0..3]; the numbers are the same. */
 #define BLOCK 256
 
+/* A = r->A, and r's other fields read after it (another thread may be publishing the
+ * record, A last).  On x86 loads are not reordered with loads, so it is enough that the
+ * compiler does not move them: r then depends, for it, on A. */
+#ifdef SWS_X86
+#define LOAD_ACQUIRE(A, r) do { (A) = (r)->A; __asm__("" : "+r"(r) : "x"(A)); } while (0)
+#else
+#define LOAD_ACQUIRE(A, r) __atomic_load(&(r)->A, &(A), __ATOMIC_ACQUIRE)
+#endif
+
 #define STEP_B(q, MK, MOMENTS)                                                                  \
     do {                                                                                        \
         int32_t f = fb[j + (q)];                                                                \
         uint32_t l = map[f];                                                                    \
         const rec_t *r = rec + l;                                                               \
-        double A = r->A, x = xb[j + (q)];                                                       \
+        double A, x = xb[j + (q)];                                                              \
+        LOAD_ACQUIRE(A, r);           /* then B, C, c: see build_leaf */                      \
         if (__builtin_expect(A == A, 1)) {                                                      \
             double d = x - r->c;                                                                \
             gb[j + (q)] = A + d * (r->B + r->C * d);                                            \
             MOMENTS((MK) + (size_t)l * (K * 4), d);                                             \
         } else {                                                                                \
-            gb[j + (q)] = slow_one(ws, th, x, f, (int)((i0 + b0 + j + (q)) & (K - 1)));        \
+            gb[j + (q)] = slow_one(ws, th, x, f, (int)((j + (q)) & (K - 1)));                  \
         }                                                                                       \
     } while (0)
 
 #define PASS_LOOP(INDICES, MOMENTS, GRADS)                                                      \
     const uint16_t *map = ws->map;                                                              \
-    const rec_t *rec = th->rec;                                                                 \
+    const rec_t *rec = ws->rec;                                                                 \
     const double flo = ws->flo, inv_hf = ws->inv_hf, Fmax = (double)(ws->F + 1);                \
     int32_t fb[BLOCK];                                                                          \
     double xb[BLOCK], gb[BLOCK];                                                                \
-    double *mk[K];                                                                              \
+    double *const mom = th->mom;                                                                \
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {                                                 \
         const float *w = w_ + b0;                                                               \
         float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;                                      \
         int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK, j = 0;                                    \
-        for (int q = 0; q < K; q++) mk[q] = th->mom + ((i0 + b0 + q) & (K - 1)) * 4;            \
         INDICES(0, nb);                                                                         \
         for (; j + K <= nb; j += K) {                                                           \
-            STEP_B(0, mk[0], MOMENTS);                                                          \
-            STEP_B(1, mk[1], MOMENTS);                                                          \
-            STEP_B(2, mk[2], MOMENTS);                                                          \
-            STEP_B(3, mk[3], MOMENTS);                                                          \
-            UNROLL8(STEP_B(4, mk[4], MOMENTS); STEP_B(5, mk[5], MOMENTS);                       \
-                    STEP_B(6, mk[6], MOMENTS); STEP_B(7, mk[7], MOMENTS);)                      \
+            STEP_B(0, mom + 0 * 4, MOMENTS);                                                          \
+            STEP_B(1, mom + 1 * 4, MOMENTS);                                                          \
+            STEP_B(2, mom + 2 * 4, MOMENTS);                                                          \
+            STEP_B(3, mom + 3 * 4, MOMENTS);                                                          \
+            UNROLL8(STEP_B(4, mom + 4 * 4, MOMENTS); STEP_B(5, mom + 5 * 4, MOMENTS);                       \
+                    STEP_B(6, mom + 6 * 4, MOMENTS); STEP_B(7, mom + 7 * 4, MOMENTS);)                      \
         }                                                                                       \
-        for (int q = 0; j < nb; j++, q++) STEP_B(0, mk[q], MOMENTS);                            \
+        for (int q = 0; j < nb; j++, q++) STEP_B(0, mom + q * 4, MOMENTS);                      \
         if (mode != NO_GRAD) GRADS(0, nb);                                                      \
     }
 
@@ -758,36 +793,44 @@ typedef struct {
     const float *const *w;
     float *const *grad;
     const int64_t *n;
-    int64_t start, stop;        /* this thread's share of the concatenated weights */
+    int64_t start, stop;        /* this job's share of the concatenated weights */
     float scale;
+    int claimed;                /* by a thread, to run it (run_two) */
 } job_t;
 
-/* Clear what the last call left in thread t's copy: the leaves it built. */
-static void reset_thread(ws_t *ws, thr_t *th)
+/* Clear what the last call left: the leaves built (by either thread) and every thread's
+ * moments for them; then each thread's sums and counters. */
+static void reset(ws_t *ws)
 {
     int words = (ws->L + 63) / 64;
     for (int q = 0; q < words; q++) {
-        uint64_t b = th->built[q];
+        uint64_t b = 0;
+        for (int t = 0; t < MAXT; t++) {
+            b |= ws->th[t].built[q];
+            ws->th[t].built[q] = 0;
+        }
         while (b) {
             int l = q * 64 + __builtin_ctzll(b);
             b &= b - 1;
-            th->coef[l].state = UNBUILT;
-            th->rec[l].A = NAN;
-            memset(th->mom + (int64_t)l * K * 4, 0, sizeof(double) * K * 4);
+            ws->coef[l].state = UNBUILT;
+            ws->rec[l].A = NAN;
+            for (int t = 0; t < MAXT; t++)
+                memset(ws->th[t].mom + (int64_t)l * K * 4, 0, sizeof(double) * K * 4);
         }
-        th->built[q] = 0;
     }
-    memset(th->acc, 0, sizeof(double) * (1 + 3 * ws->J));
-    th->lo = INFINITY;
-    th->hi = -INFINITY;
-    th->n_exact = th->n_built = 0;
+    for (int t = 0; t < MAXT; t++) {
+        thr_t *th = ws->th + t;
+        memset(th->acc, 0, sizeof(double) * (1 + 3 * ws->J));
+        th->lo = INFINITY;
+        th->hi = -INFINITY;
+        th->n_exact = th->n_built = 0;
+    }
 }
 
 static void run_job(job_t *j)
 {
     ws_t *ws = j->ws;
     thr_t *th = ws->th + j->t;
-    reset_thread(ws, th);
     int64_t base = 0;
     for (int q = 0; q < j->nt; q++) {
         int64_t a = j->start > base ? j->start - base : 0;
@@ -807,14 +850,22 @@ static void run_job(job_t *j)
     }
 }
 
-/* Two jobs at once.  Preferably on the OpenMP thread team of the process (PyTorch's:
+/* Two jobs at once.  Job a runs on the calling thread; job b is claimed by the first
+ * thread to get to it: a second thread, or the calling thread once it has finished a.
+ * Each job keeps its own sums and moments (whichever thread runs it), so the result
+ * does not depend on who ran what, only on the split.
+ *
+ * The second thread is preferably one of the OpenMP team of the process (PyTorch's,
  * found at run time through the GOMP entry points, so the extension links against no
- * OpenMP itself); its threads are the ones PyTorch just used, so the second job neither
- * waits for a thread to wake nor competes with a spinning one.  Otherwise on a persistent
- * worker thread of our own. */
+ * OpenMP itself): those are the threads PyTorch just used, so job b starts at once
+ * instead of waiting for a thread to wake or competing with a spinning one.  On a
+ * machine so loaded that the team's second thread starts late or is descheduled (the
+ * region lasting far longer than the calling thread's own job, twice in a row), the end
+ * of the parallel region waits for it; the next 64 calls then use a persistent worker
+ * thread of our own, which the calling thread never waits for unless it has started. */
 typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
-static struct { gomp_parallel_fn parallel; omp_int_fn num, thread; int known; } omp;
+static struct { gomp_parallel_fn parallel; omp_int_fn num, thread; int known, late, fallback; } omp;
 
 static void find_omp(void)
 {
@@ -828,24 +879,45 @@ static void find_omp(void)
     omp.known = 1;
 }
 
+static int claim(job_t *j)
+{
+    return __atomic_exchange_n(&j->claimed, 1, __ATOMIC_ACQ_REL) == 0;
+}
+
+typedef struct { job_t *a, *b; int late; double t_a; } pair_t;
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
 static void omp_body(void *arg)
 {
-    job_t **jobs = arg;
-    int n = omp.num(), t = omp.thread();
-    if (n < 2) {                /* a team of one: both here, in order */
-        run_job(jobs[0]);
-        run_job(jobs[1]);
-    } else if (t < 2) {
-        run_job(jobs[t]);
+    pair_t *pr = arg;
+    int t = omp.thread();
+    if (t == 0) {
+        double t0 = seconds();
+        run_job(pr->a);
+        pr->t_a = seconds() - t0;
+        if (claim(pr->b)) {
+            run_job(pr->b);
+            pr->late = 1;
+        }
+    } else if (t == 1 && claim(pr->b)) {
+        run_job(pr->b);
     }
 }
 
-/* A persistent second thread (created on first use; again after a fork). */
+/* A persistent second thread (created on first use; again after a fork).  The claim of
+ * job b happens under the mutex, so that a late worker never touches a finished call's
+ * jobs. */
 static struct {
     pthread_mutex_t m;
     pthread_cond_t go, done;
-    job_t *job;
-    int busy, started;
+    job_t *job;                 /* offered and not yet taken by the calling thread */
+    int busy, started;          /* busy: the worker runs the job it claimed */
     pid_t pid;
 } worker = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
             NULL, 0, 0, 0};
@@ -858,54 +930,81 @@ static void *worker_main(void *arg)
     for (;;) {
         while (!worker.job) pthread_cond_wait(&worker.go, &worker.m);
         job_t *j = worker.job;
+        worker.job = NULL;
+        if (!claim(j)) continue;
+        worker.busy = 1;
         pthread_mutex_unlock(&worker.m);
         run_job(j);
         pthread_mutex_lock(&worker.m);
-        worker.job = NULL;
         worker.busy = 0;
         pthread_cond_signal(&worker.done);
     }
     return NULL;
 }
 
-/* Run job b on the worker and a here; returns 0, or -1 when no thread could be started. */
+static int start_worker(void)
+{
+    if (worker.started && worker.pid == getpid()) return 0;
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_cond_init(&worker.go, NULL);
+    pthread_cond_init(&worker.done, NULL);
+    worker.job = NULL;
+    worker.busy = 0;
+    int err = pthread_create(&th, &attr, worker_main, NULL);
+    pthread_attr_destroy(&attr);
+    if (err) return -1;
+    worker.started = 1;
+    worker.pid = getpid();
+    return 0;
+}
+
+/* Run jobs a and b, a here; returns 0, or -1 when no second thread could be had (then
+ * nothing ran). */
 static int run_two(job_t *a, job_t *b)
 {
     find_omp();
-    if (omp.parallel) {
-        job_t *jobs[2] = {a, b};
-        omp.parallel(omp_body, jobs, 2, 0);
+    a->claimed = 1;
+    b->claimed = 0;
+    if (omp.parallel && omp.fallback == 0) {
+        pair_t pr = {a, b, 0, 0.0};
+        double t0 = seconds();
+        omp.parallel(omp_body, &pr, 2, 0);
+        /* late: the team's second thread did not start, or the region lasted far longer
+         * than the calling thread's own job (its partner was descheduled) */
+        if (seconds() - t0 > 3.0 * pr.t_a + 2e-4) pr.late = 1;
+        omp.late = pr.late ? omp.late + 1 : 0;
+        if (omp.late >= 2) {
+            omp.fallback = 64;
+            omp.late = 0;
+        }
         return 0;
     }
+    if (omp.fallback > 0) omp.fallback--;
     pthread_mutex_lock(&worker_use);
     pthread_mutex_lock(&worker.m);
-    if (!worker.started || worker.pid != getpid()) {
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_cond_init(&worker.go, NULL);
-        pthread_cond_init(&worker.done, NULL);
-        worker.job = NULL;
-        worker.busy = 0;
-        int err = pthread_create(&th, &attr, worker_main, NULL);
-        pthread_attr_destroy(&attr);
-        if (err) {
-            pthread_mutex_unlock(&worker.m);
-            pthread_mutex_unlock(&worker_use);
-            return -1;
-        }
-        worker.started = 1;
-        worker.pid = getpid();
+    if (start_worker() != 0) {
+        pthread_mutex_unlock(&worker.m);
+        pthread_mutex_unlock(&worker_use);
+        return -1;
     }
     worker.job = b;
-    worker.busy = 1;
     pthread_cond_signal(&worker.go);
     pthread_mutex_unlock(&worker.m);
     run_job(a);
     pthread_mutex_lock(&worker.m);
-    while (worker.busy) pthread_cond_wait(&worker.done, &worker.m);
+    int mine = worker.job == b && claim(b);     /* not taken yet: ours */
+    if (worker.job == b) worker.job = NULL;
     pthread_mutex_unlock(&worker.m);
+    if (mine) {
+        run_job(b);
+    } else {
+        pthread_mutex_lock(&worker.m);
+        while (worker.busy) pthread_cond_wait(&worker.done, &worker.m);
+        pthread_mutex_unlock(&worker.m);
+    }
     pthread_mutex_unlock(&worker_use);
     return 0;
 }
@@ -926,14 +1025,11 @@ static void finish(ws_t *ws, int nthreads, double *out, double *range)
         while (b) {
             int l = q * 64 + __builtin_ctzll(b);
             b &= b - 1;
-            int owner = (ws->th[0].built[q] >> (l & 63)) & 1 ? 0 : 1;
-            const thr_t *th = ws->th + owner;
-            const coef_t *cf = th->coef + l;
+            const coef_t *cf = ws->coef + l;
             range[0] = fmin(range[0], ws->centre[l] - ws->half[l]);
             range[1] = fmax(range[1], ws->centre[l] + ws->half[l]);
             double m[4] = {0.0, 0.0, 0.0, 0.0};
-            for (int t = 0; t < nthreads; t++) {
-                if (!((ws->th[t].built[q] >> (l & 63)) & 1)) continue;
+            for (int t = 0; t < nthreads; t++) {   /* zero where thread t held none */
                 const double *mt = ws->th[t].mom + (int64_t)l * K * 4;
                 for (int k = 0; k < K; k++)
                     for (int p = 0; p < 4; p++) m[p] += mt[4 * k + p];
@@ -947,7 +1043,7 @@ static void finish(ws_t *ws, int nthreads, double *out, double *range)
              *   S1_j:   R(d) (d0 + d),   S2_j: R(d) (d0 + d)^2,   d0 = c - mu_j */
             double x = ws->centre[l];
             out[0] += cf->L[0] * m[0] + cf->L[1] * m[1] + 0.5 * cf->L[2] * m[2] + cf->L[3] * m[3] / 6.0;
-            const double *r4 = th->r4 + 4 * (int64_t)ws->off[l];
+            const double *r4 = ws->r4 + 4 * (int64_t)ws->off[l];
             for (int e = ws->off[l]; e < ws->off[l + 1]; e++, r4 += 4) {
                 int j = ws->idx[e];
                 double c0 = r4[0], c1 = r4[1], c2 = 0.5 * r4[2], c3 = r4[3] / 6.0, d0 = x - ws->mu[j];
@@ -976,6 +1072,7 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
     ws_t *ws = p;
     if (ws->J != J || ws->L == 0) return -1;
     ws->mu = mu; ws->lam = lam; ws->logc = logc;
+    reset(ws);
     int64_t total = 0;
     for (int q = 0; q < nt; q++) total += n[q];
     job_t a = {ws, 0, nt, mode, w, mode == NO_GRAD ? NULL : grad, n, 0, total, scale};
