@@ -315,6 +315,7 @@ def test_paths_without_the_c_kernel(monkeypatch):
     prior.complexity(ws).backward()
     ws[0].grad = None
     value = prior.backward_complexity(ws, 1e-2)
+    assert torch.is_tensor(value) and value.shape == () and value.dtype == torch.float64
     assert math.isfinite(float(value)) and ws[0].grad is not None
     state = prior._workspace.state_dict()
     K.Workspace().load_state_dict(state)

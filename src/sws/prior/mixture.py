@@ -110,7 +110,7 @@ class GaussianMixturePrior(nn.Module):
         """C = -log p(weights) + hyper-prior terms (SPEC section 1)."""
         return self.neg_log_likelihood(weights) + self.hyper_prior()
 
-    def backward_complexity(self, weights: list[torch.Tensor], scale: float) -> float:
+    def backward_complexity(self, weights: list[torch.Tensor], scale: float) -> torch.Tensor:
         """Add ``scale * dC/dp`` to the ``.grad`` of the weights and the mixture parameters.
 
         The same gradients as ``(scale * self.complexity(weights)).backward()``,
@@ -120,9 +120,11 @@ class GaussianMixturePrior(nn.Module):
         closed form.  Call it after the data term's ``backward()``.
 
         Returns:
-          The value of C.
+          The value of C as a 0-d float64 tensor on the prior's device: reading it
+          (``float(c)``, ``.item()``) synchronises with a GPU, so a training loop
+          should sum it on the device and read it once per epoch.
         """
-        return float(prior_backward(self, weights, scale))
+        return prior_backward(self, weights, scale)
 
     def summary(self) -> dict:
         """Current mixture as plain lists: means, standard deviations, mixing proportions."""
