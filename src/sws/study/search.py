@@ -37,12 +37,10 @@ import dataclasses
 import fcntl
 import hashlib
 import json
-import math
 import os
 import socket
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from sws.config import PretrainConfig
@@ -51,6 +49,8 @@ from sws.zoo.models import MODELS
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 from sws.study.searchspace import SPACE, TUTORIAL, Param, configs, make_space, space_help, suggest
+from sws.study.studydb import (DIRECTIONS, JOURNAL, JOURNAL_PREFIX, _storage, _study_settings, _url,  # noqa: F401
+                               _with_driver, normalise_storage, open_study)
 
 __all__ = ["SPACE", "Param", "make_space", "resolve_settings", "run_search", "open_study",
            "pareto_front", "format_report", "plot_pareto", "space_help"]
@@ -61,7 +61,6 @@ DEFAULTS = {"model": "tutorial-conv", "pretrain_epochs": 10, "train_subset": 0, 
             "budget": True, "max_error_increase": 0.3}
 FIXED = ("model", "pretrain_epochs", "train_subset", "val_size", "epochs", "batch_size", "seed",
          "ranges", "choices", "data", "budget", "max_error_increase")
-DIRECTIONS = ["minimize", "maximize"]   # validation error, compression rate
 
 
 def resolve_settings(out: Path, given: dict) -> dict:
@@ -107,105 +106,7 @@ def _canon(v):
     return json.loads(json.dumps(v))
 
 
-# ---- the study ---------------------------------------------------------------------------------
-
-JOURNAL = "journal"            # --storage journal: OUT/study.journal
-JOURNAL_PREFIX = "journal:"    # --storage journal:PATH: Optuna's JournalFileBackend
-
-
-def normalise_storage(storage: str | None) -> str | None:
-    """The storage as recorded: a journal path made absolute (relative to the current folder),
-    a URL as given."""
-    if storage and storage.startswith(JOURNAL_PREFIX):
-        path = storage[len(JOURNAL_PREFIX):]
-        if path.startswith("//"):      # journal:///abs/path, URL style
-            path = path[2:]
-        if not path:
-            raise ConfigError("storage journal:PATH needs a file path (or give 'journal' for OUT/study.journal)")
-        return JOURNAL_PREFIX + str(Path(path).expanduser().resolve())
-    return storage
-
-
-def _with_driver(url: str) -> str:
-    """``postgresql://`` (SQLAlchemy's default driver psycopg2) as ``postgresql+psycopg://`` when
-    only psycopg (version 3) is installed; ``postgres://`` as ``postgresql://``."""
-    import importlib.util
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
-    if (url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None
-            and importlib.util.find_spec("psycopg") is not None):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    return url
-
-
-def _storage(url: str):
-    import optuna
-    if url.startswith(JOURNAL_PREFIX):
-        from optuna.storages.journal import JournalFileBackend
-        path = normalise_storage(url)[len(JOURNAL_PREFIX):]
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(path))
-        except OSError as e:
-            raise ConfigError(f"storage {url}: cannot open ({e.strerror or e})") from None
-    url = _with_driver(url)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except Exception as e:   # SQLAlchemy's errors: bad URL, missing driver, unreachable server
-        raise ConfigError(f"storage {url}: cannot open ({str(e).splitlines()[0]})") from None
-
-
-def _quiet_optuna():
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def _url(out: Path, settings: dict) -> str:
-    """The study's storage URL; none recorded: OUT/study.db, wherever the folder now is
-    ('journal': OUT/study.journal)."""
-    storage = settings.get("storage")
-    if storage == JOURNAL:
-        return f"{JOURNAL_PREFIX}{(Path(out) / 'study.journal').resolve()}"
-    return storage or f"sqlite:///{(Path(out) / 'study.db').resolve()}"
-
-
-def open_study(out: Path, settings: dict | None = None, sampler_seed: int | None = None):
-    """The search folder's Optuna study (created when ``settings`` are given and it is missing)."""
-    import optuna
-    _quiet_optuna()
-    recorded = RunDir(out).read_json("search.json", None)
-    if recorded is None and settings is None:
-        raise RunDirError(f"{out}: not a search folder (no search.json); run 'sws search run' first")
-    s = settings or recorded
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed, multivariate=True, group=True,
-                                         constant_liar=True)
-    url = _url(out, s)
-    storage = _storage(url)
-    if settings is None:
-        try:
-            return optuna.load_study(study_name=s["study_name"], storage=storage, sampler=sampler)
-        except KeyError:
-            raise RunDirError(f"{url}: holds no study {s['study_name']!r}") from None
-    study = optuna.create_study(storage=storage, study_name=s["study_name"], directions=DIRECTIONS,
-                                sampler=sampler, load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != DIRECTIONS:
-        raise ConfigError(f"study {s['study_name']!r} in {url} is not an sws search "
-                          "(other objectives); choose another --study-name")
-    return study
-
-
-def _study_settings(url: str, name: str) -> dict:
-    """The fixed settings a study in ``url`` was started with ({} when there is no such study)."""
-    import optuna
-    _quiet_optuna()
-    if url.startswith(JOURNAL_PREFIX) and not Path(url[len(JOURNAL_PREFIX):]).is_file():
-        return {}      # no journal yet: no study (and no file created before the folder exists)
-    try:
-        return dict(optuna.load_study(study_name=name, storage=_storage(url)).user_attrs.get("settings", {}))
-    except KeyError:
-        return {}
-
+# ---- the study: sws.study.studydb -----------------------------------------------------------
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -453,78 +354,4 @@ def _inside(p: Param, v) -> bool:
     return v in p.choices if p.choices else p.low <= v <= p.high
 
 
-# ---- the report --------------------------------------------------------------------------------
-
-def pareto_front(study) -> list:
-    """The complete trials no other complete trial beats in both objectives, by CR."""
-    return sorted(study.best_trials, key=lambda t: t.values[1])
-
-
-def format_report(study, out: Path) -> str:
-    from optuna.trial import TrialState
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
-    lines = [f"study {study.study_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)]
-    if not complete:
-        return "\n".join(lines + ["no complete trials yet"])
-    front = pareto_front(study)
-    base = next((t for t in complete if t.user_attrs.get("baseline")), None)
-    head = f"{'trial':>6}{'val err %':>10}{'CR':>9}{'test err %':>11}{'non-zero %':>11}{'bytes':>9}  file"
-    lines += [f"Pareto front ({len(front)} of {len(complete)} complete trials; validation error "
-              "is the objective, test error is shown only):", head]
-
-    def row(t, mark=""):
-        a = t.user_attrs
-        return (f"{mark + str(t.number):>6}{100 * t.values[0]:>10.2f}{t.values[1]:>9.1f}"
-                f"{100 * a.get('test_error', math.nan):>11.2f}{100 * a.get('nonzero_share', math.nan):>11.2f}"
-                f"{a.get('file_bytes', 0):>9}  {out / a.get('sws', '?')}")
-    lines += [row(t, "*" if t is base else "") for t in front]
-    if base is not None and base not in front:
-        lines += ["tutorial baseline (not on the front):", row(base, "*")]
-    lines.append("parameters:")
-    for t in front + ([base] if base is not None and base not in front else []):
-        lines.append(f"  {t.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()))
-    if base is not None:
-        better = [t for t in front if t.values[0] <= base.values[0] and t.values[1] > base.values[1]]
-        if better:
-            b = max(better, key=lambda t: t.values[1])
-            lines.append(f"beats the tutorial settings at equal or lower validation error: trial "
-                         f"{b.number}, CR {b.values[1]:.1f} vs {base.values[1]:.1f} "
-                         f"({100 * b.values[0]:.2f}% vs {100 * base.values[0]:.2f}%)")
-        else:
-            lines.append("no trial beats the tutorial settings at equal or lower validation error")
-    return "\n".join(lines)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def plot_pareto(study, path: Path) -> Path:
-    """Validation error against CR (log scale) for every complete trial, the front highlighted."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.trial import TrialState
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    front = pareto_front(study)
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
-    ax.scatter([t.values[1] for t in complete], [100 * t.values[0] for t in complete], s=14,
-               color="0.65", label="trials")
-    ax.step([t.values[1] for t in front], [100 * t.values[0] for t in front], where="pre",
-            color="tab:red", marker="o", ms=4, label="Pareto front")
-    for t in complete:
-        if t.user_attrs.get("baseline"):
-            ax.scatter([t.values[1]], [100 * t.values[0]], marker="*", s=140, color="tab:blue",
-                       zorder=3, label="tutorial settings")
-    ax.set_xscale("log")
-    ax.set_xlabel("compression rate (from the .sws file's bytes)")
-    ax.set_ylabel("validation error (%)")
-    ax.set_title(f"{study.study_name}: {len(complete)} trials")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+from sws.study.pareto import format_report, pareto_front, plot_pareto  # noqa: E402  (re-exported)
