@@ -60,7 +60,7 @@ def test_summed_nll_and_gradients_match_dense_reference(state, use_kernel):
     ref = torch.autograd.grad(ref_c, [prior.means, prior.log_precisions, prior.mixing_logits, *ws])
     assert c.item() == pytest.approx(ref_c.item(), rel=1e-5)
     for g, r in zip(grads, ref):
-        # the kernel's quadratic cells are accurate to 1e-4 relative (SMOOTH in _kernel.c)
+        # the kernel's cubic leaves are accurate to 1e-4 relative (SMOOTH in _kernel.c)
         tol = 2e-4 * r.abs().max().item() + 1e-6
         assert (g.double() - r).abs().max().item() <= tol
 

@@ -10,34 +10,35 @@
  * Geometry (planned every few calls by sws_plan, kept in the workspace): the
  * weights' range is cut into G coarse cells, each split recursively into
  * halves where needed, down to a fine grid of F = G 2^D cells, into leaves
- * over which log p is a quadratic in the offset d from the leaf's centre to
- * within PLAN_SMOOTH (exactly so where one component is active).  Each leaf
- * lists the components whose responsibility can exceed exp(-cut) of the best
- * one anywhere in it (kernel.py passes cut = 20 plus a margin: dropped terms
- * change log p by less than J exp(-20), below float32 resolution).  Only
- * coarse cells that held weights at the last call are refined.  A map from
- * fine cells to leaves finds a weight's leaf with one load.
+ * over which log p is a cubic in the offset d from the leaf's centre to within
+ * PLAN_SMOOTH (exactly a quadratic where one component is active), and split
+ * only as far as the weights the cell held at the last call make it pay.  Each
+ * leaf lists the components whose responsibility can exceed exp(-cut) of the
+ * best one anywhere in it (kernel.py passes cut = 20 plus a margin: dropped
+ * terms change log p by less than J exp(-20), below float32 resolution).  A
+ * map from fine cells to leaves finds a weight's leaf with one load.
  *
  * Per call (sws_eval) a leaf's coefficients are computed, for the current
- * mixture, the first time a weight lands in it: log p and its first two
- * derivatives at the centre, the responsibilities and their derivatives.  A
- * weight in it then costs a few flops: its gradient is A + B d, and it adds
- * (1, d, d^2) to the leaf's moments, from which the leaf's contribution to
- * log p and S0, S1, S2 follows at the end.  A leaf whose mixture has become
- * too sharp for the expansion since the plan (the bound on the neglected
- * third-order terms exceeds SMOOTH) is EXACT for this call: its weights are
- * evaluated exactly over its active components; weights off the grid use
- * every component, exactly.
+ * mixture, the first time a weight lands in it: log p and its first three
+ * derivatives at the centre, the responsibilities and their first three
+ * derivatives.  A weight in it then costs a few flops: its gradient is
+ * A + B d + C d^2, and it adds (1, d, d^2, d^3) to the leaf's moments, from
+ * which the leaf's contribution to log p and S0, S1, S2 follows at the end.
+ * A leaf whose mixture has become too sharp for the expansion since the plan
+ * (the bound on the neglected fourth-order terms exceeds SMOOTH) is EXACT for
+ * this call: its weights are evaluated exactly over its active components;
+ * weights off the grid use every component, exactly.
  *
- * The pass is a scalar loop of about 25 instructions per weight: on this
- * kind of CPU a gather costs more per element than the whole lookup, so the
- * vector units only add the moments (one 256-bit add per weight where the
- * CPU has AVX2, a run-time check; SSE2 otherwise, the same numbers).  It is
- * split over two threads (a persistent worker) when asked to.  Each thread
- * keeps its own copy of the coefficients of the leaves it touches and its own
- * moments, in K interleaved copies (weight i adds to copy i mod K, which keeps
- * consecutive weights in one leaf from waiting on each other), so a call's
- * result depends only on its inputs and the thread count.
+ * The pass works on blocks of weights in three steps: fine indices and the
+ * weights in float64 (vectors: AVX-512 or AVX2, chosen at run time, or the
+ * portable loop), then per weight the leaf, its gradient and one 256-bit add
+ * of its moments (scalar loads: on this kind of CPU a gather costs more per
+ * element than the whole lookup), then the gradients into .grad (vectors).
+ * Every instruction set gives the same bits.  Two threads split the weights
+ * when asked to (see run_two); the leaf table is shared (a leaf is built once
+ * per call, by whichever thread needs it first), the moments are per half, in
+ * K interleaved copies (consecutive weights in one leaf do not wait on each
+ * other), so a call's result depends only on its inputs and the thread count.
  *
  * No Python API is used: the shared object is loaded with ctypes (kernel.py).
  */
@@ -59,9 +60,7 @@
 #define SMOOTH 1e-4         /* per call: bound on the expansion's relative error */
 #define PLAN_SMOOTH 2e-5    /* when planning: leaves finer than needed, for the mixture's drift */
 #define MAXJ 256
-#ifndef FINE_BITS
 #define FINE_BITS 17        /* at most 2^17 fine cells */
-#endif
 #define MAX_LEAVES 65534    /* leaf ids are uint16, the last one the off-grid dummy */
 #ifndef K
 #define K 4                 /* interleaved copies of the moments (4 or 8) */

@@ -14,8 +14,9 @@ S2_j = sum_i r_ij d_ij^2, d_ij = w_i - mu_j.  Autograd over the J x N matrix of
 log-densities costs about 17x a plain training step.  Three paths avoid it:
 
 - CPU, float32 (the C kernel ``_kernel.c``): one pass over the weights, on an
-  adaptive piecewise-quadratic expansion of log p; to within 1e-4 of the
-  exact sums, deterministic for given inputs and thread count.
+  adaptive piecewise-cubic expansion of log p (exact where one component is
+  active); to within 1e-4 of the exact sums, deterministic for given inputs
+  and thread count.
 - Other devices (``sws.prior.fused``): the dense formulas in float32 with
   float64 sums, two passes per tensor, compiled with ``torch.compile`` where
   it works; no host synchronisation.
