@@ -153,8 +153,8 @@ class SoftWeightSharing:
         """Add (tau / N) dC/dp to the ``.grad`` of the covered weights and of the mixture.
 
         Call after ``loss.backward()`` and before ``optimizer.step()``.  ``epoch`` (fractional)
-        follows the tau schedule; ``tau`` overrides it.  Returns C (a float, or a 0-d tensor on
-        the prior's device where reading it would synchronise).
+        follows the tau schedule; ``tau`` overrides it.  Returns C as a 0-d tensor on the
+        prior's device (``float()`` it when you log it: on a GPU that synchronises).
         """
         tau = self.tau(epoch) if tau is None else tau
         self.steps_done += 1
