@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from sws.errors import ConfigError, DataError
 
-__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss", "batch_size_of"]
+__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss"]
 
 
 @dataclass
@@ -94,13 +94,6 @@ def as_source(data, what: str = "training data") -> Source | None:
         raise DataError(f"{what}: items must be (input, target) pairs, the first is "
                         f"{type(item).__name__}" + (f" of length {len(item)}" if hasattr(item, "__len__") else ""))
     return Source(data, collate or default_collate, batch_size)
-
-
-def batch_size_of(*sources) -> int | None:
-    for s in sources:
-        if isinstance(s, Source) and s.batch_size:
-            return s.batch_size
-    return None
 
 
 def to_device(batch, device):

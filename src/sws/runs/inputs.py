@@ -127,14 +127,16 @@ def load_weights(model, path) -> None:
     load_strict(model, state, str(path), "weights do not match the model")
 
 
-def scoring_set(data: dict, data_dir):
-    """(data set, split name) a finished stage is scored on: the test set, else validation."""
+def scoring_set(data: dict, data_dir, loaded=None):
+    """(data set, split name) a finished stage is scored on: the test set, else validation.
+
+    ``loaded``: the (train, val, test) already loaded for ``data``, if any."""
     if data.get("ref"):
-        _, val, test = load_data(data, data_dir)
+        _, val, test = loaded or load_data(data, data_dir)
         if test is None and val is None:
             raise DataError(f"--data {data['ref']}: has neither a test nor a validation set to evaluate on")
         return (test, "test") if test is not None else (val, "val")
-    return load_test(data, data_dir), "test"
+    return (loaded[2] if loaded else load_test(data, data_dir)), "test"
 
 
 

@@ -210,12 +210,14 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     model = model_from_checkpoint(tensors, meta, str(run.path / "retrained.safetensors"))
     prior = prior_from_checkpoint(tensors, meta)
     covered = covered_of(model, meta["retrain"]["prior"])
-    test, split = scoring_set(meta["data"], data_dir)
+    decision = dict(meta.get("metrics", {}).get("budget") or {})
+    loaded = None                  # every split, loaded once (a user's data function is called once)
+    if cfg.finetune_epochs or decision.get("limit_val_error") is not None:
+        loaded = load_data(meta["data"], data_dir)
+    train, val = loaded[:2] if loaded else (None, None)
+    test, split = scoring_set(meta["data"], data_dir, loaded)
     run.invalidate_after("retrained")
     retrained_eval = evaluate(model, test)
-    decision = dict(meta.get("metrics", {}).get("budget") or {})
-    needs_val = cfg.finetune_epochs or decision.get("limit_val_error") is not None
-    train, val, _ = load_data(meta["data"], data_dir) if needs_val else (None, None, None)
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"])
