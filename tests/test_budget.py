@@ -147,3 +147,60 @@ def test_codebook_finetuning_keeps_the_pattern_and_lowers_the_loss(tmp_path):
     path = tmp_path / "f.sws"
     sws.save(path, model, codebook=codebook, quantized=list(covered))
     assert torch.equal(sws.load(path, model=mlp())(toy().tensors[0][:4]), model(toy().tensors[0][:4]))
+
+
+def test_codebook_finetuning_with_a_validation_set_never_leaves_it_worse():
+    """A learning rate that wrecks the codebook: the values before fine-tuning are kept."""
+    from sws.method.finetune import finetune_codebook_
+    model = pretrained()
+    model, report = sws.compress(model, toy(), toy(seed=1), epochs=3, batch_size=64, tau=0.05, init_sigma=0.05,
+                                 lr_log_precisions=1e-2, lr_mixing=1e-2, budget=False)
+    covered = {n: model.get_parameter(n) for n in report.covered}
+    codebook = torch.tensor(report.codebook)
+    val = toy(seed=1)
+    before = sws.evaluate(model, val)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    wild = finetune_codebook_(model, covered, codebook, toy(), epochs=2, lr=10.0, batch_size=64)
+    assert sws.evaluate(model, val)["error"] > before["error"]      # unguarded: worse
+    model.load_state_dict(state)
+    kept = finetune_codebook_(model, covered, codebook, toy(), epochs=2, lr=10.0, batch_size=64, val=val)
+    after = sws.evaluate(model, val)
+    assert (after["error"], after["loss"]) <= (before["error"], before["loss"])
+    assert not torch.equal(wild, kept)
+
+
+def test_watching_every_k_steps_keeps_the_best_watch_within_epochs(tmp_path):
+    """toy(): 512 images, batch 64: 8 steps an epoch, watched after steps 3 and 6 and at the end."""
+    model = pretrained()
+    model, report = sws.compress(model, toy(), toy(seed=1), epochs=4, batch_size=64, tau=0.05,
+                                 lr_weights=2e-3, lr_log_precisions=1e-2, lr_mixing=1e-2, init_sigma=0.05,
+                                 max_error_increase=5.0, patience=0, finetune_epochs=0, watch_every=3)
+    rows = report.history
+    watches = [w for r in rows for w in [*r.get("watches", ()), r]]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [round(w["epoch"], 3) for w in watches[:3]] == [0.375, 0.75, 1]
+    assert all("pp_val_error" in w and "val_error" in w for w in watches)
+    within = [w for w in watches if w["pp_within_budget"]]
+    best = max(within, key=lambda w: w["pp_cr"])
+    assert report.budget["epoch"] == best["epoch"]
+    assert report.metrics["quantized_error"] == pytest.approx(best["pp_val_error"], abs=1e-12)
+
+
+def test_watch_every_with_patience_stops_within_an_epoch():
+    model = pretrained()
+    _, report = sws.compress(model, toy(), toy(seed=1), epochs=30, batch_size=64, tau=0.05,
+                             lr_weights=2e-3, lr_log_precisions=1e-2, lr_mixing=1e-2, init_sigma=0.05,
+                             max_error_increase=100.0, patience=2, watch_every=2)
+    assert len(report.history) < 30 and report.history[-1].get("stopped_early")
+
+
+def test_watch_every_from_the_cli(tmp_path, capsys, mnist_dir):
+    run = tmp_path / "run"
+    code, out, err = call(capsys, "run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
+                          "--train-subset", "1000", "--val-size", "200", "--pretrain-epochs", "1", "--epochs", "1",
+                          "--watch-every", "1", "--quiet")
+    assert code in (0, OVER_BUDGET_EXIT), err
+    history = [r for r in json.loads((run / "history.json").read_text()) if r["stage"] == "retrain"]
+    assert len(history[0]["watches"]) == 3            # 800 images, batch 256: 4 steps, 3 within
+    code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", tmp_path / "r2", "--watch-every", "-1")
+    assert code == 2 and "watch_every" in err

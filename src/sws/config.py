@@ -111,6 +111,7 @@ class RetrainConfig:
     max_error_increase: float = 0.3  # points of validation error over the pretrained net (issue 13)
     patience: int = 5                # epochs without a better kept state before stopping (0: never)
     tau_control: float = 1.5         # the budget's tau controller: x or / per epoch (1: off; issue 13)
+    watch_every: int = 0             # with the budget: also watch every N steps within an epoch (0: epoch ends)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -134,6 +135,8 @@ class RetrainConfig:
             raise ConfigError(f"max_error_increase must be a number of points >= 0, got {self.max_error_increase}")
         if not (self.tau_control >= 1 and math.isfinite(self.tau_control)):
             raise ConfigError(f"tau_control must be a finite factor >= 1, got {self.tau_control}")
+        if not (isinstance(self.watch_every, int) and self.watch_every >= 0):
+            raise ConfigError(f"watch_every must be a number of steps >= 0, got {self.watch_every!r}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):

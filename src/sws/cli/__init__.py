@@ -152,7 +152,10 @@ retrain_options = _options(
                  help="With the budget: divide tau by FACTOR after an epoch whose retrained network used "
                       "more than half the budget, multiply it by FACTOR otherwise (1: off) [1.5]."),
     click.option("--patience", type=int, default=None,
-                 help="Epochs without a better kept state before retraining stops (0: never) [5]."),
+                 help="Watches without a better kept state before retraining stops (0: never) [5]."),
+    click.option("--watch-every", type=int, default=None, metavar="STEPS",
+                 help="With the budget: also post-process and validate every STEPS steps within an "
+                      "epoch (for long epochs); any of these watches may be kept (0: epoch ends) [0]."),
 )
 
 merge_option = _options(

@@ -28,7 +28,7 @@ from sws.method.batches import as_source
 from sws.method.evaluate import evaluate
 from sws.method.loop import retrain
 from sws.method.surface import Pattern, SoftWeightSharing, resolve_config
-from sws.method.watch import Budget
+from sws.method.watch import Budget, kept_record
 
 __all__ = ["CompressionReport", "BudgetWarning", "compress"]
 
@@ -129,9 +129,10 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     decision = budget.decide()
     if finetune_epochs is None:
         finetune_epochs = QuantizeConfig.finetune_epochs if budget.active else 0
-    kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
+    kept = kept_record(history, decision)
     q = sws_.quantize_(recalibrate=train if recalibrate_bn else None, finetune=train if finetune_epochs else None,
-                       finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, loss_fn=loss_fn, output=output)
+                       finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, loss_fn=loss_fn, output=output,
+                       val=val)
     if val is not None:
         metrics.update({f"retrained_{k[4:]}": v for k, v in kept.items() if k.startswith("val_")})
         metrics.update({f"quantized_{k}": v for k, v in evaluate(model, val, **kw).items()})

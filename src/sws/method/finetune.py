@@ -5,6 +5,9 @@ non-zero codebook values are trained, each with the gradient summed over the
 weights assigned to it (as Deep Compression trains its centroids, Han et al.
 2016, section 3.3).  The file stays as small: the same sparsity pattern, the
 same indices, new values.  The codebook stays deduplicated with an exact zero.
+Given a validation set, the values are scored before the first epoch and after
+each one, and the best (lowest validation error, then loss) are kept: the
+fine-tuning never leaves the network worse on validation than snapping did.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Callable
 import torch
 
 from sws.method.batches import as_source, call_model, default_loss, logits_of, to_device
+from sws.method.evaluate import evaluate
 
 __all__ = ["finetune_codebook_"]
 
@@ -32,11 +36,13 @@ def _indices(p: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 def finetune_codebook_(model: torch.nn.Module, covered: dict[str, torch.Tensor], codebook: torch.Tensor, train,
                        *, epochs: int = 1, lr: float = 1e-4, batch_size: int = 256, seed: int = 0,
                        loss_fn: Callable | None = None, output: Callable | None = None,
-                       device=None, quiet: bool = True) -> torch.Tensor:
+                       device=None, quiet: bool = True, val=None) -> torch.Tensor:
     """Train the non-zero codebook values in place of the covered tensors; return the new codebook.
 
     Only the codebook changes (every other parameter is left as it is; batch-norm layers run
     in eval mode so their statistics stay); the zeros and the assignments are fixed.
+    ``val``: a validation set; the values scoring best on it (those before fine-tuning
+    included) are kept.
     """
     if epochs <= 0 or len(codebook) < 2:
         return codebook
@@ -61,7 +67,14 @@ def finetune_codebook_(model: torch.nn.Module, covered: dict[str, torch.Tensor],
             for name, p in covered.items():
                 p.copy_(full[index[name]].to(p.dtype))
 
+    def score():
+        r = evaluate(model, val, loss_fn=loss_fn, output=output, device=device)
+        return (r.get("error", 0.0), r.get("loss", 0.0))
+
+    best = None
     try:
+        if val is not None:
+            best = (score(), values.detach().clone())
         for _ in range(epochs):
             for _, (x, y) in source.epoch(batch_size, gen):
                 write()
@@ -76,6 +89,14 @@ def finetune_codebook_(model: torch.nn.Module, covered: dict[str, torch.Tensor],
                     p.grad = None
                 values.grad = grad[1:]
                 opt.step()
+            if val is not None:
+                write()
+                now = score()
+                if now < best[0]:
+                    best = (now, values.detach().clone())
+        if best is not None:
+            with torch.no_grad():
+                values.copy_(best[1])
     finally:
         write()
         for n, p in model.named_parameters():

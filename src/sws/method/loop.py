@@ -199,6 +199,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     loop = _Loop(stage, cfg, model, optimizer, prior, resume, on_state, extra)
     steps = train.steps(cfg.batch_size, world)
     check_every_step = guard and device.type == "cpu"
+    every = getattr(cfg, "watch_every", 0) if hasattr(extra, "midway") else 0   # watches within epochs
     stop = bool(loop.history) and bool(loop.history[-1].get("stopped_early"))
     with _Signals() as signals:
         for epoch in range(loop.pos.epoch, cfg.epochs + 1):
@@ -238,6 +239,8 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                     loss_sum += loss.detach().double() * len(y)
                     seen += len(y)
                     bar.update()
+                    if every and (step + 1) % every == 0 and step + 1 < steps and extra.midway(epoch, step + 1, steps):
+                        break                        # the watch within the epoch stops retraining
                     loop.stop_on_signal(signals, step + 1, {
                         "loss": loss_sum.item(), "complexity": cx_sum.item(), "seen": seen,
                         "seconds": time.perf_counter() - t0} if signals.signum is not None else {})

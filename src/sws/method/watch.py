@@ -11,7 +11,10 @@ highest compression rate with a validation error at most ``max_error_increase``
 points above the pretrained network's.  Retraining stops when that best state
 has not improved for ``patience`` epochs.  When no state meets the budget the
 one with the lowest post-processed validation error is kept and the decision
-says so.  With the budget off (``--no-budget``) the figures are still recorded
+says so.  With ``watch_every`` steps (``RetrainConfig.watch_every``) the network
+is also watched within epochs (``Budget.midway``): for epochs too long to wait
+for, the kept state and the early stop then come from any of those watches,
+which the epoch's record lists under ``watches``.  With the budget off (``--no-budget``) the figures are still recorded
 and the last state is kept, as in the tutorial.
 """
 
@@ -25,7 +28,7 @@ from sws.method import files
 from sws.method.evaluate import evaluate
 from sws.method.postprocess import layer_stats, postprocess_, recalibrate_batchnorm
 
-__all__ = ["Budget", "OVER_BUDGET_EXIT"]
+__all__ = ["Budget", "OVER_BUDGET_EXIT", "kept_record"]
 
 OVER_BUDGET_EXIT = 3   # ``sws run`` / ``sws retrain`` exit status when no state met the budget
 
@@ -40,7 +43,8 @@ class Budget:
       threshold, dead_units: post-processing settings (``QuantizeConfig``).
       max_error_increase: the budget in points of validation error over
         ``reference_error`` (the pretrained network's); None: off.
-      patience: epochs without a better state before retraining stops (0: never stops early).
+      patience: watches (epoch ends, and the watches within epochs with ``watch_every``) without
+        a better state before retraining stops (0: never stops early).
       recalibrate: a training set for batch-norm statistics of the copy (first batches only).
       eval_kw: ``loss_fn``, ``output``, ``device`` for ``evaluate``.
       header: the ``name=`` / header fields the file will be written with (its size counts).
@@ -62,7 +66,8 @@ class Budget:
             self.max_error_increase = None
         self.best: dict | None = None             # epoch, figures and state of the kept state
         self.lowest: dict | None = None           # the state with the lowest error (over budget)
-        self.since = 0                            # epochs since the kept state improved
+        self.since = 0                            # watches since the kept state improved
+        self.pending: list[dict] = []             # this epoch's watches so far (``midway``)
         self.tau_control = tau_control if self.active else 1.0
         self.tau_scale = 1.0                      # what the loop multiplies tau by (the controller)
 
@@ -104,8 +109,29 @@ class Budget:
     def __call__(self, rec: dict) -> bool:
         """The loop's ``on_epoch`` hook: record the figures, keep the best state; True: stop."""
         rec.update(self.watch())
+        if self.pending:
+            rec["watches"], self.pending = self.pending, []
         if not self.active or "pp_val_error" not in rec:
             return False
+        stop = self._keep(rec)
+        self._control(rec)
+        return stop
+
+    def midway(self, epoch: int, step: int, steps: int) -> bool:
+        """A watch within epoch ``epoch`` after ``step`` of its ``steps`` steps (the loop calls it
+        every ``watch_every`` steps): the retrained and the post-processed network's validation
+        figures, kept as a state when best; True: stop.  Recorded at the fractional epoch."""
+        if self.val is None:
+            return False
+        rec = {"epoch": round(epoch - 1 + step / steps, 6), "step": step}
+        rec.update({f"val_{k}": v for k, v in evaluate(self.model, self.val, **self.eval_kw).items()})
+        rec.update(self.watch())
+        stop = self._keep(rec) if self.active else False
+        self.pending.append(rec)
+        return stop
+
+    def _keep(self, rec: dict) -> bool:
+        """Keep the state if it is the best within budget so far (or the lowest error); True: stop."""
         figures = {k: rec[k] for k in ("pp_val_error", "pp_cr", "pp_nonzero_share", "pp_bytes")}
         entry = {"epoch": rec["epoch"], **figures}
         if self.lowest is None or rec["pp_val_error"] < self.lowest["pp_val_error"]:
@@ -116,7 +142,6 @@ class Budget:
         else:
             self.since += 1
         rec["pp_kept_epoch"] = self.best["epoch"] if self.best else None
-        self._control(rec)
         return bool(self.best is not None and self.patience and self.since >= self.patience)
 
     def _control(self, rec: dict) -> None:
@@ -185,7 +210,7 @@ class Budget:
     # resumable: the kept states travel with the training state
     def state_dict(self) -> tuple[dict, dict]:
         tensors, meta = {}, {"reference_error": self.reference_error, "since": self.since,
-                             "tau_scale": self.tau_scale}
+                             "tau_scale": self.tau_scale, "pending": self.pending}
         for slot in ("best", "lowest"):
             entry = getattr(self, slot)
             if entry is None:
@@ -201,6 +226,7 @@ class Budget:
         self.reference_error = meta.get("reference_error", self.reference_error)
         self.since = int(meta.get("since", 0))
         self.tau_scale = float(meta.get("tau_scale", 1.0))
+        self.pending = list(meta.get("pending", []))
         for slot in ("best", "lowest"):
             entry = meta.get(slot)
             if entry is None:
@@ -216,3 +242,17 @@ class Budget:
                         part, _, name = rest.partition(".")
                         state[part][name] = v
             setattr(self, slot, {**entry, "state": state})
+
+
+def kept_record(history: list[dict], decision: dict) -> dict:
+    """The history's record of the kept state: an epoch's, or one of its ``watches`` (with the
+    epoch's other figures), else the last epoch's."""
+    epoch = decision.get("epoch")
+    for rec in history:
+        if rec.get("epoch") == epoch:
+            return rec
+        for w in rec.get("watches", ()):
+            if w.get("epoch") == epoch:
+                return {**{k: v for k, v in rec.items() if k != "watches" and not k.startswith(("val_", "test_"))},
+                        **w}
+    return history[-1]

@@ -25,7 +25,7 @@ from sws.method.files import load, save
 from sws.method.loop import pretrain, retrain
 from sws.method.postprocess import layer_stats, postprocess_
 from sws.method.surface import select_parameters
-from sws.method.watch import Budget
+from sws.method.watch import Budget, kept_record
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.inputs import (PRIOR_PREFIX, covered_of, check_fits, data_settings, header_of, load_data,
@@ -184,10 +184,10 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
         raise wrap(e) from None
     decision = budget.decide()
-    kept = next((r for r in history if r["epoch"] == decision.get("epoch")), history[-1])
+    kept = kept_record(history, decision)
     metrics = {"seconds": time.perf_counter() - t0, "epochs_run": len(history), "kept_epoch": kept["epoch"],
                **{k: v for k, v in kept.items() if k.startswith(("test_", "val_", "pp_"))},
-               "nonzero_share_within_2sd": kept["share_within_2sd_of_zero"], "budget": decision}
+               "nonzero_share_within_2sd": kept.get("share_within_2sd_of_zero"), "budget": decision}
     out = dict(model.state_dict())
     out.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
     run.save_stage("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
@@ -220,7 +220,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     retrained_eval = evaluate(model, test)
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
-                     batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"])
+                     batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"], val=val)
     quantized_eval = evaluate(model, test)
     if val is not None and decision.get("limit_val_error") is not None:
         decision = Budget.final(decision, evaluate(model, val).get("error"), cfg.finetune_epochs)

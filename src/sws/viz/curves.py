@@ -41,7 +41,7 @@ def draw_training_curves(history: list[dict], path, pretrained_accuracy: float |
         if recs and f"{split}_accuracy" in recs[0]:
             ax_acc.plot(ep, [100 * r[f"{split}_accuracy"] for r in recs], "o-", label=split)
     if watched:
-        pp = [r for r in recs if "pp_val_error" in r]
+        pp = [w for r in recs for w in [*r.get("watches", ()), r] if "pp_val_error" in w]
         ax_acc.plot([r["epoch"] for r in pp], [100 * (1 - r["pp_val_error"]) for r in pp], "s-",
                     color="#d62728", label="val, post-processed")
         ax_cr = axes[3]
