@@ -77,9 +77,9 @@ CODEBOOKS = [[0, float("nan")], [0, float("inf")], [0, 0], [0, -0.0], [0, 0.5, 0
 def hostile_files(draw):
     model, cb, records, parts = base_model(draw(st.integers(0, 2 ** 32 - 1)))
     records = [dict(h) for h in records]
-    sparse = [i for i, h in enumerate(records) if h["coding"] != "raw"]
     names = []
     for _ in range(draw(st.sampled_from([1, 1, 2, 3]))):
+        sparse = [i for i, h in enumerate(records) if h["coding"] != "raw" and i < len(parts)]
         kind = draw(st.sampled_from(["shape", "bomb", "codebook", "name", "tensors", "payload", "header_byte",
                                      "header_cut", "kind_byte"] + ["field", "stream", "garbage"] * 3 * bool(sparse)))
         names.append(kind)
@@ -101,7 +101,7 @@ def hostile_files(draw):
                 records.append(dict(records[0], name="again"))
                 parts.append(parts[0])
             else:
-                records, parts, sparse = [], [], []
+                records, parts = [], []
         elif kind == "payload" and parts:
             parts[-1] = parts[-1][:-1] if parts[-1] and draw(st.booleans()) else parts[-1] + b"\0"
         elif kind == "field":
