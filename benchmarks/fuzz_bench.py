@@ -42,9 +42,13 @@ MAGIC = b"\x89SWS\r\n\x1a\n"
 
 # --- part 1: fuzz ------------------------------------------------------------------------
 
-def fuzz(cases: int, seed: int) -> dict:
+def fuzz(cases: int, seed: int, v3: bool = False) -> dict:
+    """The generator of ``tests/test_fuzz_format.py`` (versions 1-2) or, with ``v3``, of
+    ``tests/test_fuzz_format_v3.py``."""
     sys.path.insert(0, str(ROOT / "tests"))
     import test_fuzz_format as t
+    if v3:
+        import test_fuzz_format_v3 as t
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hseed
 
@@ -229,10 +233,34 @@ def worst_files() -> dict[str, tuple[str, bytes]]:
                         _model([_dense(str(i), 1) for i in range(20000)])),
         "1MiB-header": ("a header inflating to just under 1 MiB, one tensor",
                         _model([_dense("0", 8)], pad="x" * (ff.MAX_HEADER_BYTES - 200))),
+        **_worst_v3(),
     }
     for k, (_, data) in files.items():
         assert len(data) <= 1_100_000, (k, len(data))
     return files
+
+
+def _worst_v3() -> dict[str, tuple[str, bytes]]:
+    """Version 3's worst files: the most entries 1 MB may declare (2 bits each), and a bomb."""
+    import numpy as np
+    import torch
+
+    from sws.format import binheader
+    from sws.format import container as ff
+    cb = np.array([0.0, 0.5], np.float32)
+    dense = torch.full((1 << 22,), 0.5)
+    every8 = torch.zeros(1 << 25)
+    every8[7::8] = 0.5
+    records = [{"name": f"{i}.weight", "shape": [2 ** 16, 2 ** 15], "coding": "sparse-range", "entries": 0}
+               for i in range(3)]
+    hb = binheader.encode({"name": "bomb"}, cb, records)
+    body = struct.pack("<8sI", MAGIC, 3) + binheader.varint(len(hb)) + binheader.varint(0) + hb
+    return {"v3-dense-1MB": ("version 3: 4M entries in a row (2 bits each: the most 1 MB holds)",
+                             ff.encode({"w": dense}, cb, ["w"], {"name": "x"})),
+            "v3-every-8": ("version 3: 2^25 values (the default limit), an entry every 8, 4M entries",
+                           ff.encode({"w": every8}, cb, ["w"], {"name": "x"})),
+            "v3-bomb": ("version 3: 3 sparse tensors of 2^31 values, no entries",
+                        body + struct.pack("<I", zlib.crc32(body)))}
 
 
 _CHILD = r"""
@@ -305,17 +333,20 @@ def _short(outcome: str) -> str:
 
 def markdown(res: dict) -> str:
     lines = []
-    if "fuzz" in res:
-        f = res["fuzz"]
-        lines += [f"Fuzz: {f['cases']:,} files ({f['file_bytes'][0]}-{f['file_bytes'][1]} bytes), "
+    for key in ("fuzz", "fuzz_v3"):
+        if key not in res:
+            continue
+        f = res[key]
+        which = "version 3" if key == "fuzz_v3" else "versions 1-2"
+        lines += [f"Fuzz ({which}): {f['cases']:,} files ({f['file_bytes'][0]}-{f['file_bytes'][1]} bytes), "
                   f"seed {f['seed']}, {f['wall_s']:.0f} s; slowest case {f['max_case_seconds'] * 1000:.0f} ms "
                   f"(decode and inspect), largest traced peak {f['max_traced_peak_mib']:.1f} MiB", "",
                   "| outcome | decode | inspect |", "| --- | ---: | ---: |"]
         for k in sorted(set(f["decode"]) | set(f["inspect"])):
             lines.append(f"| {k} | {f['decode'].get(k, 0):,} | {f['inspect'].get(k, 0):,} |")
         edits = collections.defaultdict(dict)
-        for key, c in f["by_edit"].items():
-            edit, outcome = key.split("|")
+        for edit_outcome, c in f["by_edit"].items():
+            edit, outcome = edit_outcome.split("|")
             edits[edit][outcome] = c
         outcomes = sorted({o for d in edits.values() for o in d})
         lines += ["", "| edit (decode outcome) | " + " | ".join(outcomes) + " |",
@@ -384,6 +415,7 @@ def main(argv=None):
         res["huffman"] = huffman_memory(args.before)
     if args.cases:
         res["fuzz"] = fuzz(args.cases, args.seed)
+        res["fuzz_v3"] = fuzz(args.cases, args.seed, v3=True)
         if args.before:
             with _before_source(args.before) as src:
                 res["fuzz_before"] = fuzz_before(args.cases, args.seed, Path(src) / "src")
