@@ -114,3 +114,17 @@ def test_bench_table1_runs_the_benchmark_script_from_the_checkout():
     assert r.returncode == 0 and "usage: table1" in r.stdout and "--pretrain-lr-schedule" in r.stdout
     r = sws("bench", "table1", "--models", "lenet-7")
     assert r.returncode == 2 and "invalid choice: 'lenet-7'" in r.stderr
+
+
+def test_gamma_hyper_priors_from_the_cli(capsys, tmp_path, mnist_dir):
+    out = tmp_path / "r"
+    code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(out), "--data-dir",
+                        str(mnist_dir), "--train-subset", "512", "--pretrain-epochs", "1", "--epochs", "1",
+                        "--alpha", "100", "--beta", "0.01", "--zero-alpha", "4000", "--zero-beta", "1.5",
+                        "--no-budget", "--quiet")
+    assert code == 0, err
+    import json
+    prior = json.loads((out / "config.json").read_text())["run"]["settings"]["retrain"]["prior"]
+    assert (prior["alpha"], prior["beta"], prior["zero_alpha"], prior["zero_beta"]) == (100, 0.01, 4000, 1.5)
+    code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(tmp_path / "bad"), "--beta", "-1")
+    assert code == 2 and "beta" in err
