@@ -22,6 +22,10 @@ same entry points, e.g. built from an older commit) takes a copy of the prior, a
 steps are a third kind of block in the same alternation: both ratios come from the same
 blocks under the same load.
 
+With --clock thread the blocks are timed by the calling thread's CPU time instead of the
+wall clock: at one thread (all of a step's work on that thread) a measure that the other
+jobs of a loaded machine do not inflate; at two threads it leaves out the second thread.
+
 With --epoch-ratio it times nothing: it reads RUN_DIR/history.json and prints the
 median retraining epoch against the median pretraining epoch of that run.
 """
@@ -46,11 +50,14 @@ from sws.runs.rundir import RunDir
 from sws.method.loop import retrain_optimizer
 
 
+CLOCK = time.perf_counter  # --clock thread: time.thread_time, the calling thread's CPU time
+
+
 def time_block(fn, steps):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps
+    return (CLOCK() - t0) / steps
 
 
 def load_other_kernel(path):
@@ -167,6 +174,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-autograd", action="store_true", help="skip the autograd prior's steps")
     ap.add_argument("--epoch-ratio", action="store_true", help="the run's epoch times, from its history")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall clock, or the calling thread's CPU time")
     ap.add_argument("--before", metavar="SO", help="another build of the C kernel, timed in the same blocks")
     args = ap.parse_args()
     if args.epoch_ratio:
@@ -174,6 +183,9 @@ def main():
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        global CLOCK
+        CLOCK = time.thread_time
     run = RunDir.open(args.run_dir)
     t, meta = run.load("retrained")
     pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
@@ -183,7 +195,7 @@ def main():
     end_model, end_prior = model_from_checkpoint(t, meta), prior_from_checkpoint(t, meta)
     before_lib = load_other_kernel(args.before) if args.before else None
     print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, C kernel {K.kernel_available()}, "
-          f"{args.steps} steps x {args.blocks} alternating blocks"
+          f"{args.steps} steps x {args.blocks} alternating blocks, clock {args.clock}"
           + (f", before: {args.before}" if args.before else ""))
     extra = " step, before (ms) | ratio, before |" if args.before else ""
     print(f"| state | plain step (ms) | step with prior (ms) | ratio |{extra} autograd prior step (ms) | ratio |")
