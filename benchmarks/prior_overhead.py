@@ -2,6 +2,7 @@
 
 Usage:
   python benchmarks/prior_overhead.py RUN_DIR [--steps 40] [--blocks 6] [--threads N] [--no-autograd]
+                                            [--before OTHER_KERNEL.so]
   python benchmarks/prior_overhead.py RUN_DIR --epoch-ratio
 
 RUN_DIR must hold pretrained and retrained checkpoints (any `sws run`).  For
@@ -16,11 +17,21 @@ with each state.  The "end of retraining" state is whatever the run's retraining
 reached: retrain long enough for a sharp mixture (the tutorial's 30 epochs, or
 100 for LeNet-300-100).
 
+With --before, a second build of the C kernel (another version of _kernel.c with the
+same entry points, e.g. built from an older commit) takes a copy of the prior, and its
+steps are a third kind of block in the same alternation: both ratios come from the same
+blocks under the same load.
+
+With --clock thread the blocks are timed by the calling thread's CPU time instead of the
+wall clock: at one thread (all of a step's work on that thread) a measure that the other
+jobs of a loaded machine do not inflate; at two threads it leaves out the second thread.
+
 With --epoch-ratio it times nothing: it reads RUN_DIR/history.json and prints the
 median retraining epoch against the median pretraining epoch of that run.
 """
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -30,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from sws.config import from_dict, PriorConfig, retrain_config
+from sws.prior import kernel as K
 from sws.prior.kernel import mixture_nll_reference
 from sws.method.surface import select_parameters
 from sws.runs.stages import model_from_checkpoint, prior_from_checkpoint
@@ -38,18 +50,52 @@ from sws.runs.rundir import RunDir
 from sws.method.loop import retrain_optimizer
 
 
+CLOCK = time.perf_counter  # --clock thread: time.thread_time, the calling thread's CPU time
+
+
 def time_block(fn, steps):
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps
+    return (CLOCK() - t0) / steps
 
 
-def measure(model, prior, cover, steps, blocks=6, autograd=True):
+def load_other_kernel(path):
+    """The ctypes library of another build of the kernel (same entry points)."""
+    import sws.prior._kernel as ext
+    saved = ext.__file__
+    ext.__file__ = path
+    try:
+        lib = K._load()
+    finally:
+        ext.__file__ = saved
+    if lib is None:
+        raise SystemExit(f"{path}: not a build of sws.prior._kernel with the same entry points")
+    return lib
+
+
+class with_kernel:
+    """Run the prior's calls (and create its workspace) on library ``lib``."""
+
+    def __init__(self, lib):
+        self.lib = lib
+
+    def __enter__(self):
+        self.saved, K._LIB = K._LIB, self.lib
+
+    def __exit__(self, *exc):
+        K._LIB = self.saved
+
+
+def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None):
     cfg = retrain_config("tutorial")
     covered = list(select_parameters(model, cover=cover).values())
     plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     prior_opt = retrain_optimizer(model, prior, cfg)
+    if before_lib is not None:  # the same prior on the other kernel, its own workspace and optimiser
+        prior_b = copy.deepcopy(prior)
+        prior_b._workspace = K.Workspace()
+        prior_b_opt = retrain_optimizer(model, prior_b, cfg)
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
     scale = cfg.tau / 60000
 
@@ -66,6 +112,13 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True):
         prior.backward_complexity(covered, scale)
         prior_opt.step()
 
+    def with_prior_before():
+        loss = F.cross_entropy(model(x), y)
+        prior_b_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        prior_b.backward_complexity(covered, scale)
+        prior_b_opt.step()
+
     def autograd_prior():  # the straightforward prior: every weight against every component
         loss = F.cross_entropy(model(x), y)
         loss = loss + scale * (mixture_nll_reference(*prior.mixture(), covered) + prior.hyper_prior())
@@ -75,7 +128,7 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True):
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     pstate = {k: v.clone() for k, v in prior.state_dict().items()}
-    ratios, plain_ms, prior_ms = [], [], []
+    ratios, plain_ms, prior_ms, ratios_b, prior_b_ms = [], [], [], [], []
     for _ in range(blocks):
         a = time_block(plain, steps)
         b = time_block(with_prior, steps)
@@ -84,11 +137,22 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True):
         ratios.append(b / a)
         plain_ms.append(a * 1e3)
         prior_ms.append(b * 1e3)
+        if before_lib is not None:
+            with with_kernel(before_lib):
+                c = time_block(with_prior_before, steps)
+            model.load_state_dict(state)
+            prior_b.load_state_dict(pstate)
+            ratios_b.append(c / a)
+            prior_b_ms.append(c * 1e3)
+    if before_lib is not None:  # free its workspace with its own library
+        before_lib.sws_free(prior_b._workspace._handle)
+        prior_b._workspace._handle = None
     slow = time_block(autograd_prior, 3) if autograd else float("nan")
     model.load_state_dict(state)
     prior.load_state_dict(pstate)
+    before = (statistics.median(prior_b_ms), statistics.median(ratios_b)) if before_lib is not None else None
     return (statistics.median(plain_ms), statistics.median(prior_ms), statistics.median(ratios),
-            slow * 1e3)
+            slow * 1e3, before)
 
 
 def epoch_ratio(run_dir):
@@ -110,12 +174,18 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-autograd", action="store_true", help="skip the autograd prior's steps")
     ap.add_argument("--epoch-ratio", action="store_true", help="the run's epoch times, from its history")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall clock, or the calling thread's CPU time")
+    ap.add_argument("--before", metavar="SO", help="another build of the C kernel, timed in the same blocks")
     args = ap.parse_args()
     if args.epoch_ratio:
         epoch_ratio(args.run_dir)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "thread":
+        global CLOCK
+        CLOCK = time.thread_time
     run = RunDir.open(args.run_dir)
     t, meta = run.load("retrained")
     pcfg = from_dict(PriorConfig, meta["retrain"]["prior"])
@@ -123,16 +193,20 @@ def main():
     start_model = model_from_checkpoint(pt, pmeta)
     start_prior = GaussianMixturePrior(pcfg, list(select_parameters(start_model, cover=pcfg.cover).values()))
     end_model, end_prior = model_from_checkpoint(t, meta), prior_from_checkpoint(t, meta)
-    from sws.prior.kernel import kernel_available
-    print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, C kernel {kernel_available()}, "
-          f"{args.steps} steps x {args.blocks} alternating blocks")
-    print("| state | plain step (ms) | step with prior (ms) | ratio | autograd prior step (ms) | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    before_lib = load_other_kernel(args.before) if args.before else None
+    print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, C kernel {K.kernel_available()}, "
+          f"{args.steps} steps x {args.blocks} alternating blocks, clock {args.clock}"
+          + (f", before: {args.before}" if args.before else ""))
+    extra = " step, before (ms) | ratio, before |" if args.before else ""
+    print(f"| state | plain step (ms) | step with prior (ms) | ratio |{extra} autograd prior step (ms) | ratio |")
+    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.before else "") + " ---: | ---: |")
     for name, model, prior in (("start of retraining", start_model, start_prior),
                                ("end of retraining", end_model, end_prior)):
         load = os.getloadavg()[0]
-        a, b, r, slow = measure(model, prior, pcfg.cover, args.steps, args.blocks, not args.no_autograd)
-        print(f"| {name} | {a:.2f} | {b:.2f} | {r:.3f} | {slow:.1f} | {slow / a:.1f} |"
+        a, b, r, slow, before = measure(model, prior, pcfg.cover, args.steps, args.blocks, not args.no_autograd,
+                                        before_lib)
+        cols = f" {before[0]:.2f} | {before[1]:.3f} |" if before else ""
+        print(f"| {name} | {a:.2f} | {b:.2f} | {r:.3f} |{cols} {slow:.1f} | {slow / a:.1f} |"
               f"  load {load:.2f} -> {os.getloadavg()[0]:.2f}")
 
 

@@ -31,9 +31,11 @@
  *
  * The pass works on blocks of weights in three steps: fine indices and the
  * weights in float64 (vectors: AVX-512 or AVX2, chosen at run time, or the
- * portable loop), then per weight the leaf, its gradient and one 256-bit add
- * of its moments (scalar loads: on this kind of CPU a gather costs more per
- * element than the whole lookup), then the gradients into .grad (vectors).
+ * portable loop), then per weight, without a branch, the leaf, its gradient
+ * and one 256-bit add of its moments (scalar loads: on this kind of CPU a
+ * gather costs more per element than the whole lookup; a leaf not built yet
+ * gives a NaN gradient), then the NaN gradients again on the slow path and
+ * the gradients into .grad (vectors).
  * Every instruction set gives the same bits.  Two threads split the weights
  * when asked to (see run_two); the leaf table is shared (a leaf is built once
  * per call, by whichever thread needs it first), the moments are per half, in
@@ -76,11 +78,12 @@
 enum { UNBUILT = 0, EXPAND = 1, EXACT = 2, BUILDING = 3 };
 enum { NO_GRAD = 0, SET_GRAD = 1, ADD_GRAD = 2 };
 
-typedef struct { double A, B, C, c; } rec_t;    /* g = A + B d + C d^2, d = w - c; A NaN unless EXPAND */
+typedef struct { double A, B, C, c; } rec_t;    /* g = A + B d + C d^2, d = w - c; A, B, C NaN
+                                                   unless EXPAND; c, the centre, from the plan */
 typedef struct { double L[4]; int32_t state, pad; } coef_t;   /* log p and 3 derivatives at c */
 
 typedef struct {                /* one thread's per-call data */
-    double *mom;                /* L x K x 4: moments m0 .. m3 of d */
+    double *mom;                /* (L + 1) x K x 4: moments m0 .. m3 of d (L: off the grid) */
     uint64_t *built;            /* bitmap of the leaves this thread built this call */
     double *acc;                /* 1 + 3J: sums of EXACT and off-grid weights */
     double lo, hi;              /* range of the finite weights seen */
@@ -99,6 +102,7 @@ typedef struct {
     int32_t *occ;               /* G: the weights each coarse cell held at the last call */
     double *centre, *half;      /* L */
     rec_t *rec;                 /* L + 1 (the last one, the off-grid dummy, is never ready) */
+    int used;                   /* threads whose moments the last call left (reset clears them) */
     coef_t *coef;               /* L */
     double *r4;                 /* E x 4: r and its first three derivatives, each active entry */
     thr_t th[MAXT];
@@ -293,16 +297,17 @@ static int alloc_threads(ws_t *ws)
     ws->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
     if (!ws->rec || !ws->coef || !ws->r4) return -1;
     for (int l = 0; l <= L; l++) {
-        ws->rec[l].A = NAN;
-        ws->rec[l].B = ws->rec[l].C = ws->rec[l].c = 0.0;
+        ws->rec[l].A = ws->rec[l].B = ws->rec[l].C = NAN;
+        ws->rec[l].c = l < L ? ws->centre[l] : 0.0;
     }
+    ws->used = 0;
     for (int t = 0; t < MAXT; t++) {
         thr_t *th = ws->th + t;
-        th->mom = aligned(sizeof(double) * 4 * K * L);
+        th->mom = aligned(sizeof(double) * 4 * K * (L + 1));
         th->built = calloc((L + 63) / 64, sizeof(uint64_t));
         th->acc = calloc(1 + 3 * J, sizeof(double));
         if (!th->mom || !th->built || !th->acc) return -1;
-        memset(th->mom, 0, sizeof(double) * 4 * K * L);
+        memset(th->mom, 0, sizeof(double) * 4 * K * (L + 1));
     }
     return 0;
 }
@@ -356,6 +361,21 @@ static int emit(plan_t *pl, int32_t first, const int32_t *ix, int k)
     pl->e += k;
     pl->n++;
     return 0;
+}
+
+/* The fine grid as coarse as the leaves allow: every leaf is 2^k fine cells at a multiple of
+ * 2^k, so with s the smallest k the same leaves are 2^(k - s) cells of a grid 2^s times
+ * coarser (the same centres and widths, to the bit); a smaller map, fewer cache misses
+ * (at the start of retraining the leaves are the coarse cells and the map has G entries).
+ * Rescales start[0..L] and returns the new depth. */
+static int collapse(int32_t *start, int L, int D)
+{
+    uint32_t bits = 0;
+    for (int l = 1; l <= L; l++) bits |= (uint32_t)(start[l] - 1);
+    int s = bits ? __builtin_ctz(bits) : D;
+    s = s < D ? s : D;
+    for (int l = 0; l <= L && s > 0; l++) start[l] = 1 + ((start[l] - 1) >> s);
+    return D - s;
 }
 
 /* Leaves for the fine cells first .. first + 2^depth - 1 ([a, a + w)), about n weights
@@ -414,6 +434,7 @@ int sws_plan(void *p, int J, const double *mu, const double *lam, const double *
         return -1;
     }
     free_geometry(ws);
+    D = collapse(pl.start, (int)pl.n - 1, D);
     ws->J = J; ws->G = G; ws->D = D; ws->F = (int64_t)G << D; ws->lo = lo; ws->h = h;
     ws->L = (int)pl.n - 1;
     ws->E = (int)pl.e;
@@ -462,6 +483,8 @@ int sws_import(void *p, int J, int G, int D, int L, int E, double lo, double h,
     ws->idx = malloc(sizeof(int32_t) * (E > 0 ? E : 1));
     if (!ws->start || !ws->off || !ws->occ || !ws->idx) { free_geometry(ws); return -1; }
     memcpy(ws->start, start, sizeof(int32_t) * (L + 1));
+    ws->D = D = collapse(ws->start, L, D);
+    ws->F = (int64_t)G << D;
     memcpy(ws->off, off, sizeof(int32_t) * (L + 1));
     memcpy(ws->occ, ptr + 2 * (L + 1), sizeof(int32_t) * G);
     if (E) memcpy(ws->idx, idx, sizeof(int32_t) * E);
@@ -508,12 +531,14 @@ static __attribute__((noinline)) int build_leaf(const ws_t *ws, thr_t *th, int l
         r4[4 * q + 3] = r[q] * (y * y * y - 3.0 * y * s2 - L[3]);
     }
     for (int q = 0; q < 4; q++) cf->L[q] = L[q];
+    /* The pass reads A, B and C with plain loads while this thread may be writing them: each
+     * goes from NaN to its value once per call (aligned 8-byte stores), so a reader gets a NaN
+     * gradient (and takes fix_one, which waits for the state) unless it saw all three. */
     rec_t *rc = ws->rec + l;
-    rc->B = -L[2];
-    rc->C = -0.5 * L[3];
-    rc->c = x;
-    double A = -L[1];
-    __atomic_store(&rc->A, &A, __ATOMIC_RELEASE);   /* A last: a reader that sees it sees all */
+    double B = -L[2], C = -0.5 * L[3], A = -L[1];
+    __atomic_store(&rc->B, &B, __ATOMIC_RELAXED);
+    __atomic_store(&rc->C, &C, __ATOMIC_RELAXED);
+    __atomic_store(&rc->A, &A, __ATOMIC_RELEASE);
     __atomic_store_n(&cf->state, EXPAND, __ATOMIC_RELEASE);
     return EXPAND;
 }
@@ -544,12 +569,12 @@ static double exact_one(const ws_t *ws, double x, const int32_t *idx, int k, dou
         m_[0] += 1.0; m_[1] += d_; m_[2] += d2_; m_[3] += d2_ * d_;                             \
     } while (0)
 
-/* The weight x, fine index f (0 or F + 1: off the grid), copy k of the moments, where the
- * fast path did not take it: off the grid, in a leaf not built yet this call, or in an
- * EXACT leaf.  Widens the thread's range to x (finish widens it to the leaves that held
- * weights). */
-static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, double x, int32_t f,
-                                                 int k)
+/* The gradient of the weight x, fine index f (0 or F + 1: off the grid), where the pass got a
+ * NaN: off the grid, in a leaf not built yet this call (or being built by the other thread),
+ * or in an EXACT leaf.  The pass has added its moments already (to the off-grid dummy's
+ * when off the grid; only their count is read for an EXACT leaf).  Widens the thread's
+ * range to x (finish widens it to the leaves that held weights). */
+static __attribute__((noinline)) double fix_one(const ws_t *ws, thr_t *th, double x, int32_t f)
 {
     if (x - x == 0.0) {         /* finite */
         th->lo = x < th->lo ? x : th->lo;
@@ -564,12 +589,10 @@ static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, doub
     if (state != EXPAND && state != EXACT) state = build_leaf(ws, th, l);
     if (state == EXACT) {
         th->n_exact++;
-        th->mom[((int64_t)l * K + k) * 4] += 1.0;     /* only counted: the plan reads it */
         return exact_one(ws, x, ws->idx + ws->off[l], ws->off[l + 1] - ws->off[l], th->acc);
     }
     const rec_t *r = ws->rec + l;
     double d = x - r->c;
-    MOMENTS_SCALAR(th->mom + ((int64_t)l * K + k) * 4, d);
     return r->A + d * (r->B + r->C * d);
 }
 
@@ -578,38 +601,29 @@ static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, doub
  * in three steps per block:
  *   A. the weights in float64 and their fine indices, clamped to 0 .. F + 1 (0 and
  *      F + 1: off the grid; NaN: 0);
- *   B. per weight: leaf, gradient into gb, moments (the only scalar step);
- *   C. the gradients into grad.
- * As macros, for two instruction sets: INDICES and GRADS do A and C for j0 .. j1 - 1,
- * MOMENTS(m, d) adds (1, d, d^2, d^3) to m[0..3]; the numbers are the same. */
+ *   B. per weight, without a branch: leaf, gradient A + B d + C d^2 into gb, moments
+ *      (the only scalar step); a leaf not ready this call (A, B or C NaN), an EXACT leaf
+ *      and the off-grid dummy give a NaN gradient;
+ *   C. the NaN gradients again by fix_one (which builds the leaf), then the gradients into
+ *      grad.
+ * The moments depend only on the leaf's centre (from the plan), so step B can add them
+ * before the leaf is built.  As macros, for three instruction sets: INDICES, FIX and GRADS
+ * do A and C for j0 .. j1 - 1, MOMENTS(m, d) adds (1, d, d^2, d^3) to m[0..3]; the numbers
+ * are the same. */
 #define BLOCK 256
 
-/* A = r->A, and r's other fields read after it (another thread may be publishing the
- * record, A last).  On x86 loads are not reordered with loads, so it is enough that the
- * compiler does not move them: r then depends, for it, on A. */
-#ifdef SWS_X86
-#define LOAD_ACQUIRE(A, r) do { (A) = (r)->A; __asm__("" : "+r"(r) : "x"(A)); } while (0)
-#else
-#define LOAD_ACQUIRE(A, r) __atomic_load(&(r)->A, &(A), __ATOMIC_ACQUIRE)
-#endif
-
-#define STEP_B(q, MK, MOMENTS)                                                                  \
+/* The leaf's record at byte offset o = 32 l of rec, its moments (copy q) at K * 4 * 8 l =
+ * K o of mom + 32 q: one shift per weight, the rest addressing. */
+#define STEP_B(q, MOMENTS)                                                                      \
     do {                                                                                        \
-        int32_t f = fb[j + (q)];                                                                \
-        uint32_t l = map[f];                                                                    \
-        const rec_t *r = rec + l;                                                               \
-        double A, x = xb[j + (q)];                                                              \
-        LOAD_ACQUIRE(A, r);           /* then B, C, c: see build_leaf */                      \
-        if (__builtin_expect(A == A, 1)) {                                                      \
-            double d = x - r->c;                                                                \
-            gb[j + (q)] = A + d * (r->B + r->C * d);                                            \
-            MOMENTS((MK) + (size_t)l * (K * 4), d);                                             \
-        } else {                                                                                \
-            gb[j + (q)] = slow_one(ws, th, x, f, (int)((j + (q)) & (K - 1)));                  \
-        }                                                                                       \
+        size_t o_ = (size_t)map[fb[j + (q)]] << 5;                                              \
+        const double *r_ = (const double *)((const char *)rec + o_);                            \
+        double d = xb[j + (q)] - r_[3];                                                         \
+        gb[j + (q)] = r_[0] + d * (r_[1] + r_[2] * d);                                          \
+        MOMENTS((double *)((char *)mom + o_ * K) + 4 * (q), d);                                 \
     } while (0)
 
-#define PASS_LOOP(INDICES, MOMENTS, GRADS)                                                      \
+#define PASS_LOOP(INDICES, MOMENTS, FIX, GRADS)                                                 \
     const uint16_t *map = ws->map;                                                              \
     const rec_t *rec = ws->rec;                                                                 \
     const double flo = ws->flo, inv_hf = ws->inv_hf, Fmax = (double)(ws->F + 1);                \
@@ -622,16 +636,27 @@ static __attribute__((noinline)) double slow_one(const ws_t *ws, thr_t *th, doub
         int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK, j = 0;                                    \
         INDICES(0, nb);                                                                         \
         for (; j + K <= nb; j += K) {                                                           \
-            STEP_B(0, mom + 0 * 4, MOMENTS);                                                          \
-            STEP_B(1, mom + 1 * 4, MOMENTS);                                                          \
-            STEP_B(2, mom + 2 * 4, MOMENTS);                                                          \
-            STEP_B(3, mom + 3 * 4, MOMENTS);                                                          \
-            UNROLL8(STEP_B(4, mom + 4 * 4, MOMENTS); STEP_B(5, mom + 5 * 4, MOMENTS);                       \
-                    STEP_B(6, mom + 6 * 4, MOMENTS); STEP_B(7, mom + 7 * 4, MOMENTS);)                      \
+            STEP_B(0, MOMENTS);                                                                 \
+            STEP_B(1, MOMENTS);                                                                 \
+            STEP_B(2, MOMENTS);                                                                 \
+            STEP_B(3, MOMENTS);                                                                 \
+            UNROLL8(STEP_B(4, MOMENTS); STEP_B(5, MOMENTS); STEP_B(6, MOMENTS);                 \
+                    STEP_B(7, MOMENTS);)                                                        \
         }                                                                                       \
-        for (int q = 0; j < nb; j++, q++) STEP_B(0, mom + q * 4, MOMENTS);                      \
+        for (int q = 0; j < nb; j++, q++) {                                                     \
+            size_t o_ = (size_t)map[fb[j]] << 5;                                                \
+            const double *r_ = (const double *)((const char *)rec + o_);                        \
+            double d = xb[j] - r_[3];                                                           \
+            gb[j] = r_[0] + d * (r_[1] + r_[2] * d);                                            \
+            MOMENTS((double *)((char *)mom + o_ * K) + 4 * q, d);                               \
+        }                                                                                       \
+        FIX(0, nb);                                                                             \
         if (mode != NO_GRAD) GRADS(0, nb);                                                      \
     }
+
+#define FIX_SCALAR(j0, j1)                                                                      \
+    for (int64_t s_ = (j0); s_ < (j1); s_++)                                                    \
+        if (gb[s_] != gb[s_]) gb[s_] = fix_one(ws, th, xb[s_], fb[s_]);
 
 #define INDICES_SCALAR(j0, j1)                                                                  \
     for (int64_t s_ = (j0); s_ < (j1); s_++) {                                                  \
@@ -653,7 +678,7 @@ static inline __attribute__((always_inline)) void
 pass_generic(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, int64_t i0,
              const int mode, float scale)
 {
-    PASS_LOOP(INDICES_SCALAR, MOMENTS_SCALAR, GRADS_SCALAR)
+    PASS_LOOP(INDICES_SCALAR, MOMENTS_SCALAR, FIX_SCALAR, GRADS_SCALAR)
 }
 
 static void pass_modes_generic(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t n,
@@ -702,6 +727,20 @@ static int have_avx2(void)
         GRADS_SCALAR(t, (j1));                                                                  \
     } while (0)
 
+#define FIX_AVX(j0, j1)                                                                         \
+    do {                                                                                        \
+        int64_t t = (j0);                                                                       \
+        for (; t + 4 <= (j1); t += 4) {                                                         \
+            __m256d g_ = _mm256_loadu_pd(gb + t);                                               \
+            unsigned m_ = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(g_, g_, _CMP_UNORD_Q));    \
+            for (; m_; m_ &= m_ - 1) {                                                          \
+                int64_t s_ = t + __builtin_ctz(m_);                                             \
+                gb[s_] = fix_one(ws, th, xb[s_], fb[s_]);                                       \
+            }                                                                                   \
+        }                                                                                       \
+        FIX_SCALAR(t, (j1));                                                                    \
+    } while (0)
+
 /* (1, d, d^2, d^3) = (1, d, d, d) (1, 1, d, d) (1, 1, 1, d) in one vector: the same four sums
  * as MOMENTS_SCALAR, one add. */
 #define MOMENTS_AVX(m, d) do {                                                                  \
@@ -717,7 +756,7 @@ pass_avx2(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, i
           const int mode, float scale)
 {
     const __m256d ones_ = _mm256_set1_pd(1.0);
-    PASS_LOOP(INDICES_AVX, MOMENTS_AVX, GRADS_AVX)
+    PASS_LOOP(INDICES_AVX, MOMENTS_AVX, FIX_AVX, GRADS_AVX)
 }
 
 __attribute__((target("avx2"))) static void
@@ -757,6 +796,30 @@ pass_modes_avx2(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t 
         GRADS_SCALAR(t, (j1));                                                                  \
     } while (0)
 
+#define FIX_AVX512(j0, j1)                                                                      \
+    do {                                                                                        \
+        int64_t t = (j0);                                                                       \
+        for (; t + 8 <= (j1); t += 8) {                                                         \
+            __m512d g_ = _mm512_loadu_pd(gb + t);                                               \
+            unsigned m_ = (unsigned)_mm512_cmp_pd_mask(g_, g_, _CMP_UNORD_Q);                   \
+            for (; m_; m_ &= m_ - 1) {                                                          \
+                int64_t s_ = t + __builtin_ctz(m_);                                             \
+                gb[s_] = fix_one(ws, th, xb[s_], fb[s_]);                                       \
+            }                                                                                   \
+        }                                                                                       \
+        FIX_SCALAR(t, (j1));                                                                    \
+    } while (0)
+
+/* (1, d, d, d), then d^2 into lanes 2 and 3, then d^3 into lane 3 (masked products): the
+ * same products as MOMENTS_AVX. */
+#define MOMENTS_AVX512(m, d) do {                                                               \
+        __m256d bd_ = _mm256_set1_pd(d);                                                        \
+        __m256d v_ = _mm256_blend_pd(bd_, ones_, 0x1);                                          \
+        v_ = _mm256_mask_mul_pd(v_, 0xC, v_, bd_);                                              \
+        v_ = _mm256_mask_mul_pd(v_, 0x8, v_, bd_);                                              \
+        _mm256_store_pd((m), _mm256_add_pd(_mm256_load_pd(m), v_));                             \
+    } while (0)
+
 static int have_avx512(void)
 {
     static int known = -1;
@@ -773,7 +836,7 @@ pass_avx512(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n,
             const int mode, float scale)
 {
     const __m256d ones_ = _mm256_set1_pd(1.0);
-    PASS_LOOP(INDICES_AVX512, MOMENTS_AVX, GRADS_AVX512)
+    PASS_LOOP(INDICES_AVX512, MOMENTS_AVX512, FIX_AVX512, GRADS_AVX512)
 }
 
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
@@ -797,8 +860,9 @@ typedef struct {
     int claimed;                /* by a thread, to run it (run_two) */
 } job_t;
 
-/* Clear what the last call left: the leaves built (by either thread) and every thread's
- * moments for them; then each thread's sums and counters. */
+/* Clear what the last call left: the leaves built (by either thread) and the moments the
+ * threads it used added (a weight's leaf is always built in the call that adds its moments;
+ * the off-grid dummy's too); then each thread's sums and counters. */
 static void reset(ws_t *ws)
 {
     int words = (ws->L + 63) / 64;
@@ -812,11 +876,13 @@ static void reset(ws_t *ws)
             int l = q * 64 + __builtin_ctzll(b);
             b &= b - 1;
             ws->coef[l].state = UNBUILT;
-            ws->rec[l].A = NAN;
-            for (int t = 0; t < MAXT; t++)
+            ws->rec[l].A = ws->rec[l].B = ws->rec[l].C = NAN;
+            for (int t = 0; t < ws->used; t++)
                 memset(ws->th[t].mom + (int64_t)l * K * 4, 0, sizeof(double) * K * 4);
         }
     }
+    for (int t = 0; t < ws->used; t++)     /* the off-grid dummy's, never read */
+        memset(ws->th[t].mom + (int64_t)ws->L * K * 4, 0, sizeof(double) * K * 4);
     for (int t = 0; t < MAXT; t++) {
         thr_t *th = ws->th + t;
         memset(th->acc, 0, sizeof(double) * (1 + 3 * ws->J));
@@ -1090,6 +1156,7 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
         range[0] = fmin(range[0], ws->th[1].lo);
         range[1] = fmax(range[1], ws->th[1].hi);
     }
+    ws->used = used;
     finish(ws, used, out, range);
     info[0] = (double)ws->th[0].n_exact + (used > 1 ? (double)ws->th[1].n_exact : 0.0);
     info[1] = range[0];

@@ -424,11 +424,12 @@ def prior_backward(prior, weights: list[torch.Tensor], scale: float) -> torch.Te
     Returns:
       C, a 0-d float64 tensor on the prior's device.
     """
-    params = [prior.means, prior.log_precisions, prior.mixing_logits]
-    learn_pi0 = isinstance(prior.pi0_logit, torch.nn.Parameter)
+    means, log_precisions, mixing_logits, pi0_logit, alpha, beta = _tensors_of(prior)
+    params = [means, log_precisions, mixing_logits]
+    learn_pi0 = isinstance(pi0_logit, torch.nn.Parameter)
     if learn_pi0:
-        params.append(prior.pi0_logit)
-    J = prior.log_precisions.numel()
+        params.append(pi0_logit)
+    J = log_precisions.numel()
     if J > _MAX_COMPONENTS:
         raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
     fast = _LIB is not None
@@ -444,25 +445,40 @@ def prior_backward(prior, weights: list[torch.Tensor], scale: float) -> torch.Te
             else:
                 fast = False
     p_grads = [(p.grad if p.grad is not None else _ensure_grad(p)) if p.requires_grad else None for p in params]
-    if (fast and _c_takes(params) and _c_takes((prior.alpha, prior.beta))
+    if (fast and _c_takes(params) and _c_takes((alpha, beta))
             and _c_takes(g for g in p_grads if g is not None)):
         nt = len(weights)
         ptrs = ((_vp * nt)(*w_ptrs), (ctypes.c_int64 * nt)(*[w.numel() for w in weights]), (_vp * nt)(*g_ptrs))
-        return _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs)
+        return _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs,
+                                 (pi0_logit, alpha, beta))
     mu, gamma, log_pi = prior.mixture()
     accumulated = mixture_nll_accumulate(mu, gamma, log_pi, weights, scale, prior._workspace)
     return _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0)
 
 
-def _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs) -> torch.Tensor:
+_NAMES = ("means", "log_precisions", "mixing_logits", "pi0_logit", "alpha", "beta")
+
+
+def _tensors_of(prior) -> list:
+    """The prior's parameters and buffers by name, from the module's own dicts (attribute access
+    through ``nn.Module.__getattr__`` costs about 0.3 us each, ten times a step)."""
+    params, buffers = prior.__dict__.get("_parameters", {}), prior.__dict__.get("_buffers", {})
+    found = [params.get(n, buffers.get(n)) for n in _NAMES]
+    if any(t is None for t in found):  # not plain parameters and buffers (a subclass, a parametrisation)
+        found = [getattr(prior, n) for n in _NAMES]
+    return found
+
+
+def _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs, consts) -> torch.Tensor:
+    pi0_logit, alpha, beta = consts
     ws = prior._workspace
     buf = ws.mixture_buffers(J)
     plan = ws.calls % ws.SETS_EVERY == 0 or ws.J != J
     ws.calls += 1
     cfg, info = prior.config, ws.info
     C = _LIB.sws_step(ws.handle(), J, params[0].data_ptr(), params[1].data_ptr(), params[2].data_ptr(),
-                      prior.pi0_logit.data_ptr(), int(learn_pi0), float(cfg.pi0_a), float(cfg.pi0_b),
-                      prior.alpha.data_ptr(), prior.beta.data_ptr(), len(weights), ptrs[0], ptrs[1], ptrs[2],
+                      pi0_logit.data_ptr(), int(learn_pi0), float(cfg.pi0_a), float(cfg.pi0_b),
+                      alpha.data_ptr(), beta.data_ptr(), len(weights), ptrs[0], ptrs[1], ptrs[2],
                       scale, _threads(), _MIN_PARALLEL, int(plan), ws.lo, ws.hi, _CUT + ws.SETS_MARGIN,
                       *[g.data_ptr() if g is not None else None for g in p_grads],
                       *([None] if len(p_grads) == 3 else []), buf.data_ptr(), ws.out.data_ptr(), info)
@@ -475,7 +491,7 @@ def _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs
     lo, hi = info[1], info[2]
     if lo - lo == 0.0 and hi - hi == 0.0:  # finite
         ws.lo, ws.hi = lo, hi
-    return torch.tensor(C, dtype=torch.float64)
+    return torch.scalar_tensor(C, dtype=torch.float64)
 
 
 def _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0) -> torch.Tensor:
