@@ -149,7 +149,8 @@ def _check_study(out, url, interrupted: int):
     stopped = trials[interrupted]
     assert stopped.state == TrialState.FAIL
     retries = [t for t in complete if t.user_attrs.get("retry_of") == interrupted]
-    assert len(retries) == 1
+    seen = [(t.number, t.state.name, t.user_attrs.get("retry_of"), t.user_attrs.get("error")) for t in trials]
+    assert len(retries) == 1, f"interrupted trial {interrupted}; trials (number, state, retry_of): {seen}"
     retry = retries[0]
     wanted = {**stopped.system_attrs.get("fixed_params", {}), **stopped.params}
     assert all(retry.params[k] == v for k, v in wanted.items() if k in retry.params)

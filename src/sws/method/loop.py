@@ -263,6 +263,9 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             if on_epoch is not None and on_epoch(rec):
                 rec["stopped_early"] = stop = True
             loop.end_epoch(rec, signals)
+    if signals.signum is not None:   # it came after the last check: the state is saved, stop as asked
+        raise TrainingInterrupted(f"{stage} stopped by {signal.Signals(signals.signum).name} as it ended; "
+                                  "its state is saved", signals.signum)
     return loop.history
 
 

@@ -135,10 +135,11 @@ def _alive(pid: int) -> bool:
 
 def _requeue(study, trial):
     """Queue a retry of ``trial``: the parameters it had drawn, plus those it was queued with and
-    had not drawn yet (a trial stopped while sampling), its baseline mark, and which it repeats."""
+    had not drawn yet (a trial stopped while sampling), its baseline mark, and which it repeats
+    (the first trial of a chain of retries, each stopped in turn)."""
     frozen = trial if hasattr(trial, "system_attrs") else study.get_trials(deepcopy=False)[trial.number]
     params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
-    attrs = {"retry_of": trial.number}
+    attrs = {"retry_of": frozen.user_attrs.get("retry_of", trial.number)}   # a retry of a retry repeats the first
     if frozen.user_attrs.get("baseline"):
         attrs["baseline"] = frozen.user_attrs["baseline"]
     study.enqueue_trial(params, user_attrs=attrs)
