@@ -4,6 +4,7 @@ Usage:
   python benchmarks/prior_overhead.py RUN_DIR [--steps 40] [--blocks 6] [--threads N] [--no-autograd]
                                             [--before OTHER_KERNEL.so]
   python benchmarks/prior_overhead.py RUN_DIR --epoch-ratio
+  python benchmarks/prior_overhead.py RUN_DIR --snap       (also steps of the snap phase)
 
 RUN_DIR must hold pretrained and retrained checkpoints (any `sws run`).  For
 two states of the prior, the start of retraining (pretrained weights, prior as
@@ -48,6 +49,7 @@ from sws.runs.stages import model_from_checkpoint, prior_from_checkpoint
 from sws.prior import GaussianMixturePrior
 from sws.runs.rundir import RunDir
 from sws.method.loop import retrain_optimizer
+from sws.method.snap import Snap
 
 
 CLOCK = time.perf_counter  # --clock thread: time.thread_time, the calling thread's CPU time
@@ -87,7 +89,7 @@ class with_kernel:
         K._LIB = self.saved
 
 
-def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None):
+def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None, snap=False):
     cfg = retrain_config("tutorial")
     covered = list(select_parameters(model, cover=cover).values())
     plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -119,6 +121,16 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
         prior_b.backward_complexity(covered, scale)
         prior_b_opt.step()
 
+    snapper = Snap(prior, covered, 1e-2)
+
+    def with_prior_snapped():  # a step of the snap phase: forward and backward through the snap
+        with snapper.applied():
+            loss = F.cross_entropy(model(x), y)
+            prior_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        prior.backward_complexity(covered, scale)
+        prior_opt.step()
+
     def autograd_prior():  # the straightforward prior: every weight against every component
         loss = F.cross_entropy(model(x), y)
         loss = loss + scale * (mixture_nll_reference(*prior.mixture(), covered) + prior.hyper_prior())
@@ -128,7 +140,7 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     pstate = {k: v.clone() for k, v in prior.state_dict().items()}
-    ratios, plain_ms, prior_ms, ratios_b, prior_b_ms = [], [], [], [], []
+    ratios, plain_ms, prior_ms, ratios_b, prior_b_ms, snap_ms, ratios_s = [], [], [], [], [], [], []
     for _ in range(blocks):
         a = time_block(plain, steps)
         b = time_block(with_prior, steps)
@@ -137,6 +149,12 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
         ratios.append(b / a)
         plain_ms.append(a * 1e3)
         prior_ms.append(b * 1e3)
+        if snap:
+            c = time_block(with_prior_snapped, steps)
+            model.load_state_dict(state)
+            prior.load_state_dict(pstate)
+            ratios_s.append(c / a)
+            snap_ms.append(c * 1e3)
         if before_lib is not None:
             with with_kernel(before_lib):
                 c = time_block(with_prior_before, steps)
@@ -151,8 +169,9 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
     model.load_state_dict(state)
     prior.load_state_dict(pstate)
     before = (statistics.median(prior_b_ms), statistics.median(ratios_b)) if before_lib is not None else None
+    snapped = (statistics.median(snap_ms), statistics.median(ratios_s)) if snap else None
     return (statistics.median(plain_ms), statistics.median(prior_ms), statistics.median(ratios),
-            slow * 1e3, before)
+            slow * 1e3, before, snapped)
 
 
 def epoch_ratio(run_dir):
@@ -177,6 +196,8 @@ def main():
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="wall clock, or the calling thread's CPU time")
     ap.add_argument("--before", metavar="SO", help="another build of the C kernel, timed in the same blocks")
+    ap.add_argument("--snap", action="store_true",
+                    help="also time steps of the snap phase (through the snap, sws.method.snap)")
     args = ap.parse_args()
     if args.epoch_ratio:
         epoch_ratio(args.run_dir)
@@ -197,15 +218,18 @@ def main():
     print(f"model {meta['model']}, torch threads {torch.get_num_threads()}, C kernel {K.kernel_available()}, "
           f"{args.steps} steps x {args.blocks} alternating blocks, clock {args.clock}"
           + (f", before: {args.before}" if args.before else ""))
-    extra = " step, before (ms) | ratio, before |" if args.before else ""
+    extra = (" step, before (ms) | ratio, before |" if args.before else "") + \
+        (" snap-phase step (ms) | ratio |" if args.snap else "")
     print(f"| state | plain step (ms) | step with prior (ms) | ratio |{extra} autograd prior step (ms) | ratio |")
-    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.before else "") + " ---: | ---: |")
+    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.before else "")
+          + (" ---: | ---: |" if args.snap else "") + " ---: | ---: |")
     for name, model, prior in (("start of retraining", start_model, start_prior),
                                ("end of retraining", end_model, end_prior)):
         load = os.getloadavg()[0]
-        a, b, r, slow, before = measure(model, prior, pcfg.cover, args.steps, args.blocks, not args.no_autograd,
-                                        before_lib)
-        cols = f" {before[0]:.2f} | {before[1]:.3f} |" if before else ""
+        a, b, r, slow, before, snapped = measure(model, prior, pcfg.cover, args.steps, args.blocks,
+                                                 not args.no_autograd, before_lib, args.snap)
+        cols = (f" {before[0]:.2f} | {before[1]:.3f} |" if before else "") + \
+            (f" {snapped[0]:.2f} | {snapped[1]:.3f} |" if snapped else "")
         print(f"| {name} | {a:.2f} | {b:.2f} | {r:.3f} |{cols} {slow:.1f} | {slow / a:.1f} |"
               f"  load {load:.2f} -> {os.getloadavg()[0]:.2f}")
 

@@ -73,7 +73,7 @@ def test_patience_stops_retraining_early():
     model = pretrained()
     _, report = sws.compress(model, toy(), toy(seed=1), epochs=30, batch_size=64, tau=0.05,
                              lr_weights=2e-3, lr_log_precisions=1e-2, lr_mixing=1e-2, init_sigma=0.05,
-                             max_error_increase=100.0, patience=2)
+                             max_error_increase=100.0, patience=2, snap_epochs=0)
     assert len(report.history) < 30 and report.history[-1].get("stopped_early")
     assert report.history[-1]["epoch"] - report.budget["epoch"] == 2
 
@@ -122,11 +122,11 @@ def test_paper_preset_runs_three_epochs_without_the_guard_stopping_it(tmp_path, 
     run = tmp_path / "paper"
     code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", run, "--data-dir", mnist_dir,
                         "--train-subset", "2000", "--pretrain-epochs", "2", "--preset", "paper", "--epochs", "3",
-                        "--patience", "0", "--quiet")
+                        "--patience", "0", "--snap-epochs", "1", "--quiet")
     assert code in (0, OVER_BUDGET_EXIT), err
     assert "diverged" not in err
     history = [r for r in json.loads((run / "history.json").read_text()) if r["stage"] == "retrain"]
-    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and history[-1]["snap"]   # then one through the snap
 
 
 def test_codebook_finetuning_keeps_the_pattern_and_lowers_the_loss(tmp_path):
@@ -174,10 +174,12 @@ def test_watching_every_k_steps_keeps_the_best_watch_within_epochs(tmp_path):
     model = pretrained()
     model, report = sws.compress(model, toy(), toy(seed=1), epochs=4, batch_size=64, tau=0.05,
                                  lr_weights=2e-3, lr_log_precisions=1e-2, lr_mixing=1e-2, init_sigma=0.05,
-                                 max_error_increase=5.0, patience=0, finetune_epochs=0, watch_every=3)
+                                 max_error_increase=5.0, patience=0, finetune_epochs=0, watch_every=3,
+                                 snap_epochs=2)
     rows = report.history
     watches = [w for r in rows for w in [*r.get("watches", ()), r]]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [bool(w.get("snap")) for w in watches] == [False] * 12 + [True] * 6   # the snap phase: 5, 6
     assert [round(w["epoch"], 3) for w in watches[:3]] == [0.375, 0.75, 1]
     assert all("pp_val_error" in w and "val_error" in w for w in watches)
     within = [w for w in watches if w["pp_within_budget"]]

@@ -73,9 +73,12 @@ def test_cli_and_compress_give_bit_identical_weights(tmp_path, capsys, mnist_dir
 
 def test_cosine_schedule_is_applied_and_recorded():
     torch.manual_seed(0)
-    _, report = sws.compress(MLP(), toy(), toy(seed=1), epochs=3, batch_size=64, lr_schedule="cosine")
-    scales = [r["lr_scale"] for r in report.history]
-    assert scales == sorted(scales, reverse=True) and scales[0] < 1 and scales[-1] < 0.05
+    _, report = sws.compress(MLP(), toy(), toy(seed=1), epochs=3, batch_size=64, lr_schedule="cosine",
+                             snap_epochs=2, patience=0)
+    # retraining's rates, then the snap phase's, each annealed over its own epochs
+    for part in (report.history[:3], report.history[3:]):
+        scales = [r["lr_scale"] for r in part]
+        assert scales == sorted(scales, reverse=True) and scales[0] < 1 and scales[-1] < 0.05
     assert report.config["lr_schedule"] == "cosine" and report.config["batch_size"] == 64
 
 
@@ -146,8 +149,8 @@ def test_any_map_style_dataset_of_pairs():
             return super().forward(x)
 
     torch.manual_seed(0)
-    model, report = sws.compress(DictNet(), Pairs(), Pairs(), epochs=1, batch_size=64)
-    assert report.history[-1]["epoch"] == 1 and "val_accuracy" in report.history[-1]
+    model, report = sws.compress(DictNet(), Pairs(), Pairs(), epochs=1, batch_size=64, snap_epochs=1)
+    assert [r["epoch"] for r in report.history] == [1, 2] and "val_accuracy" in report.history[-1]
 
 
 PACKAGE = {

@@ -31,6 +31,7 @@ from sws.format.stats import file_stats
 from sws.runs.rundir import RunDir
 
 EPOCHS = 2
+SNAP = 1      # then one epoch through the snap: a frame too
 FINAL = ("histograms", "layer_sparsity", "training_curves", "mixture")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HERE = Path(__file__).parent
@@ -56,7 +57,7 @@ def run(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "run"
     run_pretrain(RunDir.create(path), PretrainConfig(model="lenet-300-100", epochs=1,
                                                      train_subset=2000), data, quiet=True)
-    _cli("retrain", path, "--epochs", EPOCHS, "--figures", "--quiet", "--data-dir", data)
+    _cli("retrain", path, "--epochs", EPOCHS, "--snap-epochs", SNAP, "--figures", "--quiet", "--data-dir", data)
     _cli("quantize", path, "--data-dir", data)
     _cli("report", path)
     return path
@@ -70,7 +71,7 @@ def _png_ok(path: Path):
 
 def test_frames_are_pngs_one_per_epoch(run):
     frames = sorted((run / "figures" / "frames").glob("epoch_*.png"))
-    assert [f.stem for f in frames] == [f"epoch_{e:03d}" for e in range(EPOCHS + 1)]
+    assert [f.stem for f in frames] == [f"epoch_{e:03d}" for e in range(EPOCHS + SNAP + 1)]
     for f in frames:
         _png_ok(f)
     sizes = {Image.open(f).size for f in frames}
@@ -81,7 +82,7 @@ def test_gif_has_one_frame_per_epoch(run):
     gif = run / "figures" / "animation.gif"
     assert gif.read_bytes()[:6] == b"GIF89a"
     with Image.open(gif) as im:
-        assert im.n_frames == EPOCHS + 1
+        assert im.n_frames == EPOCHS + SNAP + 1
         assert im.info.get("loop") == 0
 
 

@@ -244,3 +244,22 @@ def test_workspace_state_round_trip_continues_identically():
     b = Workspace()
     b.load_state_dict(a.state_dict())
     assert calls(a, 12) == calls(b, 12)
+
+
+def test_retrain_crash_in_the_snap_phase_resumes_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
+    """Epoch 1 of retraining, then two through the snap (8 batches an epoch): a crash at step 4
+    of the snap phase's first epoch resumes in the phase, from the same restored state."""
+    cfg = retrain_config("tutorial", epochs=1, snap_epochs=2, seed=5)
+    ref = _copy_run(pretrained, tmp_path / "ref")
+    run_retrain(ref, cfg, mnist_dir, quiet=True)
+    recs = [r for r in ref.read_json("history.json", []) if r["stage"] == "retrain"]
+    assert [bool(r.get("snap")) for r in recs] == [False, True, True] and recs[0]["snap_begins"]
+    run = _copy_run(pretrained, tmp_path / "crash")
+    _crash_after(monkeypatch, 12, _raise)
+    with pytest.raises(Crash):
+        run_retrain(run, cfg, mnist_dir, quiet=True)
+    monkeypatch.undo()
+    meta = json.loads(run.state_path("retrain").with_suffix(".json").read_text())
+    assert meta["epoch"] == 2 and meta["history"][-1]["snap_begins"]
+    run_retrain(run, None, mnist_dir, quiet=True, resume=True)
+    _same(ref.path, run.path, "retrained")

@@ -112,6 +112,7 @@ class RetrainConfig:
     patience: int = 5                # epochs without a better kept state before stopping (0: never)
     tau_control: float = 1.5         # the budget's tau controller: x or / per epoch (1: off; issue 13)
     watch_every: int = 0             # with the budget: also watch every N steps within an epoch (0: epoch ends)
+    snap_epochs: int = 5             # with the budget: then train the kept state through the snap (sws.method.snap)
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -137,6 +138,8 @@ class RetrainConfig:
             raise ConfigError(f"tau_control must be a finite factor >= 1, got {self.tau_control}")
         if not (isinstance(self.watch_every, int) and self.watch_every >= 0):
             raise ConfigError(f"watch_every must be a number of steps >= 0, got {self.watch_every!r}")
+        if not (isinstance(self.snap_epochs, int) and self.snap_epochs >= 0):
+            raise ConfigError(f"snap_epochs must be a number of epochs >= 0, got {self.snap_epochs!r}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):

@@ -164,6 +164,9 @@ retrain_options = _options(
     click.option("--watch-every", type=int, default=None, metavar="STEPS",
                  help="With the budget: also post-process and validate every STEPS steps within an "
                       "epoch (for long epochs); any of these watches may be kept (0: epoch ends) [0]."),
+    click.option("--snap-epochs", type=int, default=None, metavar="N",
+                 help="With the budget: after retraining, train the kept state N more epochs through the "
+                      "snap (each weight at its component's value in the forward pass; beyond the paper) [5]."),
 )
 
 merge_option = _options(
@@ -254,7 +257,8 @@ def _print_report(m: dict):
     what = "accuracy" if f"{split}_accuracy" in m else "loss"
     nan = float("nan")
     click.echo(f"{split} {what}: pretrained {m.get(f'pretrained_{split}_{what}', nan):.4f}, "
-               f"retrained {m.get(f'retrained_{split}_{what}', nan):.4f}, "
+               f"retrained{' through the snap' if m.get('retrained_snapped') else ''} "
+               f"{m.get(f'retrained_{split}_{what}', nan):.4f}, "
                f"post-processed {m.get(f'{split}_{what}', nan):.4f}")
     click.echo(f"non-zero weights: {100 * m['nonzero_share']:.2f}% "
                f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "

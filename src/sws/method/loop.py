@@ -19,6 +19,7 @@ step in progress (then raises ``TrainingInterrupted``); given that state as
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -30,11 +31,12 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from sws.config import PretrainConfig, RetrainConfig, lr_factor
+from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, lr_factor
 from sws.errors import ConfigError, DivergenceError, TrainingInterrupted
 from sws.method import distributed
 from sws.method.batches import as_source, call_model, default_loss, logits_of, to_device
 from sws.method.evaluate import evaluate_splits
+from sws.method.snap import Snap
 from sws.method.state import Position, capture, environment, restore
 from sws.prior import GaussianMixturePrior
 
@@ -201,10 +203,17 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     check_every_step = guard and device.type == "cpu"
     every = getattr(cfg, "watch_every", 0) if hasattr(extra, "midway") else 0   # watches within epochs
     stop = bool(loop.history) and bool(loop.history[-1].get("stopped_early"))
+    # the snap phase (sws.method.snap): after the last epoch of retraining (or its early stop)
+    snap_epochs = cfg.snap_epochs if prior is not None and getattr(cfg, "budget", False) else 0
+    snapper = Snap(prior, covered, getattr(extra, "threshold", QuantizeConfig.merge_threshold)) if snap_epochs else None
+    begun = next((r["epoch"] for r in loop.history if r.get("snap_begins")), None)
+    last = cfg.epochs if begun is None else begun + snap_epochs
+    epoch = loop.pos.epoch
     with _Signals() as signals:
-        for epoch in range(loop.pos.epoch, cfg.epochs + 1):
-            if stop:
-                break
+        while epoch <= last and not stop:
+            snapping = begun is not None and epoch > begun
+            done0, total = ((epoch - 1 - begun) * steps, snap_epochs * steps) if snapping else \
+                ((epoch - 1) * steps, cfg.epochs * steps)
             net.train()
             skip, sums = loop.pos.step, dict(loop.pos.sums)
             loss_sum = torch.tensor(sums.get("loss", 0.0), dtype=torch.float64, device=device)
@@ -217,11 +226,12 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                 bar.update(skip)
                 for step, (x, y) in train.epoch(cfg.batch_size, loop.gen, skip, rank, world):
                     x, y = to_device(x, device), to_device(y, device)
-                    loss = loss_fn(output(call_model(net, x)), y)
-                    if check_every_step and not math.isfinite(loss.item()):
-                        loop.diverged(f"the loss is {loss.item()}", epoch, step + 1, _hint(cfg, prior))
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()                  # under DDP: the data term's gradients are averaged
+                    with snapper.applied() if snapping else contextlib.nullcontext():
+                        loss = loss_fn(output(call_model(net, x)), y)
+                        if check_every_step and not math.isfinite(loss.item()):
+                            loop.diverged(f"the loss is {loss.item()}", epoch, step + 1, _hint(cfg, prior))
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()              # under DDP: the data term's gradients are averaged
                     if prior is not None:
                         tau = cfg.tau_at(epoch - 1 + step / steps) * tau_scale
                         if cfg.zero_sharpen != 1:
@@ -234,12 +244,13 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                             loop.diverged(f"the prior's complexity term is {float(complexity)}", epoch,
                                           step + 1, _hint(cfg, prior))
                         cx_sum += complexity * len(y)
-                    loop.schedule_lr((epoch - 1) * steps + step, cfg.epochs * steps)
+                    loop.schedule_lr(done0 + step, total)
                     optimizer.step()
                     loss_sum += loss.detach().double() * len(y)
                     seen += len(y)
                     bar.update()
-                    if every and (step + 1) % every == 0 and step + 1 < steps and extra.midway(epoch, step + 1, steps):
+                    if every and (step + 1) % every == 0 and step + 1 < steps and extra.midway(
+                            epoch, step + 1, steps, snapper.applied if snapping else None):
                         break                        # the watch within the epoch stops retraining
                     loop.stop_on_signal(signals, step + 1, {
                         "loss": loss_sum.item(), "complexity": cx_sum.item(), "seen": seen,
@@ -250,7 +261,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             if guard and not math.isfinite(loss_total + cx_total):
                 loop.diverged("the loss is not finite", epoch, steps, _hint(cfg, prior))
             rec = {"stage": stage, "epoch": epoch, "seconds": seconds,
-                   "lr_scale": lr_factor(cfg.lr_schedule, epoch * steps - 1, cfg.epochs * steps),
+                   "lr_scale": lr_factor(cfg.lr_schedule, done0 + steps - 1, total),
                    "train_loss": loss_total / max(seen_total, 1)}
             if prior is not None:
                 if guard:
@@ -258,11 +269,22 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                 rec.update(tau=cfg.tau_at(epoch - 1 + (steps - 1) / steps) * tau_scale,
                            complexity=cx_total / max(seen_total, 1),
                            share_within_2sd_of_zero=_near_zero(prior, covered), prior=prior.summary())
-            rec.update(evaluate_splits(model, {"val": val, "test": test}, loss_fn=loss_fn, output=output,
-                                       device=device))
-            if on_epoch is not None and on_epoch(rec):
-                rec["stopped_early"] = stop = True
+            if snapping:
+                rec["snap"] = True                   # trained, and scored below, through the snap
+            with snapper.applied() if snapping else contextlib.nullcontext():
+                rec.update(evaluate_splits(model, {"val": val, "test": test}, loss_fn=loss_fn, output=output,
+                                           device=device))
+            stop = bool(on_epoch is not None and on_epoch(rec))
+            if snap_epochs and begun is None and (stop or epoch == cfg.epochs):
+                # retraining is over: train its kept state (the budget's) through the snap
+                rec["snap_begins"], stop, begun, last = True, False, epoch, epoch + snap_epochs
+                if hasattr(extra, "begin_snap"):
+                    extra.begin_snap()
+                optimizer.state.clear()              # the moments belong to the weights left behind
+            if stop:
+                rec["stopped_early"] = True
             loop.end_epoch(rec, signals)
+            epoch += 1
     if signals.signum is not None:   # it came after the last check: the state is saved, stop as asked
         raise TrainingInterrupted(f"{stage} stopped by {signal.Signals(signals.signum).name} as it ended; "
                                   "its state is saved", signals.signum)

@@ -32,6 +32,7 @@ from sws.errors import ConfigError
 from sws.method import files
 from sws.method.loop import retrain_optimizer
 from sws.method.postprocess import Quantized, layer_stats, postprocess_
+from sws.method.snap import Snap
 from sws.prior import GaussianMixturePrior
 
 __all__ = ["NORM_TYPES", "select_parameters", "resolve_config", "SoftWeightSharing"]
@@ -159,6 +160,19 @@ class SoftWeightSharing:
         tau = self.tau(epoch) if tau is None else tau
         self.steps_done += 1
         return self.prior.backward_complexity(self.weights, tau / self.n_train)
+
+    def snapped(self):
+        """A context in which the covered weights hold the values post-processing would give
+        them now (``sws.method.snap``): run the forward and backward passes of your last epochs
+        inside it, and ``backward()`` and ``optimizer.step()`` after it, to train the network
+        you will keep (the snap phase of ``sws.compress``)::
+
+            with sws_.snapped():
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(); loss.backward()
+            sws_.backward(); opt.step()
+        """
+        return Snap(self.prior, self.weights, self.quantize_config.merge_threshold).applied()
 
     def complexity(self) -> torch.Tensor:
         """C of the current weights, differentiable (for logging or a loss of your own)."""

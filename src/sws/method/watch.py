@@ -20,6 +20,7 @@ and the last state is kept, as in the tutorial.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -70,6 +71,7 @@ class Budget:
         self.pending: list[dict] = []             # this epoch's watches so far (``midway``)
         self.tau_control = tau_control if self.active else 1.0
         self.tau_scale = 1.0                      # what the loop multiplies tau by (the controller)
+        self.snapping = False                     # in the snap phase (``begin_snap``)
 
     @property
     def active(self) -> bool:
@@ -117,18 +119,31 @@ class Budget:
         self._control(rec)
         return stop
 
-    def midway(self, epoch: int, step: int, steps: int) -> bool:
+    def midway(self, epoch: int, step: int, steps: int, snapped=None) -> bool:
         """A watch within epoch ``epoch`` after ``step`` of its ``steps`` steps (the loop calls it
         every ``watch_every`` steps): the retrained and the post-processed network's validation
-        figures, kept as a state when best; True: stop.  Recorded at the fractional epoch."""
+        figures, kept as a state when best; True: stop.  Recorded at the fractional epoch.
+        ``snapped``: in the snap phase, the context in which the network is the one trained."""
         if self.val is None:
             return False
         rec = {"epoch": round(epoch - 1 + step / steps, 6), "step": step}
-        rec.update({f"val_{k}": v for k, v in evaluate(self.model, self.val, **self.eval_kw).items()})
+        if snapped is not None:
+            rec["snap"] = True
+        with snapped() if snapped is not None else contextlib.nullcontext():
+            rec.update({f"val_{k}": v for k, v in evaluate(self.model, self.val, **self.eval_kw).items()})
         rec.update(self.watch())
         stop = self._keep(rec) if self.active else False
         self.pending.append(rec)
         return stop
+
+    def begin_snap(self) -> None:
+        """The snap phase begins: the kept state (or, over budget, the lowest-error one) goes back
+        into the model and prior, and patience counts again from here."""
+        chosen = self.best if self.best is not None else self.lowest
+        if chosen is not None and chosen.get("state") is not None:
+            self.model.load_state_dict(chosen["state"]["model"])
+            self.prior.load_state_dict(chosen["state"]["prior"])
+        self.since, self.snapping = 0, True
 
     def _keep(self, rec: dict) -> bool:
         """Keep the state if it is the best within budget so far (or the lowest error); True: stop."""
@@ -210,7 +225,7 @@ class Budget:
     # resumable: the kept states travel with the training state
     def state_dict(self) -> tuple[dict, dict]:
         tensors, meta = {}, {"reference_error": self.reference_error, "since": self.since,
-                             "tau_scale": self.tau_scale, "pending": self.pending}
+                             "tau_scale": self.tau_scale, "pending": self.pending, "snapping": self.snapping}
         for slot in ("best", "lowest"):
             entry = getattr(self, slot)
             if entry is None:
@@ -227,6 +242,7 @@ class Budget:
         self.since = int(meta.get("since", 0))
         self.tau_scale = float(meta.get("tau_scale", 1.0))
         self.pending = list(meta.get("pending", []))
+        self.snapping = bool(meta.get("snapping", False))
         for slot in ("best", "lowest"):
             entry = meta.get(slot)
             if entry is None:

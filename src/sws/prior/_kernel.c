@@ -1276,3 +1276,30 @@ double sws_step(void *p, int J, const float *means, const float *gamma, const fl
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, NULL};
 
 PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+
+/* The snap phase's swap (sws.method.snap): saved[i] = w[i], then w[i] = values[k] with k the
+ * number of edges strictly below w[i] (torch.bucketize's convention; edges sorted ascending,
+ * values has ne + 1 entries).  Per block of 256 weights (the last one padded), one compare per
+ * edge over the block with a constant trip count, so the counting vectorises; NaN counts no edge. */
+void sws_snap(float *w, float *saved, int64_t n, const float *edges, int ne, const float *values)
+{
+    enum { B = 256 };
+    int32_t cnt[B];
+    float x[B];
+    for (int64_t s = 0; s < n; s += B) {
+        int m = (int)(n - s < B ? n - s : B);
+        memcpy(x, w + s, (size_t)m * sizeof(float));
+        memcpy(saved + s, x, (size_t)m * sizeof(float));
+        for (int i = m; i < B; i++)
+            x[i] = 0.0f;
+        for (int i = 0; i < B; i++)
+            cnt[i] = 0;
+        for (int j = 0; j < ne; j++) {
+            const float e = edges[j];
+            for (int i = 0; i < B; i++)
+                cnt[i] += x[i] > e;
+        }
+        for (int i = 0; i < m; i++)
+            w[s + i] = values[cnt[i]];
+    }
+}

@@ -38,7 +38,7 @@ import torch
 from sws.prior import fused
 
 __all__ = ["Workspace", "mixture_nll", "mixture_nll_accumulate", "mixture_nll_reference",
-           "kernel_available", "prior_backward"]
+           "kernel_available", "prior_backward", "snap_swap_"]
 
 _MAX_COMPONENTS = 256  # the C kernel's scratch size
 _CUT = 20.0  # components below exp(-CUT) relative responsibility are dropped (as in _kernel.c)
@@ -85,6 +85,9 @@ def _load():
             f.restype, f.argtypes = res, args
     except (OSError, AttributeError):  # an extension from another version of this file
         return None
+    if hasattr(lib, "sws_snap"):   # an older build lacks only the snap: the prior still runs in C
+        lib.sws_snap.restype = None
+        lib.sws_snap.argtypes = [_vp, _vp, ctypes.c_int64, _vp, ctypes.c_int, _vp]
     return lib
 
 
@@ -94,6 +97,22 @@ _LIB = _load()
 def kernel_available() -> bool:
     """Whether the compiled C kernel is in use (else the PyTorch fallback)."""
     return _LIB is not None
+
+
+def snap_swap_(w: torch.Tensor, saved: torch.Tensor, edges: torch.Tensor, values: torch.Tensor) -> bool:
+    """``saved.copy_(w)``, then each element of ``w`` to ``values[bucketize(w, edges)]``, in one C
+    pass (``sws.method.snap``); False, with nothing done, where the C kernel cannot take it
+    (not built, another device, dtype or layout): the caller does it in PyTorch."""
+    if (_LIB is None or not hasattr(_LIB, "sws_snap") or w.device.type != "cpu" or w.dtype != torch.float32
+            or not w.is_contiguous() or saved.dtype != torch.float32 or not saved.is_contiguous()
+            or saved.shape != w.shape or saved.device.type != "cpu"):
+        return False
+    e = edges.to(torch.float32).contiguous()
+    v = values.to(torch.float32).contiguous()
+    if e.device.type != "cpu" or v.device.type != "cpu" or v.numel() != e.numel() + 1:
+        return False
+    _LIB.sws_snap(w.data_ptr(), saved.data_ptr(), w.numel(), e.data_ptr(), e.numel(), v.data_ptr())
+    return True
 
 
 def _log_norm_const(gamma: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Mixture", "kl_divergence", "merge_components", "assign"]
+__all__ = ["Mixture", "kl_divergence", "merge_components", "assign", "intervals"]
 
 
 @dataclass
@@ -85,3 +85,38 @@ def assign(w: torch.Tensor, m: Mixture) -> torch.Tensor:
     x = w.detach().double().reshape(-1, 1)
     score = m.log_pi + 0.5 * m.gamma - 0.5 * m.gamma.exp() * (x - m.mu) ** 2
     return score.argmax(dim=1).reshape(w.shape)
+
+
+def intervals(m: Mixture) -> tuple[torch.Tensor, torch.Tensor]:
+    """``assign`` as a table over the real line: (edges, winners) with ``winners[i]`` the
+    component ``assign`` gives every weight in the ``i``-th interval between sorted ``edges``
+    (``torch.bucketize(w, edges)`` indexes it).
+
+    Each component's score is a concave parabola in w, so the winner can change only where two
+    scores are equal: the candidate edges are the real roots of every pairwise difference, and
+    the winner between two candidates is ``assign``'s at their midpoint.  Exact up to rounding
+    at the edges themselves; O(J^2) work, independent of the number of weights, so training can
+    snap every step (``sws.method.snap``)."""
+    mu, gamma, log_pi = (t.detach().double().cpu() for t in (m.mu, m.gamma, m.log_pi))
+    lam = gamma.exp()
+    c = log_pi + 0.5 * gamma
+    i, j = torch.triu_indices(len(mu), len(mu), 1)
+    # score_i - score_j = a w^2 + b w + k
+    a = 0.5 * (lam[j] - lam[i])
+    b = lam[i] * mu[i] - lam[j] * mu[j]
+    k = c[i] - c[j] - 0.5 * lam[i] * mu[i] ** 2 + 0.5 * lam[j] * mu[j] ** 2
+    disc = b * b - 4 * a * k
+    real = disc >= 0
+    sq = disc.clamp(min=0).sqrt()
+    q = -0.5 * (b + torch.where(b >= 0, sq, -sq))       # stable roots: q / a and k / q
+    quad = a.abs() > 1e-12 * (lam[i] + lam[j])
+    roots = [torch.where(quad, q / a, -k / b)[real | ~quad], (k / q)[quad & real & (q != 0)]]
+    cand = torch.cat(roots)
+    cand = torch.unique(cand[torch.isfinite(cand)])
+    if not cand.numel():
+        return cand, assign(mu[:1], m).reshape(1)
+    span = (cand[-1] - cand[0]).abs() + 1.0
+    probes = torch.cat([cand[:1] - span, 0.5 * (cand[1:] + cand[:-1]), cand[-1:] + span])
+    winners = assign(probes, m)
+    keep = winners[1:] != winners[:-1]                    # edges between two different winners
+    return cand[keep], torch.cat([winners[:1], winners[1:][keep]])

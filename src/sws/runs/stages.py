@@ -13,6 +13,7 @@ folder never serves a stale file.  The CLI is a thin layer over these functions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from sws.method.evaluate import evaluate
 from sws.method.files import load, save
 from sws.method.loop import pretrain, retrain
 from sws.method.postprocess import layer_stats, postprocess_
+from sws.method.snap import Snap
 from sws.method.surface import select_parameters
 from sws.method.watch import Budget, kept_record
 from sws.prior import GaussianMixturePrior
@@ -187,7 +189,8 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     kept = kept_record(history, decision)
     metrics = {"seconds": time.perf_counter() - t0, "epochs_run": len(history), "kept_epoch": kept["epoch"],
                **{k: v for k, v in kept.items() if k.startswith(("test_", "val_", "pp_"))},
-               "nonzero_share_within_2sd": kept.get("share_within_2sd_of_zero"), "budget": decision}
+               "nonzero_share_within_2sd": kept.get("share_within_2sd_of_zero"), "budget": decision,
+               "snapped": bool(kept.get("snap"))}   # kept from the snap phase: scored through the snap
     out = dict(model.state_dict())
     out.update({PRIOR_PREFIX + k: v for k, v in prior.state_dict().items()})
     run.save_stage("retrained", out, {**{k: meta[k] for k in ("model", "input_norm", "data")},
@@ -217,7 +220,10 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     train, val = loaded[:2] if loaded else (None, None)
     test, split = scoring_set(meta["data"], data_dir, loaded)
     run.invalidate_after("retrained")
-    retrained_eval = evaluate(model, test)
+    snapped = bool(meta.get("metrics", {}).get("snapped"))
+    with Snap(prior, list(covered.values()), cfg.merge_threshold).applied() if snapped else \
+            contextlib.nullcontext():   # a network trained through the snap is scored as it was trained
+        retrained_eval = evaluate(model, test)
     q = postprocess_(model, prior, covered, cfg.merge_threshold, dead_units=cfg.drop_dead_units, finetune=train,
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"], val=val)
@@ -226,6 +232,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
         decision = Budget.final(decision, evaluate(model, val).get("error"), cfg.finetune_epochs)
     stats = layer_stats(covered)
     metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), "split": split,
+               "retrained_snapped": snapped,
                "codebook": q.codebook.tolist(), "merge_threshold": cfg.merge_threshold,
                "components_before_merge": prior.n_components,
                "components_after_merge": int(q.codebook.numel()),

@@ -223,6 +223,8 @@ def _work(out: Path, n_trials: int, index: int, data_dir, quiet: bool, sampler_s
                 study.tell(trial, state=TrialState.FAIL)
                 raise KeyboardInterrupt from None
             if not isinstance(e, (SwsError, RuntimeError, ValueError, ArithmeticError)):
+                trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                                    " (not an outcome of the settings: the worker stops)")
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
