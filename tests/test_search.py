@@ -167,3 +167,24 @@ def test_search_help(capsys, command):
 def test_report_of_missing_folder_is_one_line(capsys, tmp_path):
     code, _, err = call(capsys, "search", "report", str(tmp_path / "nothing"))
     assert code == 2 and err.count("\n") == 1 and "not a search folder" in err
+
+
+def test_an_error_raised_while_a_signal_unwinds_counts_as_the_interruption():
+    """Optuna's journal lock, interrupted between renaming and removing its lock file, raises
+    FileNotFoundError from its clean-up: the trial was interrupted all the same (and is queued
+    again), it did not fail on its settings."""
+    from sws.errors import TrainingInterrupted
+    from sws.study.search import _interrupted
+
+    def unwinding(first):
+        try:
+            try:
+                raise first
+            finally:
+                raise FileNotFoundError("study.log.lock.rename")
+        except FileNotFoundError as e:
+            return e
+    assert _interrupted(unwinding(KeyboardInterrupt()))
+    assert _interrupted(unwinding(TrainingInterrupted("stopped", 15)))
+    assert not _interrupted(unwinding(ValueError("a bad setting")))
+    assert not _interrupted(FileNotFoundError("no such file"))

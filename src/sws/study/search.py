@@ -192,8 +192,17 @@ def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, d
     return result["val_error"], result["cr"]
 
 
-def _interrupted(e: BaseException) -> bool:
-    return isinstance(e, KeyboardInterrupt) or getattr(e, "signum", None) is not None
+def _interrupted(e: BaseException | None) -> bool:
+    """Whether ``e`` comes from SIGINT/SIGTERM: a KeyboardInterrupt or a stop with a signal number,
+    or an error raised while handling one (Optuna's journal lock, interrupted between renaming and
+    removing its lock file, raises FileNotFoundError from its clean-up instead)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt) or getattr(e, "signum", None) is not None:
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _work(out: Path, n_trials: int, index: int, data_dir, quiet: bool, sampler_seed: int) -> int:
