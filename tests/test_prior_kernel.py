@@ -153,6 +153,45 @@ def test_instruction_sets_and_thread_pools_give_the_same_bits(threads):
     assert len(digests) == 1
 
 
+_DIGEST_SHARP = """
+import hashlib, torch
+torch.set_num_threads({threads})
+from sws.prior import kernel as K
+g = torch.Generator().manual_seed(0)
+mu = torch.cat([torch.zeros(1), torch.linspace(-0.6, 0.6, 15)]).double()
+gamma = torch.cat([torch.tensor([10.5]), torch.full((15,), 7.8)]).double()
+log_pi = torch.log(torch.cat([torch.tensor([0.99]), torch.full((15,), 0.01 / 15)])).double()
+n = 120001
+w = torch.randn(n, generator=g) * 0.004
+far = torch.rand(n, generator=g) < 0.12
+w[far] = (torch.randn(int(far.sum()), generator=g) * 0.3).float()
+ws = [w[:100003].contiguous(), w[100003:].contiguous(), torch.randn(37, generator=g) * 0.004]
+wsp = K.Workspace()
+hot = []
+for _ in range(11):  # across a plan (every 8 calls)
+    logp, S0, S1, S2, grads = K._stats_c(mu, gamma, log_pi, ws, True, wsp)
+    hot.append(K._LIB.sws_hot(wsp.handle()))
+h = hashlib.sha256()
+for t in (logp, S0, S1, S2, *grads):
+    h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest(), sum(hot))
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hot_path_gives_the_same_bits(threads):
+    """The AVX-512 hot path (most weights in two leaves, as at the end of retraining) against
+    the scalar step and the other instruction sets: the same bits."""
+    if not hasattr(K._LIB, "sws_hot"):
+        pytest.skip("an older build of the kernel")
+    code = _DIGEST_SHARP.format(threads=threads)
+    runs = [_run_subprocess(code, env).split() for env in (
+        {}, {"SWS_KERNEL_NO_HOT": "1"}, {"SWS_KERNEL_NO_AVX512": "1"}, {"SWS_KERNEL_NO_SIMD": "1"})]
+    assert len({r[0] for r in runs}) == 1
+    assert all(int(r[1]) == 0 for r in runs[1:])
+
+
 @needs_c
 def test_workspace_state_round_trip_across_plans():
     g = torch.Generator().manual_seed(0)

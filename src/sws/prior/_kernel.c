@@ -65,7 +65,7 @@
 #define FINE_BITS 17        /* at most 2^17 fine cells */
 #define MAX_LEAVES 65534    /* leaf ids are uint16, the last one the off-grid dummy */
 #ifndef K
-#define K 4                 /* interleaved copies of the moments (4 or 8) */
+#define K 8                 /* interleaved copies of the moments (8: the hot path's lanes) */
 #endif
 #if K == 8
 #define UNROLL8(x) x
@@ -74,6 +74,8 @@
 #endif
 #define MAXT 2
 #define SPLIT_MIN 8.0       /* weights a leaf must have held for its halves to pay */
+#define HOT 2               /* leaves of the hot window (the AVX-512 hot path) */
+#define HOT_SHARE 0.5       /* share of the weights the window must have held to be used */
 
 enum { UNBUILT = 0, EXPAND = 1, EXACT = 2, BUILDING = 3 };
 enum { NO_GRAD = 0, SET_GRAD = 1, ADD_GRAD = 2 };
@@ -105,6 +107,8 @@ typedef struct {
     int used;                   /* threads whose moments the last call left (reset clears them) */
     coef_t *coef;               /* L */
     double *r4;                 /* E x 4: r and its first three derivatives, each active entry */
+    double *cnt;                /* L: the weights each leaf held at the last call */
+    int hot0, hot_on;           /* the hot window's first leaf (-1: none); in use this call */
     thr_t th[MAXT];
     const double *mu, *lam, *logc;   /* the current call's mixture */
 } ws_t;
@@ -256,10 +260,13 @@ static void free_threads(ws_t *ws)
         free(th->mom); free(th->built); free(th->acc);
         memset(th, 0, sizeof(*th));
     }
-    free(ws->rec); free(ws->coef); free(ws->r4);
+    free(ws->rec); free(ws->coef); free(ws->r4); free(ws->cnt);
     ws->rec = NULL;
     ws->coef = NULL;
     ws->r4 = NULL;
+    ws->cnt = NULL;
+    ws->hot0 = -1;
+    ws->hot_on = 0;
 }
 
 static void free_geometry(ws_t *ws)
@@ -295,7 +302,10 @@ static int alloc_threads(ws_t *ws)
     ws->rec = aligned(sizeof(rec_t) * (L + 1));
     ws->coef = calloc(L, sizeof(coef_t));
     ws->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
-    if (!ws->rec || !ws->coef || !ws->r4) return -1;
+    ws->cnt = calloc(L > 0 ? L : 1, sizeof(double));
+    ws->hot0 = -1;
+    ws->hot_on = 0;
+    if (!ws->rec || !ws->coef || !ws->r4 || !ws->cnt) return -1;
     for (int l = 0; l <= L; l++) {
         ws->rec[l].A = ws->rec[l].B = ws->rec[l].C = NAN;
         ws->rec[l].c = l < L ? ws->centre[l] : 0.0;
@@ -331,6 +341,24 @@ static int fill_leaves(ws_t *ws)
     ws->flo = ws->lo - hf;
     ws->inv_hf = 1.0 / hf;
     return 0;
+}
+
+/* The hot window: the HOT consecutive leaves that held the most weights at the last call
+ * (ws->cnt), if they held at least HOT_SHARE of them; else none.  Only the speed of the
+ * pass depends on it, never its results. */
+static void choose_hot(ws_t *ws)
+{
+    ws->hot0 = -1;
+    if (ws->L < HOT || !ws->cnt) return;
+    double total = 0.0, win = 0.0, best = -1.0;
+    int at = -1;
+    for (int l = 0; l < ws->L; l++) {
+        total += ws->cnt[l];
+        win += ws->cnt[l];
+        if (l >= HOT) win -= ws->cnt[l - HOT];
+        if (l >= HOT - 1 && win > best) { best = win; at = l - HOT + 1; }
+    }
+    if (total > 0.0 && best >= HOT_SHARE * total) ws->hot0 = at;
 }
 
 typedef struct {                /* growing arrays while planning */
@@ -433,14 +461,32 @@ int sws_plan(void *p, int J, const double *mu, const double *lam, const double *
         ws->J = J_old;
         return -1;
     }
+    /* the leaves' counts carried over to the new leaves (for the hot window) by their centres */
+    int n_old = 0;
+    double *old = NULL;
+    if (ws->cnt && ws->L > 0 && (old = malloc(sizeof(double) * 2 * ws->L)) != NULL)
+        for (int l = 0; l < ws->L; l++)
+            if (ws->cnt[l] > 0.0) { old[2 * n_old] = ws->centre[l]; old[2 * n_old + 1] = ws->cnt[l]; n_old++; }
     free_geometry(ws);
     D = collapse(pl.start, (int)pl.n - 1, D);
     ws->J = J; ws->G = G; ws->D = D; ws->F = (int64_t)G << D; ws->lo = lo; ws->h = h;
     ws->L = (int)pl.n - 1;
     ws->E = (int)pl.e;
     ws->start = pl.start; ws->off = pl.off; ws->idx = pl.idx; ws->occ = occ;
-    if (fill_leaves(ws)) return -1;
-    return alloc_threads(ws);
+    if (fill_leaves(ws) || alloc_threads(ws)) { free(old); return -1; }
+    for (int q = 0; q < n_old; q++) {
+        double u = (old[2 * q] - ws->flo) * ws->inv_hf;
+        if (u >= 1.0 && u < (double)(ws->F + 1)) ws->cnt[ws->map[(int64_t)u]] += old[2 * q + 1];
+    }
+    free(old);
+    choose_hot(ws);
+    return 0;
+}
+
+/* Whether the last call took the hot path (for the tests). */
+int sws_hot(void *p)
+{
+    return ((ws_t *)p)->hot_on;
 }
 
 /* The geometry's sizes and placement (for saving it). */
@@ -573,14 +619,14 @@ static double exact_one(const ws_t *ws, double x, const int32_t *idx, int k, dou
  * NaN: off the grid, in a leaf not built yet this call (or being built by the other thread),
  * or in an EXACT leaf.  The pass has added its moments already (to the off-grid dummy's
  * when off the grid; only their count is read for an EXACT leaf).  Widens the thread's
- * range to x (finish widens it to the leaves that held weights). */
+ * range to x off the grid (finish widens it to the leaves that held weights). */
 static __attribute__((noinline)) double fix_one(const ws_t *ws, thr_t *th, double x, int32_t f)
 {
-    if (x - x == 0.0) {         /* finite */
-        th->lo = x < th->lo ? x : th->lo;
-        th->hi = x > th->hi ? x : th->hi;
-    }
     if ((uint32_t)f - 1u >= (uint32_t)ws->F) {
+        if (x - x == 0.0) {     /* finite */
+            th->lo = x < th->lo ? x : th->lo;
+            th->hi = x > th->hi ? x : th->hi;
+        }
         th->n_exact++;
         return exact_one(ws, x, ALL, ws->J, th->acc);
     }
@@ -847,6 +893,119 @@ pass_modes_avx512(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_
     else if (mode == SET_GRAD) pass_avx512(ws, th, w, grad, n, i0, SET_GRAD, scale);
     else pass_avx512(ws, th, w, grad, n, i0, NO_GRAD, scale);
 }
+
+/* The hot path (AVX-512): where one window of HOT consecutive leaves held most of the
+ * weights at the last call (ws->hot0; at the end of retraining, the leaves around zero),
+ * those leaves are built before the pass and step B takes eight weights at a time: a
+ * weight's leaf within the window from four compares of its fine position, the leaf's
+ * coefficients by a permute, its gradient, and its moments added to lane (j mod 8) of the
+ * window's accumulators, which live in registers for the pass (from and back to copy
+ * j mod 8 of the leaf's moments).  The other weights take the scalar step B, in order.
+ * Every sum gets the same terms in the same order as in the scalar pass (copy j mod K of a
+ * leaf's moments, K = 8), the gradients the same operations: the same bits. */
+static int have_hot(void)
+{
+    static int known = -1;
+    if (known < 0) known = K == 8 && have_avx512() && getenv("SWS_KERNEL_NO_HOT") == NULL;
+    return known;
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) static inline __attribute__((always_inline)) void
+pass_hot(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, const int mode,
+         float scale)
+{
+    const uint16_t *map = ws->map;
+    const rec_t *rec = ws->rec;
+    const double flo = ws->flo, inv_hf = ws->inv_hf, Fmax = (double)(ws->F + 1);
+    const __m256d ones_ = _mm256_set1_pd(1.0);
+    const __m512d vflo = _mm512_set1_pd(flo), vinv = _mm512_set1_pd(inv_hf);
+    const __m512d vzero = _mm512_setzero_pd(), vmax = _mm512_set1_pd(Fmax);
+    const int h0 = ws->hot0;
+    const rec_t *r0 = rec + h0, *r1 = rec + h0 + 1;
+    const __m512d A0 = _mm512_set1_pd(r0->A), B0 = _mm512_set1_pd(r0->B), C0 = _mm512_set1_pd(r0->C);
+    const __m512d c0 = _mm512_set1_pd(r0->c), A1 = _mm512_set1_pd(r1->A), B1 = _mm512_set1_pd(r1->B);
+    const __m512d C1 = _mm512_set1_pd(r1->C), c1 = _mm512_set1_pd(r1->c);
+    const __m512d E0 = _mm512_set1_pd((double)ws->start[h0]), E1 = _mm512_set1_pd((double)ws->start[h0 + 1]);
+    const __m512d E2 = _mm512_set1_pd((double)ws->start[h0 + 2]);
+    const __m512i one64 = _mm512_set1_epi64(1), lanes = _mm512_setr_epi64(0, 4, 8, 12, 16, 20, 24, 28);
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    double *const mom = th->mom;
+    double *const m0p = mom + (int64_t)h0 * K * 4, *const m1p = m0p + K * 4;
+    /* accumulators, lane q: copy q of the leaf's moments; the counts (sums of 1.0, exact
+     * integers in either form) as integers */
+    __m512i n0 = _mm512_setzero_si512(), n1 = _mm512_setzero_si512();
+    __m512d a01 = _mm512_i64gather_pd(lanes, m0p + 1, 8), a02 = _mm512_i64gather_pd(lanes, m0p + 2, 8);
+    __m512d a03 = _mm512_i64gather_pd(lanes, m0p + 3, 8), a11 = _mm512_i64gather_pd(lanes, m1p + 1, 8);
+    __m512d a12 = _mm512_i64gather_pd(lanes, m1p + 2, 8), a13 = _mm512_i64gather_pd(lanes, m1p + 3, 8);
+    int32_t fb[BLOCK], list[BLOCK + 8];
+    double xb[BLOCK], gb[BLOCK];
+    for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
+        const float *w = w_ + b0;
+        float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;
+        int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
+        int nl = 0;
+        for (int64_t j = 0; j < nb; j += 8) {
+            __mmask8 valid = nb - j >= 8 ? 0xFF : (__mmask8)((1u << (nb - j)) - 1u);
+            __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(valid, w + j));
+            _mm512_storeu_pd(xb + j, x);
+            __m512d u = _mm512_mul_pd(_mm512_sub_pd(x, vflo), vinv);
+            u = _mm512_min_pd(_mm512_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */
+            _mm256_storeu_si256((__m256i *)(fb + j), _mm512_cvttpd_epi32(u));
+            /* f >= s for an integer s exactly where u >= s */
+            __mmask8 g0 = _mm512_mask_cmp_pd_mask(valid, u, E0, _CMP_GE_OQ);
+            __mmask8 g1 = _mm512_mask_cmp_pd_mask(g0, u, E1, _CMP_GE_OQ);
+            __mmask8 g2 = _mm512_mask_cmp_pd_mask(g1, u, E2, _CMP_GE_OQ);
+            __mmask8 k0 = g0 & ~g1, k1 = g1 & ~g2, cold = valid & ~(k0 | k1);
+            __m512d d = _mm512_sub_pd(x, _mm512_mask_blend_pd(g1, c0, c1));
+            __m512d t = _mm512_mul_pd(_mm512_mask_blend_pd(g1, C0, C1), d);
+            t = _mm512_mul_pd(d, _mm512_add_pd(_mm512_mask_blend_pd(g1, B0, B1), t));
+            _mm512_storeu_pd(gb + j, _mm512_add_pd(_mm512_mask_blend_pd(g1, A0, A1), t));
+            __m512d d2 = _mm512_mul_pd(d, d), d3 = _mm512_mul_pd(d2, d);
+            n0 = _mm512_mask_add_epi64(n0, k0, n0, one64);
+            a01 = _mm512_mask_add_pd(a01, k0, a01, d);
+            a02 = _mm512_mask_add_pd(a02, k0, a02, d2);
+            a03 = _mm512_mask_add_pd(a03, k0, a03, d3);
+            n1 = _mm512_mask_add_epi64(n1, k1, n1, one64);
+            a11 = _mm512_mask_add_pd(a11, k1, a11, d);
+            a12 = _mm512_mask_add_pd(a12, k1, a12, d2);
+            a13 = _mm512_mask_add_pd(a13, k1, a13, d3);
+            _mm256_storeu_si256((__m256i *)(list + nl),
+                                _mm256_maskz_compress_epi32(cold, _mm256_add_epi32(iota, _mm256_set1_epi32((int)j))));
+            nl += __builtin_popcount((unsigned)cold);
+        }
+        for (int e = 0; e < nl; e++) {          /* the other weights: step B of the scalar pass */
+            int s_ = list[e];
+            size_t o_ = (size_t)map[fb[s_]] << 5;
+            const double *r_ = (const double *)((const char *)rec + o_);
+            double d = xb[s_] - r_[3];
+            gb[s_] = r_[0] + d * (r_[1] + r_[2] * d);
+            MOMENTS_AVX512((double *)((char *)mom + o_ * K) + 4 * (s_ & 7), d);
+        }
+        FIX_AVX512(0, nb);
+        if (mode != NO_GRAD) GRADS_AVX512(0, nb);
+    }
+    int64_t cnt0[8], cnt1[8];
+    _mm512_storeu_si512(cnt0, n0);
+    _mm512_storeu_si512(cnt1, n1);
+    for (int q = 0; q < 8; q++) {
+        m0p[4 * q] += (double)cnt0[q];
+        m1p[4 * q] += (double)cnt1[q];
+    }
+    _mm512_i64scatter_pd(m0p + 1, lanes, a01, 8);
+    _mm512_i64scatter_pd(m0p + 2, lanes, a02, 8);
+    _mm512_i64scatter_pd(m0p + 3, lanes, a03, 8);
+    _mm512_i64scatter_pd(m1p + 1, lanes, a11, 8);
+    _mm512_i64scatter_pd(m1p + 2, lanes, a12, 8);
+    _mm512_i64scatter_pd(m1p + 3, lanes, a13, 8);
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+pass_modes_hot(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_t n, int mode, float scale)
+{
+    if (mode == ADD_GRAD) pass_hot(ws, th, w, grad, n, ADD_GRAD, scale);
+    else if (mode == SET_GRAD) pass_hot(ws, th, w, grad, n, SET_GRAD, scale);
+    else pass_hot(ws, th, w, grad, n, NO_GRAD, scale);
+}
 #endif
 
 typedef struct {
@@ -905,7 +1064,8 @@ static void run_job(job_t *j)
             const float *w = j->w[q] + a;
             int64_t i0 = base + a - j->start;
 #ifdef SWS_X86
-            if (have_avx512()) pass_modes_avx512(ws, th, w, g, b - a, i0, j->mode, j->scale);
+            if (ws->hot_on) pass_modes_hot(ws, th, w, g, b - a, j->mode, j->scale);
+            else if (have_avx512()) pass_modes_avx512(ws, th, w, g, b - a, i0, j->mode, j->scale);
             else if (have_avx2()) pass_modes_avx2(ws, th, w, g, b - a, i0, j->mode, j->scale);
             else
 #endif
@@ -1082,6 +1242,7 @@ static void finish(ws_t *ws, int nthreads, double *out, double *range)
     double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J;
     memset(out, 0, sizeof(double) * (1 + 3 * J));
     memset(ws->occ, 0, sizeof(int32_t) * ws->G);
+    memset(ws->cnt, 0, sizeof(double) * ws->L);
     for (int t = 0; t < nthreads; t++)
         for (int q = 0; q < 1 + 3 * J; q++) out[q] += ws->th[t].acc[q];
     for (int q = 0; q < words; q++) {
@@ -1091,17 +1252,19 @@ static void finish(ws_t *ws, int nthreads, double *out, double *range)
             int l = q * 64 + __builtin_ctzll(b);
             b &= b - 1;
             const coef_t *cf = ws->coef + l;
-            range[0] = fmin(range[0], ws->centre[l] - ws->half[l]);
-            range[1] = fmax(range[1], ws->centre[l] + ws->half[l]);
             double m[4] = {0.0, 0.0, 0.0, 0.0};
             for (int t = 0; t < nthreads; t++) {   /* zero where thread t held none */
                 const double *mt = ws->th[t].mom + (int64_t)l * K * 4;
                 for (int k = 0; k < K; k++)
                     for (int p = 0; p < 4; p++) m[p] += mt[4 * k + p];
             }
+            if (m[0] == 0.0) continue;             /* built for the hot window, no weights */
+            ws->cnt[l] = m[0];
+            range[0] = fmin(range[0], ws->centre[l] - ws->half[l]);
+            range[1] = fmax(range[1], ws->centre[l] + ws->half[l]);
             int32_t *oc = ws->occ + ((ws->start[l] - 1) >> ws->D);
             *oc = (double)*oc + m[0] >= (double)INT32_MAX ? INT32_MAX : *oc + (int32_t)m[0];
-            if (cf->state != EXPAND || m[0] == 0.0) continue;
+            if (cf->state != EXPAND) continue;
             /* sum over the leaf's weights of the Taylor series in d, truncated after d^3:
              *   log p:  F + F' d + F'' d^2 / 2 + F''' d^3 / 6
              *   S0_j:   r + r' d + r'' d^2 / 2 + r''' d^3 / 6                      (= R(d))
@@ -1121,6 +1284,7 @@ static void finish(ws_t *ws, int nthreads, double *out, double *range)
             }
         }
     }
+    choose_hot(ws);
 }
 
 /* Evaluate nt float32 tensors w[q] of n[q] weights (one logical sequence) for the
@@ -1138,6 +1302,14 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
     if (ws->J != J || ws->L == 0) return -1;
     ws->mu = mu; ws->lam = lam; ws->logc = logc;
     reset(ws);
+    ws->hot_on = 0;
+#ifdef SWS_X86
+    if (ws->hot0 >= 0 && have_hot()) {     /* the hot window's leaves built first */
+        int ok = 1;
+        for (int i = 0; i < HOT; i++) ok &= build_leaf(ws, ws->th, ws->hot0 + i) == EXPAND;
+        ws->hot_on = ok;
+    }
+#endif
     int64_t total = 0;
     for (int q = 0; q < nt; q++) total += n[q];
     job_t a = {ws, 0, nt, mode, w, mode == NO_GRAD ? NULL : grad, n, 0, total, scale};

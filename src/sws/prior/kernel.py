@@ -88,6 +88,8 @@ def _load():
     if hasattr(lib, "sws_snap"):   # an older build lacks only the snap: the prior still runs in C
         lib.sws_snap.restype = None
         lib.sws_snap.argtypes = [_vp, _vp, ctypes.c_int64, _vp, ctypes.c_int, _vp]
+    if hasattr(lib, "sws_hot"):    # whether the last call took the hot path (tests)
+        lib.sws_hot.restype, lib.sws_hot.argtypes = ctypes.c_int, [_vp]
     return lib
 
 
