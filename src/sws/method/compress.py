@@ -97,7 +97,9 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     network's validation error, ``patience``; needs ``val``): every epoch the post-processed
     network is evaluated on ``val`` and the state kept is the one with the highest compression
     rate within budget; when none is, the lowest-error state is kept, ``report.budget["status"]``
-    is "over" and a ``BudgetWarning`` says so.
+    is "over" and a ``BudgetWarning`` says so.  Then (``snap_epochs``, 5; with the budget on) the
+    kept state trains through the snap (``sws.method.snap``); without ``val`` the phase runs from
+    the last state and its last state is kept.
     Returns:
       (the post-processed model, a ``CompressionReport``).
     """
