@@ -1,0 +1,68 @@
+"""Where the prior's cost in a retraining step goes, in one process, on a finished run's kept state.
+
+Four kinds of step (batch 256, random MNIST-shaped data), alternated in blocks: a plain step; the
+plain step plus the prior's gradient (plain one-group Adam); the four-group Adam of retraining
+without the prior; the full retraining step.  Prints the median time of each and its ratio to the
+plain step.
+
+Usage: python benchmarks/prior_parts.py RUN_DIR [--threads N] [--blocks 8] [--steps 40]
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from sws.config import retrain_config
+from sws.method.loop import retrain_optimizer
+from sws.runs.inputs import covered_of, model_from_checkpoint, prior_from_checkpoint
+from sws.runs.rundir import RunDir
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tensors, meta = RunDir.open(args.run_dir).load("retrained")
+    model, prior = model_from_checkpoint(tensors, meta), prior_from_checkpoint(tensors, meta)
+    covered = list(covered_of(model, meta["retrain"]["prior"]).values())
+    plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    prior_opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+
+    def step(opt, with_prior):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if with_prior:
+            prior.backward_complexity(covered, 1e-7)
+        opt.step()
+
+    kinds = {"plain step": (plain_opt, False), "plain + prior's gradient": (plain_opt, True),
+             "four-group Adam, no prior": (prior_opt, False), "retraining step": (prior_opt, True)}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pstate = {k: v.clone() for k, v in prior.state_dict().items()}
+    times = {k: [] for k in kinds}
+    for _ in range(args.blocks):
+        for name, (opt, with_prior) in kinds.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step(opt, with_prior)
+            times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+            model.load_state_dict(state)
+            prior.load_state_dict(pstate)
+    base = statistics.median(times["plain step"])
+    print(f"model {meta['model']}, torch threads {torch.get_num_threads()}")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.3f} ms | {statistics.median(t) / base:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
