@@ -32,6 +32,7 @@ median retraining epoch against the median pretraining epoch of that run.
 """
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -107,29 +108,24 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
         loss.backward()
         plain_opt.step()
 
-    def with_prior():
-        loss = F.cross_entropy(model(x), y)
-        prior_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        prior.backward_complexity(covered, scale)
-        prior_opt.step()
-
-    def with_prior_before():
-        loss = F.cross_entropy(model(x), y)
-        prior_b_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        prior_b.backward_complexity(covered, scale)
-        prior_b_opt.step()
-
     snapper = Snap(prior, covered, 1e-2)
 
-    def with_prior_snapped():  # a step of the snap phase: forward and backward through the snap
-        with snapper.applied():
+    def prior_step(prior, opt, snapped=False):  # snapped: a step of the snap phase
+        with snapper.applied() if snapped else contextlib.nullcontext():
             loss = F.cross_entropy(model(x), y)
-            prior_opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
         prior.backward_complexity(covered, scale)
-        prior_opt.step()
+        opt.step()
+
+    def with_prior():
+        prior_step(prior, prior_opt)
+
+    def with_prior_before():
+        prior_step(prior_b, prior_b_opt)
+
+    def with_prior_snapped():
+        prior_step(prior, prior_opt, snapped=True)
 
     def autograd_prior():  # the straightforward prior: every weight against every component
         loss = F.cross_entropy(model(x), y)

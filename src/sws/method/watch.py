@@ -139,11 +139,14 @@ class Budget:
     def begin_snap(self) -> None:
         """The snap phase begins: the kept state (or, over budget, the lowest-error one) goes back
         into the model and prior, and patience counts again from here."""
-        chosen = self.best if self.best is not None else self.lowest
+        self._restore(self.best if self.best is not None else self.lowest)
+        self.since, self.snapping = 0, True
+
+    def _restore(self, chosen: dict | None) -> None:
+        """Load a kept entry's state (if it holds one) into the model and prior."""
         if chosen is not None and chosen.get("state") is not None:
             self.model.load_state_dict(chosen["state"]["model"])
             self.prior.load_state_dict(chosen["state"]["prior"])
-        self.since, self.snapping = 0, True
 
     def _keep(self, rec: dict) -> bool:
         """Keep the state if it is the best within budget so far (or the lowest error); True: stop."""
@@ -186,9 +189,7 @@ class Budget:
         chosen = self.best if self.best is not None else self.lowest
         if chosen is None:
             return {**base, "status": "off"}
-        if chosen.get("state") is not None:
-            self.model.load_state_dict(chosen["state"]["model"])
-            self.prior.load_state_dict(chosen["state"]["prior"])
+        self._restore(chosen)
         status = "within" if self.best is not None else "over"
         out = {**base, "status": status, **{k: v for k, v in chosen.items() if k != "state"}}
         if status == "over":
