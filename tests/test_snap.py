@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import sws
+from sws.config import lr_factor
 from sws.method.postprocess import quantize_weights
 from sws.method.snap import Snap
 from sws.prior import GaussianMixturePrior
@@ -99,6 +100,22 @@ def test_no_snap_phase_with_snap_epochs_0_or_without_the_budget():
 def test_snap_epochs_must_be_a_count():
     with pytest.raises(sws.ConfigError, match="snap_epochs"):
         sws.retrain_config("tutorial", snap_epochs=-1)
+    with pytest.raises(sws.ConfigError, match="snap_lr_schedule must be one of constant, cosine"):
+        sws.retrain_config("tutorial", snap_lr_schedule="linear")
+
+
+@pytest.mark.parametrize("retrain, snap, decays", [
+    ("constant", "", False), ("constant", "cosine", True), ("cosine", "", True), ("cosine", "constant", False)])
+def test_the_snap_phase_restarts_the_rates_on_its_own_schedule(retrain, snap, decays):
+    _, report = sws.compress(pretrained(), toy(), toy(seed=1), snap_epochs=3, lr_schedule=retrain,
+                             snap_lr_schedule=snap, **SETTINGS)
+    rows = report.history
+    assert [bool(r.get("snap")) for r in rows] == [False] * 4 + [True] * 3
+    # lr_scale is the factor at each epoch's last step; 8 steps an epoch, 24 in the phase
+    want = [lr_factor(snap or retrain, 8 * k + 7, 24) for k in range(3)]
+    assert [r["lr_scale"] for r in rows[4:]] == pytest.approx(want)
+    assert (want[-1] < 0.01) if decays else want == [1.0] * 3
+    assert rows[3]["lr_scale"] == pytest.approx(lr_factor(retrain, 31, 32))
 
 
 def test_the_surface_snaps_for_a_loop_of_ones_own():

@@ -113,6 +113,7 @@ class RetrainConfig:
     tau_control: float = 1.5         # the budget's tau controller: x or / per epoch (1: off; issue 13)
     watch_every: int = 0             # with the budget: also watch every N steps within an epoch (0: epoch ends)
     snap_epochs: int = 5             # with the budget: then train the kept state through the snap (sws.method.snap)
+    snap_lr_schedule: str = ""       # the rates over the snap phase, restarted: "" as lr_schedule
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -140,6 +141,9 @@ class RetrainConfig:
             raise ConfigError(f"watch_every must be a number of steps >= 0, got {self.watch_every!r}")
         if not (isinstance(self.snap_epochs, int) and self.snap_epochs >= 0):
             raise ConfigError(f"snap_epochs must be a number of epochs >= 0, got {self.snap_epochs!r}")
+        if self.snap_lr_schedule not in ("",) + LR_SCHEDULES:
+            raise ConfigError(f"snap_lr_schedule must be one of {', '.join(LR_SCHEDULES)} (or empty: as "
+                              f"lr_schedule), got {self.snap_lr_schedule!r}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):

@@ -167,6 +167,8 @@ retrain_options = _options(
     click.option("--snap-epochs", type=int, default=None, metavar="N",
                  help="With the budget: after retraining, train the kept state N more epochs through the "
                       "snap (each weight at its component's value in the forward pass; beyond the paper) [5]."),
+    click.option("--snap-lr-schedule", type=click.Choice(LR_SCHEDULES), default=None,
+                 help="The learning rates over the snap phase, restarted at the base rates [as --lr-schedule]."),
 )
 
 merge_option = _options(

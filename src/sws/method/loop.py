@@ -116,9 +116,9 @@ class _Loop:
         raise TrainingInterrupted(f"{self.stage} stopped by {name} at epoch {self.pos.epoch}, "
                                   f"step {step}; its state is saved", signals.signum)
 
-    def schedule_lr(self, done: int, total: int) -> float:
-        """Set the optimiser's rates for this step per ``cfg.lr_schedule``; the factor."""
-        factor = lr_factor(self.cfg.lr_schedule, done, total)
+    def schedule_lr(self, done: int, total: int, schedule: str) -> float:
+        """Set the optimiser's rates for this step per ``schedule``; the factor."""
+        factor = lr_factor(schedule, done, total)
         for group, base in zip(self.opt.param_groups, self.base_lrs):
             group["lr"] = base * factor
         return factor
@@ -214,6 +214,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             snapping = begun is not None and epoch > begun
             done0, total = ((epoch - 1 - begun) * steps, snap_epochs * steps) if snapping else \
                 ((epoch - 1) * steps, cfg.epochs * steps)
+            schedule = (getattr(cfg, "snap_lr_schedule", "") or cfg.lr_schedule) if snapping else cfg.lr_schedule
             net.train()
             skip, sums = loop.pos.step, dict(loop.pos.sums)
             loss_sum = torch.tensor(sums.get("loss", 0.0), dtype=torch.float64, device=device)
@@ -244,7 +245,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                             loop.diverged(f"the prior's complexity term is {float(complexity)}", epoch,
                                           step + 1, _hint(cfg, prior))
                         cx_sum += complexity * len(y)
-                    loop.schedule_lr(done0 + step, total)
+                    loop.schedule_lr(done0 + step, total, schedule)
                     optimizer.step()
                     loss_sum += loss.detach().double() * len(y)
                     seen += len(y)
@@ -261,7 +262,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             if guard and not math.isfinite(loss_total + cx_total):
                 loop.diverged("the loss is not finite", epoch, steps, _hint(cfg, prior))
             rec = {"stage": stage, "epoch": epoch, "seconds": seconds,
-                   "lr_scale": lr_factor(cfg.lr_schedule, done0 + steps - 1, total),
+                   "lr_scale": lr_factor(schedule, done0 + steps - 1, total),
                    "train_loss": loss_total / max(seen_total, 1)}
             if prior is not None:
                 if guard:
