@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sws.config import retrain_config
-from sws.method.loop import retrain_optimizer
+from sws.method.loop import adam, retrain_optimizer
 from sws.method.surface import select_parameters
 from sws.prior import GaussianMixturePrior
 from sws.prior.kernel import mixture_nll_reference
@@ -79,7 +79,7 @@ def measure(name, device, steps, blocks, width):
     model, prior, cfg, covered, x, y = setup(name, device, width)
     n_params = sum(p.numel() for p in model.parameters())
     scale = cfg.tau / 50000
-    plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    plain_opt = adam(model.parameters(), 1e-4)  # the engine's Adam, as the prior step's
     prior_opt = retrain_optimizer(model, prior, cfg)
     values = []
 

@@ -49,7 +49,7 @@ from sws.method.surface import select_parameters
 from sws.runs.stages import model_from_checkpoint, prior_from_checkpoint
 from sws.prior import GaussianMixturePrior
 from sws.runs.rundir import RunDir
-from sws.method.loop import retrain_optimizer
+from sws.method.loop import adam, retrain_optimizer
 from sws.method.snap import Snap
 
 
@@ -93,7 +93,7 @@ class with_kernel:
 def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None, snap=False):
     cfg = retrain_config("tutorial")
     covered = list(select_parameters(model, cover=cover).values())
-    plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    plain_opt = adam(model.parameters(), 1e-4)  # the engine's Adam, as the prior step's
     prior_opt = retrain_optimizer(model, prior, cfg)
     if before_lib is not None:  # the same prior on the other kernel, its own workspace and optimiser
         prior_b = copy.deepcopy(prior)

@@ -1,6 +1,7 @@
 """Where the prior's cost in a retraining step goes, in one process, on a finished run's kept state.
 
-Four kinds of step (batch 256, random MNIST-shaped data), alternated in blocks: a plain step; the
+Five kinds of step (batch 256, random MNIST-shaped data), alternated in blocks: a plain step with
+torch's default Adam; a plain step with the engine's Adam (``sws.method.loop.adam``, fused); the
 plain step plus the prior's gradient (plain one-group Adam); the four-group Adam of retraining
 without the prior; the full retraining step.  Prints the median time of each and its ratio to the
 plain step.
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sws.config import retrain_config
-from sws.method.loop import retrain_optimizer
+from sws.method.loop import adam, retrain_optimizer
 from sws.runs.inputs import covered_of, model_from_checkpoint, prior_from_checkpoint
 from sws.runs.rundir import RunDir
 
@@ -33,7 +34,8 @@ def main():
     tensors, meta = RunDir.open(args.run_dir).load("retrained")
     model, prior = model_from_checkpoint(tensors, meta), prior_from_checkpoint(tensors, meta)
     covered = list(covered_of(model, meta["retrain"]["prior"]).values())
-    plain_opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    plain_opt = adam(model.parameters(), 1e-4)  # the engine's Adam, as the prior step's
+    default_opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # torch's default (for-loop) Adam
     prior_opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
 
@@ -45,7 +47,8 @@ def main():
             prior.backward_complexity(covered, 1e-7)
         opt.step()
 
-    kinds = {"plain step": (plain_opt, False), "plain + prior's gradient": (plain_opt, True),
+    kinds = {"plain step, torch's default Adam": (default_opt, False),
+             "plain step": (plain_opt, False), "plain + prior's gradient": (plain_opt, True),
              "four-group Adam, no prior": (prior_opt, False), "retraining step": (prior_opt, True)}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     pstate = {k: v.clone() for k, v in prior.state_dict().items()}

@@ -307,10 +307,22 @@ def _hint(cfg, prior) -> str:
             f"(now {cfg.lr_log_precisions:g}) or --tau (now {cfg.tau:g})")
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """The Adam of every training stage: torch's fused implementation (one pass over each
+    tensor's weight, gradient and moments) where the parameters' device and dtype allow it,
+    the default one elsewhere.  The same update; on LeNet-300-100's 266,610 weights on the
+    CPU the fused step is about 10x faster (benchmarks/RESULTS.md, issue 15)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:                 # a device or dtype without the fused kernel
+        return torch.optim.Adam(params, lr=lr)
+
+
 def pretrain(model: torch.nn.Module, train, cfg: PretrainConfig, val=None, test=None, quiet: bool = False,
              on_epoch: Callable[[dict], object] | None = None, **kw) -> list[dict]:
     """Train with Adam (``cfg.lr``) and the data term only; keywords as ``fit``'s."""
-    return fit(model, train, cfg, torch.optim.Adam(model.parameters(), lr=cfg.lr), val=val, test=test,
+    return fit(model, train, cfg, adam(model.parameters(), cfg.lr), val=val, test=test,
                quiet=quiet, on_epoch=on_epoch, **kw)
 
 
@@ -320,12 +332,12 @@ def retrain_optimizer(model, prior: GaussianMixturePrior, cfg: RetrainConfig) ->
     mixing = [prior.mixing_logits]
     if isinstance(prior.pi0_logit, torch.nn.Parameter):  # learned pi0 (Beta prior)
         mixing.append(prior.pi0_logit)
-    return torch.optim.Adam([
+    return adam([
         {"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr_weights},
         {"params": [prior.means], "lr": cfg.lr_means},
         {"params": [prior.log_precisions], "lr": cfg.lr_log_precisions},
         {"params": mixing, "lr": cfg.lr_mixing},
-    ])
+    ], cfg.lr_weights)
 
 
 def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train, cfg: RetrainConfig, val=None,

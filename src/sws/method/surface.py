@@ -144,7 +144,8 @@ class SoftWeightSharing:
     def param_groups(self) -> list[dict]:
         """The mixture's three parameter groups with their rates, to add to an optimiser of
         your own (``opt.add_param_group(g)`` for each)."""
-        return retrain_optimizer(self.model, self.prior, self.config).param_groups[1:]
+        return [{"params": g["params"], "lr": g["lr"]}       # the rest from the optimiser's defaults
+                for g in retrain_optimizer(self.model, self.prior, self.config).param_groups[1:]]
 
     def tau(self, epoch: float | None = None) -> float:
         """tau at ``epoch`` (fractional) per the config's schedule; the final tau when None."""
