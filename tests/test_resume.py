@@ -263,3 +263,22 @@ def test_retrain_crash_in_the_snap_phase_resumes_bit_identical(tmp_path, mnist_d
     assert meta["epoch"] == 2 and meta["history"][-1]["snap_begins"]
     run_retrain(run, None, mnist_dir, quiet=True, resume=True)
     _same(ref.path, run.path, "retrained")
+
+
+def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
+    """The teacher is the pretrained checkpoint, rebuilt on resuming, not the resumed network."""
+    cfg = retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5, distill=0.5)
+    ref = _copy_run(pretrained, tmp_path / "ref")
+    run_retrain(ref, cfg, mnist_dir, quiet=True)
+    run = _copy_run(pretrained, tmp_path / "crash")
+    _crash_after(monkeypatch, 11, _raise)
+    with pytest.raises(Crash):
+        run_retrain(run, cfg, mnist_dir, quiet=True)
+    monkeypatch.undo()
+    run_retrain(run, None, mnist_dir, quiet=True, resume=True)
+    _same(ref.path, run.path, "retrained")
+    plain = _copy_run(pretrained, tmp_path / "plain")
+    run_retrain(plain, retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5), mnist_dir, quiet=True)
+    a = [r["train_loss"] for r in ref.read_json("history.json", []) if r["stage"] == "retrain"]
+    b = [r["train_loss"] for r in plain.read_json("history.json", []) if r["stage"] == "retrain"]
+    assert a != b

@@ -114,6 +114,8 @@ class RetrainConfig:
     watch_every: int = 0             # with the budget: also watch every N steps within an epoch (0: epoch ends)
     snap_epochs: int = 5             # with the budget: then train the kept state through the snap (sws.method.snap)
     snap_lr_schedule: str = ""       # the rates over the snap phase, restarted: "" as lr_schedule
+    distill: float = 0.0             # weight of the pretrained net's soft targets in the data term (0: off)
+    distill_temperature: float = 4.0  # their softmax temperature
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -144,6 +146,10 @@ class RetrainConfig:
         if self.snap_lr_schedule not in ("",) + LR_SCHEDULES:
             raise ConfigError(f"snap_lr_schedule must be one of {', '.join(LR_SCHEDULES)} (or empty: as "
                               f"lr_schedule), got {self.snap_lr_schedule!r}")
+        if not (0 <= self.distill <= 1):
+            raise ConfigError(f"distill must be a weight from 0 to 1, got {self.distill}")
+        if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
+            raise ConfigError(f"distill_temperature must be a finite number > 0, got {self.distill_temperature}")
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):

@@ -167,6 +167,11 @@ retrain_options = _options(
     click.option("--snap-epochs", type=int, default=None, metavar="N",
                  help="With the budget: after retraining, train the kept state N more epochs through the "
                       "snap (each weight at its component's value in the forward pass; beyond the paper) [5]."),
+    click.option("--distill", type=float, default=None, metavar="WEIGHT",
+                 help="Retrain on (1 - WEIGHT) x the loss + WEIGHT x the pretrained network's soft targets "
+                      "(distillation; classifiers; beyond the paper) [0: off]."),
+    click.option("--distill-temperature", type=float, default=None, metavar="T",
+                 help="The softmax temperature of those soft targets [4]."),
     click.option("--snap-lr-schedule", type=click.Choice(LR_SCHEDULES), default=None,
                  help="The learning rates over the snap phase, restarted at the base rates [as --lr-schedule]."),
 )

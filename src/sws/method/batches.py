@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 
 from sws.errors import ConfigError, DataError
 
-__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss"]
+__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss", "distillation_loss"]
 
 
 @dataclass
@@ -130,6 +130,15 @@ def logits_of(out):
         return out[0]
     raise ConfigError(f"cannot find the class scores in a model output of type {type(out).__name__}; "
                       "pass output=FUNCTION (output -> tensor) or loss_fn=FUNCTION")
+
+
+def distillation_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(scores / T)) over the last dimension, averaged over
+    every other position (Hinton et al. 2015): the teacher's soft targets."""
+    t = temperature
+    log_p = F.log_softmax(scores.reshape(-1, scores.shape[-1]).float() / t, dim=-1)
+    log_q = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]).float() / t, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * (t * t)
 
 
 def default_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

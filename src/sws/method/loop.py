@@ -20,6 +20,7 @@ step in progress (then raises ``TrainingInterrupted``); given that state as
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import signal
 import sys
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, lr_factor
 from sws.errors import ConfigError, DivergenceError, TrainingInterrupted
 from sws.method import distributed
-from sws.method.batches import as_source, call_model, default_loss, logits_of, to_device
+from sws.method.batches import as_source, call_model, default_loss, distillation_loss, logits_of, to_device
 from sws.method.evaluate import evaluate_splits
 from sws.method.snap import Snap
 from sws.method.state import Position, capture, environment, restore
@@ -164,7 +165,8 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
         n_train: int | None = None, loss_fn: Callable | None = None, output: Callable | None = None,
         val=None, test=None, device=None, guard: bool = True, quiet: bool = False,
         on_epoch: Callable[[dict], object] | None = None, resume: tuple[dict, dict] | None = None,
-        on_state: Callable[[dict, dict], None] | None = None, extra=None) -> list[dict]:
+        on_state: Callable[[dict, dict], None] | None = None, extra=None,
+        teacher: torch.nn.Module | None = None) -> list[dict]:
     """Train ``model`` for ``cfg.epochs`` epochs; with ``prior``, retrain with the mixture prior.
 
     Args:
@@ -181,6 +183,9 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
         after that epoch (early stopping).
       resume, on_state: see the module docstring.  ``extra``: an object with
         ``state_dict()`` / ``load_state_dict()`` saved and restored with the loop.
+      teacher: with ``cfg.distill`` > 0, a frozen network (the pretrained one) whose scores
+        on each batch are soft targets: the data term is ``(1 - distill) loss +
+        distill distillation_loss`` (``sws.method.batches``).
       guard: stop with ``DivergenceError`` on a non-finite loss (before it reaches the
         weights on the CPU; at the end of the epoch on other devices, where checking every
         step would synchronise) and, with a prior, on exploding precisions.
@@ -199,6 +204,9 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     net = distributed.wrap(model)
     prior_params = list(prior.parameters()) if prior is not None else []
     loop = _Loop(stage, cfg, model, optimizer, prior, resume, on_state, extra)
+    distill, temperature = getattr(cfg, "distill", 0.0), getattr(cfg, "distill_temperature", 1.0)
+    if distill and teacher is None:
+        raise ConfigError("distill > 0 needs the teacher network (teacher=)")
     steps = train.steps(cfg.batch_size, world)
     check_every_step = guard and device.type == "cpu"
     every = getattr(cfg, "watch_every", 0) if hasattr(extra, "midway") else 0   # watches within epochs
@@ -228,7 +236,12 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                 for step, (x, y) in train.epoch(cfg.batch_size, loop.gen, skip, rank, world):
                     x, y = to_device(x, device), to_device(y, device)
                     with snapper.applied() if snapping else contextlib.nullcontext():
-                        loss = loss_fn(output(call_model(net, x)), y)
+                        scores = output(call_model(net, x))
+                        loss = loss_fn(scores, y)
+                        if distill:
+                            with torch.no_grad():
+                                soft = output(call_model(teacher, x))
+                            loss = (1 - distill) * loss + distill * distillation_loss(scores, soft, temperature)
                         if check_every_step and not math.isfinite(loss.item()):
                             loop.diverged(f"the loss is {loss.item()}", epoch, step + 1, _hint(cfg, prior))
                         optimizer.zero_grad(set_to_none=True)
@@ -300,6 +313,13 @@ def _near_zero(prior, covered) -> float:
         return float(inside) / max(n, 1)
 
 
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
 def _hint(cfg, prior) -> str:
     if prior is None:
         return f"lower the learning rate (now {cfg.lr:g})"
@@ -352,6 +372,8 @@ def retrain(model: torch.nn.Module, prior: GaussianMixturePrior, train, cfg: Ret
     if covered is None:
         covered = [p for n, p in model.named_parameters()
                    if p.requires_grad and (cfg.prior.cover == "all" or not n.endswith("bias"))]
+    if cfg.distill and kw.get("teacher") is None:   # the network as handed in: the pretrained one
+        kw["teacher"] = _frozen_copy(model)
     hook = on_epoch
     if watch is not None:
         def hook(rec):
