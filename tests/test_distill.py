@@ -3,25 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import TensorDataset
 
 import sws
 from sws.method.batches import distillation_loss
 from sws.method.loop import retrain, retrain_optimizer
-
-
-def toy(n=512, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 10, generator=g)
-    return TensorDataset(x, (x[:, 0] + 0.5 * x[:, 1] > 0).long())
-
-
-def pretrained():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 2))
-    sws.pretrain(model, toy(), sws.PretrainConfig(epochs=5, batch_size=64), quiet=True)
-    return model
+from test_snap import pretrained, toy   # the same toy task and pretrained net
 
 
 SETTINGS = dict(epochs=3, batch_size=64, tau=0.05, lr_weights=2e-3, init_sigma=0.05, max_error_increase=5.0,

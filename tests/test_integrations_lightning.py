@@ -182,3 +182,9 @@ def test_lightning_checkpoint_carries_the_prior(tmp_path):
     t2.fit(Lit(bert()), train, ckpt_path=tmp_path / "a.ckpt")
     assert torch.equal(seen["means"], means)
     assert b.sws.steps_done == t2.global_step == 8
+
+
+def test_distill_is_refused_under_a_framework():
+    # the framework owns the loss: a distill weight would be silently ignored
+    with pytest.raises(sws.ConfigError, match="distill is for sws's own training loop"):
+        SoftWeightSharingCallback("tutorial", distill=0.5)

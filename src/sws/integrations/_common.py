@@ -98,6 +98,9 @@ class Driver:
         # fail early on a bad preset or override, not at the start of training
         from sws.method.surface import resolve_config
         self.config = resolve_config(config, dict(overrides))
+        if self.config.distill:
+            raise ConfigError("distill is for sws's own training loop (sws.compress, sws retrain); under a "
+                              "framework the loss is the framework's: distil in your loss, or leave distill at 0")
 
     # ---- set-up ------------------------------------------------------------------------------
     def attach(self, model: nn.Module, n_train: int | None):
