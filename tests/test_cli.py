@@ -35,6 +35,8 @@ def test_every_command_has_help(capsys, command):
     (["--components", "1"], "n_components must be at least 2"),
     (["--tau", "-1"], "tau must be a finite number >= 0"),
     (["--epochs", "0"], "epochs must be a positive number"),
+    (["--augment", "rotate:10"], "unknown transform 'rotate:10'"),
+    (["--pretrain-augment", "shift:0"], "'shift' needs a whole number of pixels >= 1"),
 ])
 def test_invalid_settings_exit_2_with_one_line(capsys, tmp_path, args, message):
     code, out, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(tmp_path / "r"), *args)

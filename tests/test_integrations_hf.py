@@ -113,6 +113,9 @@ def test_bert_trainer_callback_logs_quantizes_and_writes(tmp_path):
     assert not any("LayerNorm" in n for n in cb.sws.covered)
     check_quantized(cb, model)
     assert trainer.state.log_history[-1]["sws/path"] == str(out)
+    # the guard checked the file's network on the evaluation set against the trained one
+    assert cb.result["sws/status"] == "within"
+    assert cb.result["sws/val_error"] <= cb.result["sws/val_error_trained"] + 0.003
     # validation set: the Trainer evaluates the quantised network
     metrics = trainer.evaluate()
     assert math.isfinite(metrics["eval_loss"]) and 0.0 <= metrics["eval_accuracy"] <= 1.0
@@ -134,7 +137,10 @@ def test_resnet_trainer_subclass_recalibrates_batchnorm(tmp_path):
         def on_log(self, args, state, control, logs=None, **kwargs):
             seen.append(dict(logs))
 
-    cb = SoftWeightSharingCallback("tutorial", out=out, init="range", exclude=["classifier.*"])
+    # two epochs on 192 images leave the net near chance, so its error says nothing: the guard is
+    # tested on a trained net below
+    cb = SoftWeightSharingCallback("tutorial", out=out, init="range", exclude=["classifier.*"],
+                                   max_error_increase=100.0)
     trainer = SoftWeightSharingTrainer(model=model, args=args(tmp_path, 2), train_dataset=train,
                                        eval_dataset=val, compute_metrics=accuracy, callbacks=[Spy()], sws=cb)
     assert trainer.callback_handler.callbacks.index(cb) > 1
@@ -177,3 +183,55 @@ def test_trainer_checkpoint_keeps_the_prior(tmp_path):
     t2.train(resume_from_checkpoint=str(ckpt))
     assert torch.equal(seen["means"], saved["prior"]["means"])
     assert b.sws.steps_done == 6
+
+
+class Blobs(torch.utils.data.Dataset):
+    """Two Gaussian blobs in 8 dimensions: a small MLP separates them in a few steps."""
+
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(0, 2, (n,), generator=g)
+        self.x = torch.randn(n, 8, generator=g) + 1.5 * (2 * self.y[:, None].float() - 1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class Mlp(torch.nn.Module):
+    """A model as the Trainer takes one: keyword inputs, the loss and the logits out."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+    def forward(self, x, labels=None):
+        logits = self.net(x)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = torch.nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_a_file_that_post_processing_wrecked_is_not_written(tmp_path):
+    """Every component merged into the zero one: all weights 0. The Trainer subclass hands its
+    evaluation set to the guard even without evaluations during training."""
+    torch.manual_seed(0)
+    model = Mlp()
+    train, val = Blobs(256, 0), Blobs(128, 1)
+    out = tmp_path / "mlp.sws"
+    out.write_bytes(b"the user's earlier file")
+    cb = SoftWeightSharingCallback("tutorial", out=out, merge_threshold=1e9)
+    trainer = SoftWeightSharingTrainer(model=model, args=args(tmp_path, 4, eval_strategy="no"),
+                                       train_dataset=train, eval_dataset=val, compute_metrics=accuracy, sws=cb)
+    with pytest.warns(UserWarning, match="post-processing raised the validation error .* no file written"):
+        trainer.train()
+    assert cb.result["sws/status"] == "over" and "sws/path" not in cb.result
+    assert out.read_bytes() == b"the user's earlier file"
+    # the model keeps its trained weights: it scores what it scored before post-processing
+    assert cb.result["sws/val_error_trained"] < 0.1 and cb.result["sws/val_error"] > 0.3
+    acc = trainer.evaluate()["eval_accuracy"]
+    assert acc == pytest.approx(1 - cb.result["sws/val_error_trained"])
+    assert all(p.detach().abs().sum() > 0 for p in cb.sws.covered.values())

@@ -188,3 +188,61 @@ def test_distill_is_refused_under_a_framework():
     # the framework owns the loss: a distill weight would be silently ignored
     with pytest.raises(sws.ConfigError, match="distill is for sws's own training loop"):
         SoftWeightSharingCallback("tutorial", distill=0.5)
+    with pytest.raises(sws.ConfigError, match="augment is for sws's own training loop"):
+        SoftWeightSharingCallback("tutorial", augment="shift:2")
+
+
+class Blobs(L.LightningModule):
+    """A small MLP on two Gaussian blobs: trained to no validation error in a few epochs."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, i):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def blobs(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    return torch.utils.data.TensorDataset(torch.randn(n, 8, generator=g) + 1.5 * (2 * y[:, None].float() - 1), y)
+
+
+def test_the_guard_keeps_a_wrecked_network_out_of_the_file(tmp_path):
+    """All components merged into the zero one: every weight 0.  The guard's data given as
+    ``val=`` (no validation loop in the Trainer)."""
+    torch.manual_seed(0)
+    lit = Blobs()
+    out = tmp_path / "blobs.sws"
+    val = blobs(128, 1)
+    cb = SoftWeightSharingCallback("tutorial", out=out, merge_threshold=1e9, val=val)
+    t = trainer(tmp_path, cb, epochs=4)
+    with pytest.warns(UserWarning, match="no file written, the model keeps its trained weights"):
+        t.fit(lit, loader(blobs(256, 0), True))
+    assert cb.result["sws/status"] == "over" and not out.exists()
+    assert cb.result["sws/val_error_trained"] < 0.1 and cb.result["sws/val_error"] > 0.3
+    x, y = val.tensors
+    lit.eval()
+    with torch.no_grad():
+        assert (lit(x).argmax(-1) != y).float().mean().item() == pytest.approx(cb.result["sws/val_error_trained"])
+    # no validation data anywhere: the file is written, with a warning that it was not checked
+    torch.manual_seed(0)
+    unchecked = SoftWeightSharingCallback("tutorial", out=out, merge_threshold=1e9)
+    with pytest.warns(UserWarning, match="not validated"):
+        trainer(tmp_path, unchecked, epochs=1).fit(Blobs(), loader(blobs(256, 0), True))
+    assert unchecked.result["sws/status"] == "unchecked" and out.is_file()
+    # validation batches the model cannot take: named in the warning, the file still written
+    mappings = [{"features": x, "labels": y} for x, y in blobs(64, 1)]
+    odd = SoftWeightSharingCallback("tutorial", out=tmp_path / "odd.sws", val=mappings)
+    with pytest.warns(UserWarning, match=r"not validated \(the model cannot score the validation batches "
+                                         r"\(TypeError"):
+        trainer(tmp_path, odd, epochs=1).fit(Blobs(), loader(blobs(256, 0), True))
+    assert odd.result["sws/status"] == "unchecked" and (tmp_path / "odd.sws").is_file()

@@ -282,3 +282,32 @@ def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pr
     a = [r["train_loss"] for r in ref.read_json("history.json", []) if r["stage"] == "retrain"]
     b = [r["train_loss"] for r in plain.read_json("history.json", []) if r["stage"] == "retrain"]
     assert a != b
+
+
+def test_augmented_pretraining_and_retraining_resume_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
+    """Each batch's shifts are drawn from where the batch is, so a resume draws the same ones."""
+    cfg = PretrainConfig(**{**SMALL, "epochs": 2, "augment": "shift:2"})
+    ref = RunDir.create(tmp_path / "ref")
+    run_pretrain(ref, cfg, mnist_dir, quiet=True)
+    run = RunDir.create(tmp_path / "crash")
+    _crash_after(monkeypatch, 11, _raise)
+    with pytest.raises(Crash):
+        run_pretrain(run, cfg, mnist_dir, quiet=True)
+    monkeypatch.undo()
+    run_pretrain(run, None, mnist_dir, quiet=True, resume=True)
+    _same(ref.path, run.path, "pretrained")
+    plain = RunDir.create(tmp_path / "plain")
+    run_pretrain(plain, PretrainConfig(**{**SMALL, "epochs": 2}), mnist_dir, quiet=True)
+    a = [r["train_loss"] for r in ref.read_json("history.json", [])]
+    assert a != [r["train_loss"] for r in plain.read_json("history.json", [])]
+
+    rcfg = retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5, augment="shift:1+flip")
+    ref = _copy_run(pretrained, tmp_path / "rref")
+    run_retrain(ref, rcfg, mnist_dir, quiet=True)
+    run = _copy_run(pretrained, tmp_path / "rcrash")
+    _crash_after(monkeypatch, 11, _raise)
+    with pytest.raises(Crash):
+        run_retrain(run, rcfg, mnist_dir, quiet=True)
+    monkeypatch.undo()
+    run_retrain(run, None, mnist_dir, quiet=True, resume=True)
+    _same(ref.path, run.path, "retrained")

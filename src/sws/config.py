@@ -40,6 +40,7 @@ class PretrainConfig:
     weight_init: str = "torch"       # "keras": Glorot-uniform, zero biases, as the tutorial's Keras nets
     train_subset: int = 0            # 0: all training images
     val_size: int = 0                # held-out validation images (budget, tuning); 0: none; -1: a tenth, <= 5000
+    augment: str = ""                # training batches shifted / mirrored: "shift:2+flip" (sws.method.augment)
 
     def validate(self):
         from sws.zoo.refs import is_ref
@@ -58,6 +59,7 @@ class PretrainConfig:
             raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
         if self.train_subset < 0 or self.val_size < -1:
             raise ConfigError("train_subset must be >= 0 and val_size >= 0 (or -1: automatic)")
+        _check_augment(self.augment)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class RetrainConfig:
     snap_lr_schedule: str = ""       # the rates over the snap phase, restarted: "" as lr_schedule
     distill: float = 0.0             # weight of the pretrained net's soft targets in the data term (0: off)
     distill_temperature: float = 4.0  # their softmax temperature
+    augment: str = ""                # training batches shifted / mirrored, as PretrainConfig.augment
     prior: PriorConfig = field(default_factory=PriorConfig)
 
     def validate(self):
@@ -150,6 +153,7 @@ class RetrainConfig:
             raise ConfigError(f"distill must be a weight from 0 to 1, got {self.distill}")
         if not (self.distill_temperature > 0 and math.isfinite(self.distill_temperature)):
             raise ConfigError(f"distill_temperature must be a finite number > 0, got {self.distill_temperature}")
+        _check_augment(self.augment)
         if not (isinstance(self.patience, int) and self.patience >= 0):
             raise ConfigError(f"patience must be an integer >= 0, got {self.patience!r}")
         if self.tau_schedule == "exponential" and not (self.tau_start > 0 and self.tau > 0):
@@ -205,6 +209,11 @@ def _positive(cfg, *names):
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
             raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_augment(spec):
+    from sws.method.augment import parse
+    parse(spec)
 
 
 def from_dict(cls, data: dict):

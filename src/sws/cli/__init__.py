@@ -100,6 +100,9 @@ pretrain_options = _options(
     click.option("--weight-init", type=click.Choice(["torch", "keras"]), default="torch",
                  show_default=True, help="Initial weights: PyTorch's defaults, or Keras' "
                  "(Glorot-uniform, zero biases) as in the tutorial."),
+    click.option("--pretrain-augment", "pretrain_augment", default="", metavar="SPEC",
+                 help="Augment pretraining's batches of images: 'shift:K' (random shifts of up to K pixels), "
+                      "'flip' (random mirroring), joined by '+' [off]."),
     click.option("--train-subset", type=int, default=0, help="Use the first N training images."),
     click.option("--val-size", type=int, default=None,
                  help="Hold out N training images as a validation set, never trained on [MNIST: 5000, "
@@ -172,6 +175,9 @@ retrain_options = _options(
                       "(distillation; classifiers; beyond the paper) [0: off]."),
     click.option("--distill-temperature", type=float, default=None, metavar="T",
                  help="The softmax temperature of those soft targets [4]."),
+    click.option("--augment", default=None, metavar="SPEC",
+                 help="Augment retraining's batches of images, as --pretrain-augment ('shift:2', "
+                      "'shift:2+flip') [off]."),
     click.option("--snap-lr-schedule", type=click.Choice(LR_SCHEDULES), default=None,
                  help="The learning rates over the snap phase, restarted at the base rates [as --lr-schedule]."),
 )
@@ -191,13 +197,13 @@ merge_option = _options(
 
 
 def _pretrain_cfg(model, data, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
-                  batch_size, seed, budget=None) -> PretrainConfig:
+                  batch_size, seed, budget=None, augment="") -> PretrainConfig:
     if val_size is None:      # MNIST: a held-out split (sws.zoo.mnist.AUTO_VAL); a user's data: its own
         from sws.zoo.mnist import AUTO_VAL
         val_size = 0 if data or budget is False else AUTO_VAL
     cfg = PretrainConfig(model=model, data=data, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
-                         batch_size=batch_size, seed=seed)
+                         batch_size=batch_size, seed=seed, augment=augment)
     cfg.validate()
     return cfg
 

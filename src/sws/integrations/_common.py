@@ -14,6 +14,7 @@ optimiser and schedule; the config's ``lr_weights`` is not used.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,9 +23,10 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from sws.config import lr_factor
 from sws.errors import ConfigError
+from sws.method.evaluate import evaluate
 from sws.method.surface import SoftWeightSharing
 
-__all__ = ["Driver", "recalibration_data", "has_batchnorm"]
+__all__ = ["Driver", "pair_batches", "has_batchnorm"]
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -45,13 +47,16 @@ class _Pairs(Dataset):
         return self.dataset[i], 0
 
 
-def recalibration_data(loader, batch_size: int | None = None):
-    """The training batches a batch-norm recalibration feeds the model, or None.
+LABEL_KEYS = ("labels", "label", "label_ids")
 
-    A DataLoader over ``(input, target)`` pairs is used as it is; one over mappings
-    (``{"pixel_values": ..., "labels": ...}``) feeds the model ``model(**inputs)``
-    with the label keys removed."""
-    dataset = getattr(loader, "dataset", None)
+
+def pair_batches(data, batch_size: int | None = None):
+    """(input, target) batches over a DataLoader's (or a Dataset's) items, or None.
+
+    Pairs are used as they are; mappings (``{"pixel_values": ..., "labels": ...}``) feed the
+    model ``model(**inputs)`` with the label keys removed and their value as the target (0
+    where there is none).  Batch-norm recalibration reads the inputs, the guard both."""
+    dataset = getattr(data, "dataset", data)
     if dataset is None or not hasattr(dataset, "__getitem__"):
         return None
     try:
@@ -59,17 +64,19 @@ def recalibration_data(loader, batch_size: int | None = None):
         len(dataset)
     except Exception:      # an iterable dataset: nothing to index
         return None
-    collate = getattr(loader, "collate_fn", None) or default_collate
-    bs = batch_size or getattr(loader, "batch_size", None) or 32
+    collate = getattr(data, "collate_fn", None) or default_collate
+    bs = batch_size or getattr(data, "batch_size", None) or 32
     if isinstance(first, (tuple, list)) and len(first) == 2:
         return DataLoader(dataset, batch_size=bs, collate_fn=collate)
     if isinstance(first, dict):
         def pairs(items):
             batch = collate([x for x, _ in items])
             batch = dict(batch.items()) if hasattr(batch, "items") else batch
-            for key in ("labels", "label", "label_ids"):
-                batch.pop(key, None)
-            return batch, torch.zeros(len(items))
+            target = None
+            for key in LABEL_KEYS:
+                value = batch.pop(key, None)
+                target = value if target is None else target
+            return batch, (target if target is not None else torch.zeros(len(items)))
         return DataLoader(_Pairs(dataset), batch_size=bs, collate_fn=pairs)
     return None
 
@@ -79,8 +86,9 @@ class Driver:
 
     def __init__(self, config="tutorial", out=None, *, n_train: int | None = None, include=None, exclude=None,
                  merge_threshold: float | None = None, dead_units: bool | None = None, recalibrate=True,
-                 **overrides):
+                 val=True, **overrides):
         self.config_arg, self.overrides = config, overrides
+        self.val = val                # the guard's data: True the framework's validation loader, None off
         self.out = Path(out) if out is not None else None
         self.n_train = n_train
         self.kwargs = {"include": include, "exclude": exclude}
@@ -101,6 +109,10 @@ class Driver:
         if self.config.distill:
             raise ConfigError("distill is for sws's own training loop (sws.compress, sws retrain); under a "
                               "framework the loss is the framework's: distil in your loss, or leave distill at 0")
+        if self.config.augment:
+            raise ConfigError("augment is for sws's own training loop (sws.compress, sws retrain); under a "
+                              "framework the batches are the framework's: augment in your data pipeline, "
+                              "or leave augment empty")
 
     # ---- set-up ------------------------------------------------------------------------------
     def attach(self, model: nn.Module, n_train: int | None):
@@ -147,21 +159,60 @@ class Driver:
         return out
 
     # ---- the end -----------------------------------------------------------------------------
-    def finish(self, recalibration_loader=None, write: bool = True) -> dict:
+    def finish(self, recalibration_loader=None, write: bool = True, val_loader=None) -> dict:
         """Quantise the model in place, write the ``.sws`` file (``write``: this process), return
-        the numbers (non-zero share, distinct values, file size)."""
+        the numbers (non-zero share, distinct values, file size).
+
+        The guard: with validation data (``val`` given to the callback, else the framework's
+        ``val_loader``) whose outputs are class scores, the post-processed network must score
+        within ``max_error_increase`` points of the network as trained.  If it does not, the
+        model gets its trained weights back, no file is written, a warning says so and the
+        result carries ``sws/status`` "over"."""
         data = None
         if self.recalibrate is True:
             if has_batchnorm(self.sws.model) and recalibration_loader is not None:
-                data = recalibration_data(recalibration_loader)
+                data = pair_batches(recalibration_loader)
         elif self.recalibrate not in (False, None):
             data = self.recalibrate
+        model = self.sws.model
+        val = self._guard_data(val_loader)
+        before, why = None, "no validation data with class labels"
+        if val is not None:
+            try:
+                before = evaluate(model, val).get("error")
+            except Exception as e:  # noqa: BLE001 - the user's model meets the framework's batches
+                why = (f"the model cannot score the validation batches ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0] if str(e) else ''})")
+        if before is not None:
+            trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         q = self.sws.quantize_(recalibrate=data)
         total = self.sws.stats()["total"]
         res = {"sws/nonzero_share": total["nonzero_share"], "sws/distinct_values": total["distinct"],
                "sws/codebook_size": int(q.codebook.numel()), "sws/dropped_dead": int(q.dropped),
                "sws/recalibrated": data is not None, "sws/steps": self.sws.steps_done,
                "sws/prior_seconds": self.seconds}
+        if before is None:
+            res["sws/status"] = "unchecked"
+        if before is None and self.val is not None and self.val is not False:   # off when asked: no warning
+            warnings.warn(f"sws: the post-processed network was not validated ({why}): pass val=DATASET of "
+                          "(input, target) pairs the model takes to the callback to guard the file", stacklevel=2)
+        if before is not None:
+            after = evaluate(model, val)["error"]
+            points = self.config.max_error_increase
+            res.update({"sws/val_error_trained": before, "sws/val_error": after, "sws/budget_points": points})
+            if after > before + points / 100.0 + 1e-12:
+                with torch.no_grad():
+                    model.load_state_dict(trained)
+                self.sws.quantized = None
+                msg = (f"sws: post-processing raised the validation error from {100 * before:.2f} % to "
+                       f"{100 * after:.2f} %, over the budget of {points:g} points: no file written, the model "
+                       "keeps its trained weights; train longer (the mixture had not settled) or with a smaller "
+                       "tau, or raise max_error_increase")
+                res.update({"sws/status": "over", "sws/message": msg})
+                warnings.warn(msg, stacklevel=2)
+                self.result = res
+                return res
+            res["sws/status"] = "within"
         if self.out is not None and write:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             from sws.format.stats import file_stats
@@ -170,6 +221,17 @@ class Driver:
                         "sws/cr_file": file_stats(self.out.read_bytes())["total"]["cr_file"]})
         self.result = res
         return res
+
+    def _guard_data(self, val_loader):
+        """The guard's (input, target) batches: the callback's ``val``, else the framework's."""
+        if self.val is None or self.val is False:
+            return None
+        given = self.val
+        if given is True:
+            given = val_loader
+            if isinstance(given, (list, tuple)):      # the framework's several loaders: the first
+                given = given[0] if given else None
+        return pair_batches(given) if given is not None else None
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -26,8 +26,10 @@ How it hooks in (transformers >= 4.45, which calls ``on_pre_optimizer_step``):
 - ``on_save``: the prior's state goes into the checkpoint folder (``sws_prior.pt``), and a
   ``trainer.train(resume_from_checkpoint=...)`` restores it.
 - ``on_train_end``: merge, snap, drop dead units, re-estimate batch-norm statistics on the
-  training set (models with batch-norm), write ``out``; the numbers are appended to
-  ``log_history`` and kept in ``callback.result``.
+  training set (models with batch-norm), check the post-processed network on the evaluation
+  set (the guard: within ``max_error_increase`` points of the trained network, else no file
+  and the trained weights back), write ``out``; the numbers are appended to ``log_history``
+  and kept in ``callback.result``.
 
 With ``fp16`` keep ``max_grad_norm > 0`` (the default 1.0): the Trainer unscales the
 gradients when it clips them, before this callback adds to them.
@@ -72,15 +74,21 @@ class SoftWeightSharingCallback(TrainerCallback):
       merge_threshold, dead_units: post-processing settings [the defaults of ``sws quantize``].
       recalibrate: re-estimate batch-norm statistics after snapping on the training set
         (True), on this dataset of ``(input, target)`` pairs, or not (False).
+      val: the guard's validation data: True the Trainer's evaluation set (when it has evaluated,
+        or always under ``SoftWeightSharingTrainer``), a Dataset / DataLoader, or None (no
+        guard).  If post-processing costs more than ``max_error_increase`` points of its error
+        the model keeps its trained weights and no file is written (``result["sws/status"]``
+        "over", with a warning).
     """
 
     def __init__(self, config="tutorial", out=None, *, n_train: int | None = None, include=None, exclude=None,
                  merge_threshold: float | None = None, dead_units: bool | None = None, recalibrate=True,
-                 **overrides):
+                 val=True, **overrides):
         self.driver = Driver(config, out, n_train=n_train, include=include, exclude=exclude,
                              merge_threshold=merge_threshold, dead_units=dead_units, recalibrate=recalibrate,
-                             **overrides)
+                             val=val, **overrides)
         self._model = None
+        self._eval_loader = None      # SoftWeightSharingTrainer: its evaluation loader
 
     @property
     def sws(self):
@@ -128,10 +136,12 @@ class SoftWeightSharingCallback(TrainerCallback):
             torch.save(self.driver.state_dict(), tmp)
             os.replace(tmp, folder / STATE_FILE)
 
-    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_end(self, args, state, control, train_dataloader=None, eval_dataloader=None, **kwargs):
         if not self.driver.attached:
             return
-        res = self.driver.finish(train_dataloader, write=state.is_world_process_zero)
+        if eval_dataloader is None and self._eval_loader is not None:
+            eval_dataloader = self._eval_loader()
+        res = self.driver.finish(train_dataloader, write=state.is_world_process_zero, val_loader=eval_dataloader)
         state.log_history.append({**res, "step": state.global_step})
 
 
@@ -152,6 +162,7 @@ class SoftWeightSharingTrainer(Trainer):
             callbacks.append(sws)
         super().__init__(*args, callbacks=callbacks, **kwargs)
         self.sws_callback = sws
+        sws._eval_loader = lambda: self.get_eval_dataloader() if self.eval_dataset is not None else None
 
     def log(self, logs, *args, **kwargs):
         d = self.sws_callback.driver

@@ -25,7 +25,9 @@ How it hooks in:
 - ``state_dict`` / ``load_state_dict``: the prior and its optimiser travel in Lightning's
   checkpoints, so ``trainer.fit(..., ckpt_path=...)`` resumes the mixture too.
 - ``on_train_end``: merge, snap, drop dead units, re-estimate batch-norm statistics on the
-  training loader (models with batch-norm), write ``out`` on global rank zero; the numbers
+  training loader (models with batch-norm), check the post-processed network on the
+  validation loader (the guard: within ``max_error_increase`` points of the trained network,
+  else no file and the trained weights back), write ``out`` on global rank zero; the numbers
   go to the loggers (``log_metrics``) and stay in ``callback.result``.
 """
 
@@ -62,15 +64,20 @@ class SoftWeightSharingCallback(Callback):
       merge_threshold, dead_units: post-processing settings.
       recalibrate: re-estimate batch-norm statistics after snapping on the training loader
         (True), on this dataset of ``(input, target)`` pairs, or not (False).
+      val: the guard's validation data: True the Trainer's validation loader (the first), a
+        Dataset / DataLoader, or None (no guard).  If post-processing costs more than
+        ``max_error_increase`` points of its error (the target module's outputs on it), the
+        module keeps its trained weights and no file is written (``result["sws/status"]``
+        "over", with a warning).
     """
 
     def __init__(self, config="tutorial", out=None, *, module: str | None = None, n_train: int | None = None,
                  include=None, exclude=None, merge_threshold: float | None = None, dead_units: bool | None = None,
-                 recalibrate=True, **overrides):
+                 recalibrate=True, val=True, **overrides):
         super().__init__()
         self.driver = Driver(config, out, n_train=n_train, include=include, exclude=exclude,
                              merge_threshold=merge_threshold, dead_units=dead_units, recalibrate=recalibrate,
-                             **overrides)
+                             val=val, **overrides)
         self.module = module
         self._model = None
         self._batch_idx = 0
@@ -124,7 +131,8 @@ class SoftWeightSharingCallback(Callback):
     def on_train_end(self, trainer, pl_module):
         if not self.driver.attached:
             return
-        res = self.driver.finish(trainer.train_dataloader, write=trainer.is_global_zero)
+        res = self.driver.finish(trainer.train_dataloader, write=trainer.is_global_zero,
+                                 val_loader=trainer.val_dataloaders)
         numbers = {k: float(v) for k, v in res.items() if isinstance(v, (int, float))}
         for logger in trainer.loggers:
             logger.log_metrics(numbers, step=trainer.global_step)

@@ -35,6 +35,8 @@ from tqdm.auto import tqdm
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, lr_factor
 from sws.errors import ConfigError, DivergenceError, TrainingInterrupted
 from sws.method import distributed
+from sws.method.augment import batch_generator
+from sws.method.augment import parse as parse_augment
 from sws.method.batches import as_source, call_model, default_loss, distillation_loss, logits_of, to_device
 from sws.method.evaluate import evaluate_splits
 from sws.method.snap import Snap
@@ -183,6 +185,8 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
         after that epoch (early stopping).
       resume, on_state: see the module docstring.  ``extra``: an object with
         ``state_dict()`` / ``load_state_dict()`` saved and restored with the loop.
+      ``cfg.augment``: training batches shifted / mirrored (``sws.method.augment``), the
+        same draws on a resume.
       teacher: with ``cfg.distill`` > 0, a frozen network (the pretrained one) whose scores
         on each batch are soft targets: the data term is ``(1 - distill) loss +
         distill distillation_loss`` (``sws.method.batches``).
@@ -195,6 +199,9 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     if prior is not None and covered is None:
         raise ConfigError("a prior needs the tensors it covers (covered=)")
     train = as_source(train)
+    augment = parse_augment(getattr(cfg, "augment", ""))
+    if augment is not None:
+        augment.check(train.batch(torch.arange(1))[0])
     stage = "retrain" if prior is not None else "pretrain"
     device = torch.device(device) if device is not None else next(model.parameters()).device
     loss_fn = loss_fn or default_loss
@@ -234,6 +241,8 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
             with _bar(steps, f"{stage} {epoch}/{cfg.epochs}", quiet) as bar:
                 bar.update(skip)
                 for step, (x, y) in train.epoch(cfg.batch_size, loop.gen, skip, rank, world):
+                    if augment is not None:
+                        x = augment(x, batch_generator(cfg.seed, epoch, step, rank))
                     x, y = to_device(x, device), to_device(y, device)
                     with snapper.applied() if snapping else contextlib.nullcontext():
                         scores = output(call_model(net, x))
