@@ -94,6 +94,9 @@ def main():
           f"zero component sd {logs[0]['sws/sd0']:.3g} -> {logs[-1]['sws/sd0']:.3g}")
     print(f"validation accuracy: fine-tuned {acc_pre:.4f}, quantised {acc_q:.4f}")
     r = cb.result
+    if r["sws/status"] == "over":           # the guard kept the file out: the trained weights are back
+        print(r["sws/message"])
+        return 1
     print(f"time in the prior (gradient and mixture step): {1000 * r['sws/prior_seconds'] / r['sws/steps']:.1f} ms "
           f"per step, {100 * r['sws/prior_seconds'] / out_sws.metrics['train_runtime']:.1f}% of the Trainer's "
           f"{out_sws.metrics['train_runtime']:.0f} s (fine-tuning without it: {out_pre.metrics['train_runtime']:.0f} s "
@@ -130,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
