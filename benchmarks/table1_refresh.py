@@ -32,7 +32,7 @@ from sws.runs.inputs import load_data
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 from sws.study.table1 import HERE, MODELS, _file_result
-from sws.study.table1_report import markdown, write_section
+from sws.study.table1_report import markdown, settled_val_error, write_section
 
 OUT = HERE / "table1"
 
@@ -88,6 +88,7 @@ def run_row(name: str, run_dir: Path, data_dir) -> dict:
             "retrained_test_error": metrics["retrained"].get("test_error"),
             "seconds": metrics["retrained"]["seconds"], "budget": metrics["quantized"].get("budget"),
             "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
+            "settled_val_error": settled_val_error(run.read_json("history.json", [])),
             **_file_result(target, data[1], data[2]), "sws_file": target.name}
 
 
@@ -106,6 +107,10 @@ def main(argv=None) -> int:
             total = file_stats((OUT / r["sws_file"]).read_bytes())["total"]
             r.update(file_bytes=total["file_bytes"], cr_file=total["cr_file"], cr_paper=total["cr_paper"])
             print(f"{r['sws_file']}: {before} -> {after} bytes, CR {r['cr_file']:.1f}")
+    for r in rows:   # rows added before the settled error was recorded: from their run folders
+        history = Path(r.get("run") or "/nonexistent") / "history.json"
+        if r["method"] == "soft weight-sharing" and "settled_val_error" not in r and history.is_file():
+            r["settled_val_error"] = settled_val_error(json.loads(history.read_text()))
     for spec in args.add:
         name, _, run_dir = spec.partition("=")
         row = run_row(name, Path(run_dir), args.data_dir)

@@ -166,3 +166,23 @@ def test_table1_quick_writes_the_markdown_table_and_files(tmp_path, mnist_dir):
     assert (tmp_path / "out" / "results.json").stat().st_mtime >= stamp
     assert rows == [line for line in results.read_text().splitlines()
                     if line.startswith("| LeNet-300-100")]
+
+
+def test_table1_chooses_on_both_validation_errors_never_on_test():
+    from sws.study.table1_report import choose_on_validation, settled_val_error
+
+    history = [{"stage": "pretrain", "val_error": 0.5}] + [
+        {"stage": "retrain", "pp_val_error": e} for e in (0.9, 0.02, 0.011, 0.012, 0.009, 0.010, 0.011)]
+    assert settled_val_error(history) == pytest.approx((0.011 + 0.012 + 0.009 + 0.010 + 0.011) / 5)
+    assert settled_val_error([{"stage": "retrain", "val_error": 0.01}]) is None
+
+    def row(cr, val, settled, test):
+        return {"model": "lenet-5-caffe", "method": "soft weight-sharing", "cr_file": cr, "val_error": val,
+                "settled_val_error": settled, "test_error": test}
+    edge = row(560, 0.0100, 0.0104, 0.002)       # its kept state at the limit, the run above it
+    settled = row(500, 0.0082, 0.0090, 0.05)     # test errors never count
+    older = row(530, 0.0098, None, 0.0)          # no history recorded: its own validation error
+    assert choose_on_validation([edge, settled], "lenet-5-caffe") is settled
+    assert choose_on_validation([edge, settled, older], "lenet-5-caffe") is older
+    over = row(700, 0.0110, 0.0105, 0.0)
+    assert choose_on_validation([over, edge], "lenet-5-caffe") is edge   # none within: the lowest

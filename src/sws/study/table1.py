@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from sws.study.table1_report import SECTION, _summary, markdown, write_section  # noqa: E402,F401
+from sws.study.table1_report import SECTION, _summary, markdown, settled_val_error, write_section  # noqa: E402,F401
 from sws.study.baselines import (DeepCompressionConfig, deep_compression, prune_and_quantize,
                            save_baseline, weight_names)
 from sws.config import LR_SCHEDULES, PretrainConfig, QuantizeConfig, retrain_config
@@ -254,6 +254,7 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
            "retrained_val_error": 1 - metrics["retrained"].get("val_accuracy", float("nan")),
            "seconds": metrics["retrained"]["seconds"],
            "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
+           "settled_val_error": settled_val_error(run.read_json("history.json", [])),
            **_file_result(run.path / "model.sws", data[1], data[2])}
     run.write_json("result.json", res)
     _log(f"{model} sws {variant}: {_summary(res)}")
