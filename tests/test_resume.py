@@ -265,18 +265,25 @@ def test_retrain_crash_in_the_snap_phase_resumes_bit_identical(tmp_path, mnist_d
     _same(ref.path, run.path, "retrained")
 
 
-def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
-    """The teacher is the pretrained checkpoint, rebuilt on resuming, not the resumed network."""
-    cfg = retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5, distill=0.5)
-    ref = _copy_run(pretrained, tmp_path / "ref")
+def _retrain_crash_resume(tmp_path, mnist_dir, pretrained, monkeypatch, cfg, name):
+    """Retrain ``cfg`` once straight through and once crashed at batch 11 and resumed: the same
+    bits.  Returns the straight run."""
+    ref = _copy_run(pretrained, tmp_path / f"{name}-ref")
     run_retrain(ref, cfg, mnist_dir, quiet=True)
-    run = _copy_run(pretrained, tmp_path / "crash")
+    run = _copy_run(pretrained, tmp_path / f"{name}-crash")
     _crash_after(monkeypatch, 11, _raise)
     with pytest.raises(Crash):
         run_retrain(run, cfg, mnist_dir, quiet=True)
     monkeypatch.undo()
     run_retrain(run, None, mnist_dir, quiet=True, resume=True)
     _same(ref.path, run.path, "retrained")
+    return ref
+
+
+def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
+    """The teacher is the pretrained checkpoint, rebuilt on resuming, not the resumed network."""
+    cfg = retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5, distill=0.5)
+    ref = _retrain_crash_resume(tmp_path, mnist_dir, pretrained, monkeypatch, cfg, "distill")
     plain = _copy_run(pretrained, tmp_path / "plain")
     run_retrain(plain, retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5), mnist_dir, quiet=True)
     a = [r["train_loss"] for r in ref.read_json("history.json", []) if r["stage"] == "retrain"]
@@ -302,12 +309,4 @@ def test_augmented_pretraining_and_retraining_resume_bit_identical(tmp_path, mni
     assert a != [r["train_loss"] for r in plain.read_json("history.json", [])]
 
     rcfg = retrain_config("tutorial", epochs=2, snap_epochs=0, seed=5, augment="shift:1+flip")
-    ref = _copy_run(pretrained, tmp_path / "rref")
-    run_retrain(ref, rcfg, mnist_dir, quiet=True)
-    run = _copy_run(pretrained, tmp_path / "rcrash")
-    _crash_after(monkeypatch, 11, _raise)
-    with pytest.raises(Crash):
-        run_retrain(run, rcfg, mnist_dir, quiet=True)
-    monkeypatch.undo()
-    run_retrain(run, None, mnist_dir, quiet=True, resume=True)
-    _same(ref.path, run.path, "retrained")
+    _retrain_crash_resume(tmp_path, mnist_dir, pretrained, monkeypatch, rcfg, "augment")
