@@ -22,21 +22,12 @@ from sws.runs.inputs import covered_of, model_from_checkpoint, prior_from_checkp
 from sws.runs.rundir import RunDir
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--blocks", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=40)
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tensors, meta = RunDir.open(args.run_dir).load("retrained")
+def kept_state(run_dir):
+    """(its record, model, prior, covered tensors, step) of a run's kept state; ``step(opt, with_prior)`` runs one
+    step on a fixed random batch of 256 MNIST-shaped images."""
+    tensors, meta = RunDir.open(run_dir).load("retrained")
     model, prior = model_from_checkpoint(tensors, meta), prior_from_checkpoint(tensors, meta)
     covered = list(covered_of(model, meta["retrain"]["prior"]).values())
-    plain_opt = adam(model.parameters(), 1e-4)  # the engine's Adam, as the prior step's
-    default_opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # torch's default (for-loop) Adam
-    prior_opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
     x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
 
     def step(opt, with_prior):
@@ -47,6 +38,22 @@ def main():
             prior.backward_complexity(covered, 1e-7)
         opt.step()
 
+    return meta, model, prior, covered, step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--blocks", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=40)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta, model, prior, _, step = kept_state(args.run_dir)
+    plain_opt = adam(model.parameters(), 1e-4)  # the engine's Adam, as the prior step's
+    default_opt = torch.optim.Adam(model.parameters(), lr=1e-4)  # torch's default (for-loop) Adam
+    prior_opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
     kinds = {"plain step, torch's default Adam": (default_opt, False),
              "plain step": (plain_opt, False), "plain + prior's gradient": (plain_opt, True),
              "four-group Adam, no prior": (prior_opt, False), "retraining step": (prior_opt, True)}

@@ -6,38 +6,27 @@ Prints the mean step time; run it under ``perf record`` to see where a step goes
 
 import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from sws.config import retrain_config
 from sws.method.loop import retrain_optimizer
-from sws.runs.inputs import covered_of, model_from_checkpoint, prior_from_checkpoint
-from sws.runs.rundir import RunDir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from prior_parts import kept_state  # noqa: E402
 
 
 def main():
     run_dir, threads, with_prior, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
     torch.set_num_threads(threads)
-    tensors, meta = RunDir.open(run_dir).load("retrained")
-    model, prior = model_from_checkpoint(tensors, meta), prior_from_checkpoint(tensors, meta)
-    covered = list(covered_of(model, meta["retrain"]["prior"]).values())
+    _, model, prior, _, one_step = kept_state(run_dir)
     opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
-    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if with_prior:
-            prior.backward_complexity(covered, 1e-7)
-        opt.step()
-
     for _ in range(20):
-        step()
+        one_step(opt, with_prior)
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        one_step(opt, with_prior)
     print(f"{(time.perf_counter() - t0) / steps * 1e3:.3f} ms a step")
 
 

@@ -265,19 +265,25 @@ def test_retrain_crash_in_the_snap_phase_resumes_bit_identical(tmp_path, mnist_d
     _same(ref.path, run.path, "retrained")
 
 
-def _retrain_crash_resume(tmp_path, mnist_dir, pretrained, monkeypatch, cfg, name):
-    """Retrain ``cfg`` once straight through and once crashed at batch 11 and resumed: the same
-    bits.  Returns the straight run."""
-    ref = _copy_run(pretrained, tmp_path / f"{name}-ref")
-    run_retrain(ref, cfg, mnist_dir, quiet=True)
-    run = _copy_run(pretrained, tmp_path / f"{name}-crash")
+def _crash_resume(new_run, stage, cfg, mnist_dir, monkeypatch):
+    """Run ``stage`` (run_pretrain / run_retrain) with ``cfg`` once straight through and once
+    crashed at batch 11 and resumed, each in a folder from ``new_run(name)``: the same bits.
+    Returns the straight run."""
+    ref = new_run("ref")
+    stage(ref, cfg, mnist_dir, quiet=True)
+    run = new_run("crash")
     _crash_after(monkeypatch, 11, _raise)
     with pytest.raises(Crash):
-        run_retrain(run, cfg, mnist_dir, quiet=True)
+        stage(run, cfg, mnist_dir, quiet=True)
     monkeypatch.undo()
-    run_retrain(run, None, mnist_dir, quiet=True, resume=True)
-    _same(ref.path, run.path, "retrained")
+    stage(run, None, mnist_dir, quiet=True, resume=True)
+    _same(ref.path, run.path, "pretrained" if stage is run_pretrain else "retrained")
     return ref
+
+
+def _retrain_crash_resume(tmp_path, mnist_dir, pretrained, monkeypatch, cfg, name):
+    return _crash_resume(lambda what: _copy_run(pretrained, tmp_path / f"{name}-{what}"), run_retrain, cfg,
+                         mnist_dir, monkeypatch)
 
 
 def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
@@ -294,15 +300,7 @@ def test_retrain_with_distillation_resumes_bit_identical(tmp_path, mnist_dir, pr
 def test_augmented_pretraining_and_retraining_resume_bit_identical(tmp_path, mnist_dir, pretrained, monkeypatch):
     """Each batch's shifts are drawn from where the batch is, so a resume draws the same ones."""
     cfg = PretrainConfig(**{**SMALL, "epochs": 2, "augment": "shift:2"})
-    ref = RunDir.create(tmp_path / "ref")
-    run_pretrain(ref, cfg, mnist_dir, quiet=True)
-    run = RunDir.create(tmp_path / "crash")
-    _crash_after(monkeypatch, 11, _raise)
-    with pytest.raises(Crash):
-        run_pretrain(run, cfg, mnist_dir, quiet=True)
-    monkeypatch.undo()
-    run_pretrain(run, None, mnist_dir, quiet=True, resume=True)
-    _same(ref.path, run.path, "pretrained")
+    ref = _crash_resume(lambda what: RunDir.create(tmp_path / what), run_pretrain, cfg, mnist_dir, monkeypatch)
     plain = RunDir.create(tmp_path / "plain")
     run_pretrain(plain, PretrainConfig(**{**SMALL, "epochs": 2}), mnist_dir, quiet=True)
     a = [r["train_loss"] for r in ref.read_json("history.json", [])]

@@ -193,10 +193,11 @@ class Driver:
                "sws/prior_seconds": self.seconds}
         if before is None:
             res["sws/status"] = "unchecked"
-        if before is None and self.val is not None and self.val is not False:   # off when asked: no warning
-            warnings.warn(f"sws: the post-processed network was not validated ({why}): pass val=DATASET of "
-                          "(input, target) pairs the model takes to the callback to guard the file", stacklevel=2)
-        if before is not None:
+            if self.val is not None and self.val is not False:   # off when asked: no warning
+                warnings.warn(f"sws: the post-processed network was not validated ({why}): pass val=DATASET "
+                              "of (input, target) pairs the model takes to the callback to guard the file",
+                              stacklevel=2)
+        else:
             after = evaluate(model, val)["error"]
             points = self.config.max_error_increase
             res.update({"sws/val_error_trained": before, "sws/val_error": after, "sws/budget_points": points})
