@@ -28,7 +28,7 @@ from pathlib import Path
 from sws.config import retrain_config
 from sws.format import container
 from sws.format.stats import file_stats
-from sws.runs.inputs import load_data
+from sws.runs.inputs import load_data, load_holdout
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 from sws.study.table1 import HERE, MODELS, _file_result
@@ -85,11 +85,13 @@ def run_row(name: str, run_dir: Path, data_dir) -> dict:
             "run": str(run.path), "commands": [config[s]["command"] for s in ("pretrain", "retrain", "quantize")
                                               if s in config],
             "pretrained_test_error": pre["test_error"], "pretrained_val_error": pre.get("val_error"),
+            **({"pretrained_holdout_error": pre["holdout_error"]} if "holdout_error" in pre else {}),
             "retrained_test_error": metrics["retrained"].get("test_error"),
             "seconds": metrics["retrained"]["seconds"], "budget": metrics["quantized"].get("budget"),
             "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
             "settled_val_error": settled_val_error(run.read_json("history.json", [])),
-            **_file_result(target, data[1], data[2]), "sws_file": target.name}
+            **_file_result(target, data[1], data[2], load_holdout(meta["data"], data_dir)),
+            "sws_file": target.name}
 
 
 def main(argv=None) -> int:
@@ -115,8 +117,9 @@ def main(argv=None) -> int:
         name, _, run_dir = spec.partition("=")
         row = run_row(name, Path(run_dir), args.data_dir)
         rows[:] = [r for r in rows if not (r["model"] == row["model"] and r["variant"] == name)] + [row]
-        print(f"{row['sws_file']}: test {100 * row['test_error']:.2f} %, val {100 * row['val_error']:.2f} %, "
-              f"CR {row['cr_file']:.1f}")
+        held = f", holdout {100 * row['holdout_error']:.2f} %" if "holdout_error" in row else ""
+        print(f"{row['sws_file']}: test {100 * row['test_error']:.2f} %, val {100 * row['val_error']:.2f} %"
+              f"{held}, CR {row['cr_file']:.1f}")
     for f in args.rewrite:
         before, after = rewrite(Path(f))
         metrics = Path(f).parent / "metrics.json"        # a run folder's record of its file

@@ -186,3 +186,37 @@ def test_table1_chooses_on_both_validation_errors_never_on_test():
     assert choose_on_validation([edge, settled, older], "lenet-5-caffe") is older
     over = row(700, 0.0110, 0.0105, 0.0)
     assert choose_on_validation([over, edge], "lenet-5-caffe") is edge   # none within: the lowest
+
+
+def test_table1_chooses_on_the_holdout_where_rows_have_one():
+    """Rows scored on a holdout (items no choice of their run saw) are chosen on it alone."""
+    from sws.study.table1_report import choose_on_validation
+
+    def row(cr, val, holdout=None, test=0.0):
+        r = {"model": "lenet-5-caffe", "method": "soft weight-sharing", "cr_file": cr, "val_error": val,
+             "settled_val_error": val, "test_error": test}
+        return r | ({"holdout_error": holdout} if holdout is not None else {})
+    old = row(900, 0.0050)                         # no holdout: not a candidate beside holdout rows
+    lucky = row(600, 0.0080, holdout=0.0112)        # within on validation, over on the holdout
+    honest = row(500, 0.0105, holdout=0.0096, test=0.5)   # over on validation, within on the holdout
+    assert choose_on_validation([old, lucky, honest], "lenet-5-caffe") is honest
+    assert choose_on_validation([old, lucky], "lenet-5-caffe") is lucky   # none within: the lowest holdout
+    assert choose_on_validation([old], "lenet-5-caffe") is old
+
+
+def test_table1_target_is_not_met_by_a_fallback_choice(tmp_path):
+    """A row chosen only because none met the target where rows are chosen is no target met,
+    whatever its test error."""
+    import argparse
+
+    from sws.study.table1_report import chosen_within, markdown
+    row = {"model": "lenet-5-caffe", "method": "soft weight-sharing", "variant": "v", "preset": "tutorial",
+           "overrides": {}, "retrain_epochs": 1, "cr_file": 500.0, "cr_paper": 300.0, "val_error": 0.008,
+           "settled_val_error": 0.008, "holdout_error": 0.0118, "test_error": 0.0095, "nonzero_share": 0.01,
+           "pretrained_test_error": 0.005, "file_bytes": 3000, "seconds": 1.0}
+    assert not chosen_within([row], "lenet-5-caffe")
+    args = argparse.Namespace(argv=[], data_dir=None, val_size=5000, models=["lenet-5-caffe"], out=tmp_path)
+    text = markdown([row], args, 0.0)
+    assert "CR >= 400 at test error <= 1.0%: missed (no row meets the target on holdout" in text
+    assert chosen_within([row | {"holdout_error": 0.0098}], "lenet-5-caffe")
+    assert "1.0%: met (v: CR 500.0" in markdown([row | {"holdout_error": 0.0098}], args, 0.0)

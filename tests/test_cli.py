@@ -37,6 +37,7 @@ def test_every_command_has_help(capsys, command):
     (["--epochs", "0"], "epochs must be a positive number"),
     (["--augment", "rotate:10"], "unknown transform 'rotate:10'"),
     (["--pretrain-augment", "shift:0"], "'shift' needs a whole number of pixels >= 1"),
+    (["--holdout-size", "-3"], "holdout_size must be >= 0"),
 ])
 def test_invalid_settings_exit_2_with_one_line(capsys, tmp_path, args, message):
     code, out, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(tmp_path / "r"), *args)
@@ -130,3 +131,36 @@ def test_gamma_hyper_priors_from_the_cli(capsys, tmp_path, mnist_dir):
     assert (prior["alpha"], prior["beta"], prior["zero_alpha"], prior["zero_beta"]) == (100, 0.01, 4000, 1.5)
     code, _, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(tmp_path / "bad"), "--beta", "-1")
     assert code == 2 and "beta" in err
+
+
+def test_holdout_is_scored_and_never_trained_on(capsys, tmp_path, mnist_dir):
+    import json
+
+    import torch
+
+    from sws.runs.inputs import load_data, load_holdout
+    from sws.runs.rundir import RunDir
+    out = tmp_path / "r"
+    code, printed, err = call(capsys, "run", "--model", "lenet-300-100", "--out", str(out), "--data-dir",
+                              str(mnist_dir), "--train-subset", "1024", "--val-size", "200", "--holdout-size",
+                              "300", "--pretrain-epochs", "1", "--epochs", "1", "--quiet")
+    assert code in (0, 3), err
+    assert "holdout error (no choice saw these images): post-processed" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    for stage in ("pretrained", "quantized"):
+        assert 0 <= metrics[stage]["holdout_error"] <= 1 and "holdout_accuracy" in metrics[stage]
+    data = json.loads((out / "config.json").read_text())["run"]["settings"]["pretrain"]
+    assert data["holdout_size"] == 300
+    recorded = RunDir.open(out).load("pretrained")[1]["data"]   # what every later stage loads
+    train, val, _ = load_data(recorded, mnist_dir)
+    holdout = load_holdout(recorded, mnist_dir)
+    assert (len(train), len(val), len(holdout)) == (524, 200, 300)
+    flat = {tuple(x.flatten().tolist()) for x in torch.cat([train.x, val.x])}
+    assert not flat & {tuple(x.flatten().tolist()) for x in holdout.x}
+    code, _, err = call(capsys, "evaluate", str(out), "--data-dir", str(mnist_dir))
+    assert code == 0, err
+    assert "holdout_error" in json.loads((out / "metrics.json").read_text())["evaluate"]["quantized"]
+    code, _, err = call(capsys, "report", str(out), "--out", str(tmp_path / "r.html"))
+    assert code == 0, err
+    assert "holdout accuracy (images neither trained on nor used by any choice of the run)" in \
+        (tmp_path / "r.html").read_text()

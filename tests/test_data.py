@@ -3,6 +3,7 @@
 import gzip
 
 import numpy as np
+import torch
 import pytest
 
 from sws.zoo.mnist import load_mnist, read_idx, resolve_data_dir, write_idx
@@ -128,3 +129,18 @@ def test_download_checks_sha256_and_writes_atomically(tmp_path, monkeypatch):
     assert len(served) == 8
     train, _, _ = load_mnist()
     assert len(train) == 20
+
+
+def test_holdout_is_apart_from_training_and_validation(tmp_path):
+    from sws.zoo.mnist import mnist_splits
+    d = make_folder(tmp_path / "d", n_train=40)
+    s = mnist_splits(d, val_size=5, holdout_size=7)
+    assert (len(s["train"]), len(s["val"]), len(s["holdout"])) == (28, 5, 7)
+    rows = {tuple(x.flatten().tolist()) for x in s["train"].x}
+    assert not rows & {tuple(x.flatten().tolist()) for x in s["holdout"].x}
+    assert not rows & {tuple(x.flatten().tolist()) for x in s["val"].x}
+    # the validation split does not move when a holdout is added (earlier runs keep theirs)
+    assert torch.equal(load_mnist(d, val_size=5)[1].x, s["val"].x)
+    assert mnist_splits(d)["holdout"] is None
+    with pytest.raises(DataError, match="holdout_size 30 leave no training data"):
+        mnist_splits(d, val_size=10, holdout_size=30)

@@ -359,3 +359,20 @@ def test_resume_under_another_environment_warns():
     meta = {**meta, "environment": {**meta["environment"], "torch_threads": 999}}
     with pytest.warns(RuntimeWarning, match="resumes under"):
         sws.compress(MLP(), toy(), epochs=1, batch_size=64, resume=(tensors, meta))
+
+
+def test_a_holdout_of_a_users_data_is_carved_from_its_training_set(tmp_path, capsys, user_package):
+    import json
+
+    from sws.runs.inputs import load_data, load_holdout
+    from sws.runs.rundir import RunDir
+    p, run = user_package, tmp_path / "run"
+    code, _, err = call(capsys, "pretrain", "--out", run, "--model", f"{p}.nets:build", "--data", f"{p}.data:splits",
+                        "--holdout-size", "100", "--pretrain-epochs", "1", "--quiet")
+    assert code == 0, err
+    assert 0 <= json.loads((run / "metrics.json").read_text())["pretrained"]["holdout_error"] <= 1
+    data = RunDir.open(run).load("pretrained")[1]["data"]
+    train, val, test = load_data(data)
+    holdout = load_holdout(data)
+    assert (len(train), len(val), len(test), len(holdout)) == (412, 128, 128, 100)   # its own val kept
+    assert not set(train.indices) & set(holdout.indices)

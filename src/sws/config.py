@@ -41,6 +41,7 @@ class PretrainConfig:
     train_subset: int = 0            # 0: all training images
     val_size: int = 0                # held-out validation images (budget, tuning); 0: none; -1: a tenth, <= 5000
     augment: str = ""                # training batches shifted / mirrored: "shift:2+flip" (sws.method.augment)
+    holdout_size: int = 0            # training images set aside from training and from every choice; 0: none
 
     def validate(self):
         from sws.zoo.refs import is_ref
@@ -59,6 +60,8 @@ class PretrainConfig:
             raise ConfigError(f"weight_init must be 'torch' or 'keras', got {self.weight_init!r}")
         if self.train_subset < 0 or self.val_size < -1:
             raise ConfigError("train_subset must be >= 0 and val_size >= 0 (or -1: automatic)")
+        if self.holdout_size < 0:
+            raise ConfigError(f"holdout_size must be >= 0, got {self.holdout_size}")
         _check_augment(self.augment)
 
 

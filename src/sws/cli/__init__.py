@@ -107,6 +107,10 @@ pretrain_options = _options(
     click.option("--val-size", type=int, default=None,
                  help="Hold out N training images as a validation set, never trained on [MNIST: 5000, "
                       "0 with --no-budget; your --data: its own validation set]."),
+    click.option("--holdout-size", type=int, default=0,
+                 help="Set aside N more training images, never trained on and used by no choice of the run "
+                      "(validation makes those); the pretrained and the post-processed nets are scored on them "
+                      "to check the choices [0: none]."),
 )
 
 retrain_options = _options(
@@ -197,13 +201,13 @@ merge_option = _options(
 
 
 def _pretrain_cfg(model, data, epochs, lr, lr_schedule, input_norm, weight_init, train_subset, val_size,
-                  batch_size, seed, budget=None, augment="") -> PretrainConfig:
+                  batch_size, seed, budget=None, augment="", holdout_size=0) -> PretrainConfig:
     if val_size is None:      # MNIST: a held-out split (sws.zoo.mnist.AUTO_VAL); a user's data: its own
         from sws.zoo.mnist import AUTO_VAL
         val_size = 0 if data or budget is False else AUTO_VAL
     cfg = PretrainConfig(model=model, data=data, epochs=epochs, lr=lr, lr_schedule=lr_schedule, input_norm=input_norm,
                          weight_init=weight_init, train_subset=train_subset, val_size=val_size,
-                         batch_size=batch_size, seed=seed, augment=augment)
+                         batch_size=batch_size, seed=seed, augment=augment, holdout_size=holdout_size)
     cfg.validate()
     return cfg
 
@@ -273,6 +277,8 @@ def _print_report(m: dict):
                f"retrained{' through the snap' if m.get('retrained_snapped') else ''} "
                f"{m.get(f'retrained_{split}_{what}', nan):.4f}, "
                f"post-processed {m.get(f'{split}_{what}', nan):.4f}")
+    if "holdout_error" in m:     # --holdout-size: images no choice of the run saw
+        click.echo(f"holdout error (no choice saw these images): post-processed {100 * m['holdout_error']:.2f}%")
     click.echo(f"non-zero weights: {100 * m['nonzero_share']:.2f}% "
                f"(pretrained {100 * m.get('pretrained_nonzero_share', float('nan')):.2f}%); "
                f"distinct values: {m['distinct_values']} "

@@ -52,8 +52,8 @@ def new_run_options(*settings):
 @resume_option
 @guard_option
 def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
-                 weight_init, pretrain_augment, train_subset, val_size, batch_size, seed, data_dir, force, quiet,
-                 resume, guard):
+                 weight_init, pretrain_augment, train_subset, val_size, holdout_size, batch_size, seed, data_dir,
+                 force, quiet, resume, guard):
     """Train a reference network with plain cross-entropy."""
     if resume is not None:
         _no_settings_with_resume()
@@ -66,7 +66,8 @@ def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretra
     if out is None:
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
     cfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
-                        train_subset, val_size, batch_size, seed, augment=pretrain_augment)
+                        train_subset, val_size, batch_size, seed, augment=pretrain_augment,
+                        holdout_size=holdout_size)
     run = RunDir.create(out, force)
     _record_command(run, "pretrain", vars(cfg) | {"weights": str(weights) if weights else None})
     with _resume_hint("pretrain", run):
@@ -182,7 +183,7 @@ def evaluate_cmd(path, model_ref, data, data_dir):
 @resume_option
 @guard_option
 def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm,
-            weight_init, pretrain_augment, train_subset, val_size, merge_threshold, drop_dead_units,
+            weight_init, pretrain_augment, train_subset, val_size, holdout_size, merge_threshold, drop_dead_units,
             finetune_epochs, finetune_lr, preset, batch_size, seed,
             data_dir, force, quiet, figures, resume, guard, **kw):
     """The whole pipeline: pretrain, retrain with the prior, quantize, write RUN/model.sws.
@@ -198,7 +199,7 @@ def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr
         raise click.UsageError("pass --out RUN_DIR (a new run folder) or --resume RUN_DIR")
     pcfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                          train_subset, val_size, batch_size, seed, budget=kw.get("budget"),
-                         augment=pretrain_augment)
+                         augment=pretrain_augment, holdout_size=holdout_size)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, rcfg.budget)
     run = RunDir.create(out, force)

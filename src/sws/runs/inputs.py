@@ -15,39 +15,58 @@ from sws.method.batches import as_source, call_model
 from sws.method.surface import select_parameters
 from sws.prior import GaussianMixturePrior
 from sws.storage import load_strict
-from sws.zoo.mnist import load_mnist, load_mnist_test
+from sws.zoo.mnist import load_mnist_test, mnist_splits, split_indices
 from sws.zoo.models import MODELS
 from sws.zoo.refs import resolve_data, resolve_model
 
-__all__ = ["PRIOR_PREFIX", "data_settings", "load_data", "load_test", "scoring_set", "check_fits",
+__all__ = ["PRIOR_PREFIX", "data_settings", "load_data", "load_holdout", "load_test", "scoring_set", "check_fits",
            "model_from_checkpoint", "prior_from_checkpoint", "covered_of", "load_weights", "is_user", "header_of"]
 
 PRIOR_PREFIX = "prior."
 
 
 def data_settings(cfg: PretrainConfig) -> dict:
-    """What a run records about its data: the reference (None: MNIST), subset, split, seed."""
+    """What a run records about its data: the reference (None: MNIST), subset, splits, seed."""
     return {"ref": cfg.data or None, "train_subset": cfg.train_subset, "val_size": cfg.val_size,
-            "seed": cfg.seed}
+            **({"holdout_size": cfg.holdout_size} if cfg.holdout_size else {}), "seed": cfg.seed}
+
+
+def _splits(data: dict, data_dir) -> dict:
+    """The "train", "val", "holdout" and "test" sets of the recorded data settings."""
+    holdout_size = data.get("holdout_size", 0)
+    if not data.get("ref"):
+        return mnist_splits(data_dir, train_subset=data.get("train_subset") or None,
+                            val_size=data.get("val_size", 0), holdout_size=holdout_size,
+                            seed=data.get("seed", 0))
+    train, val, test = resolve_data(data["ref"])
+    if data.get("train_subset"):
+        train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
+    val_size = max(data.get("val_size", 0), 0) if val is None else 0   # AUTO_VAL is MNIST's alone
+    split = split_indices(len(train), val_size, holdout_size, data.get("seed", 0))
+    holdout = None
+    if split is not None:
+        v, h, rest = (torch.utils.data.Subset(train, ix.tolist()) for ix in split)
+        val = v if val_size else val
+        holdout = h if holdout_size else None
+        train = rest
+    return {"train": train, "val": val, "holdout": holdout, "test": test}
 
 
 def load_data(data: dict, data_dir=None):
-    """(train, val, test) for the data settings recorded in a checkpoint."""
-    if data.get("ref"):
-        train, val, test = resolve_data(data["ref"])
-        if data.get("train_subset"):
-            train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
-        if val is None and data.get("val_size", 0) > 0:
-            if data["val_size"] >= len(train):
-                raise DataError(f"val_size {data['val_size']} leaves no training data ({len(train)} items)")
-            perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(data.get("seed", 0) + 12345))
-            val = torch.utils.data.Subset(train, perm[:data["val_size"]].tolist())
-            train = torch.utils.data.Subset(train, perm[data["val_size"]:].tolist())
-        return train, val, test
-    train, val, test = load_mnist(data_dir, train_subset=data.get("train_subset") or None,
-                                  val_size=data.get("val_size", 0), seed=data.get("seed", 0))
-    _check_images(train, test)
-    return train, val, test
+    """(train, val, test) for the data settings recorded in a checkpoint; the holdout
+    (``load_holdout``) is in none of them."""
+    s = _splits(data, data_dir)
+    if not data.get("ref"):
+        _check_images(s["train"], s["test"])
+    return s["train"], s["val"], s["test"]
+
+
+def load_holdout(data: dict | None, data_dir=None):
+    """The holdout split of the recorded data settings (``--holdout-size``), or None: items
+    neither trained on nor used by any of the run's choices, scored only to report."""
+    if not data or not data.get("holdout_size"):
+        return None
+    return _splits(data, data_dir)["holdout"]
 
 
 def load_test(data: dict | None = None, data_dir=None):

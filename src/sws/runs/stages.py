@@ -31,7 +31,8 @@ from sws.method.watch import Budget, kept_record
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.inputs import (PRIOR_PREFIX, covered_of, check_fits, data_settings, header_of, load_data,
-                             load_test, load_weights, model_from_checkpoint, prior_from_checkpoint, scoring_set)
+                             load_holdout, load_test, load_weights, model_from_checkpoint, prior_from_checkpoint,
+                             scoring_set)
 from sws.runs.rundir import RunDir
 from sws.zoo.refs import resolve_model
 
@@ -113,7 +114,8 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
         except (TrainingInterrupted, DivergenceError, CheckpointError) as e:
             raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
-               **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))}}
+               **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
+               **_holdout_scores(model, data, data_dir)}
     meta = {"model": cfg.model, "input_norm": cfg.input_norm, "data": data,
             "pretrain": dataclasses.asdict(cfg) | ({"weights": str(weights)} if weights else {}),
             "metrics": metrics}
@@ -205,6 +207,13 @@ def _scores(rec: dict, split: str, prefix: str = "") -> dict:
     return {f"{prefix}{split}_{k}": v for k, v in rec.items()}
 
 
+def _holdout_scores(model, data: dict, data_dir, prefix: str = "") -> dict:
+    """``holdout_*`` scores of ``model`` where the run sets a holdout aside (``--holdout-size``):
+    reported only; nothing the run chooses looks at them."""
+    holdout = load_holdout(data, data_dir)
+    return _scores(evaluate(model, holdout), "holdout", prefix) if holdout is not None else {}
+
+
 def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     """Merge, snap to zero, assign, drop dead units; evaluate and record every stage's figures."""
     cfg.validate()
@@ -228,10 +237,12 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"], val=val)
     quantized_eval = evaluate(model, test)
+    holdout = _holdout_scores(model, meta["data"], data_dir)   # after every choice: reported only
     if val is not None and decision.get("limit_val_error") is not None:
         decision = Budget.final(decision, evaluate(model, val).get("error"), cfg.finetune_epochs)
     stats = layer_stats(covered)
-    metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), "split": split,
+    metrics = {**_scores(quantized_eval, split), **_scores(retrained_eval, split, "retrained_"), **holdout,
+               "split": split,
                "retrained_snapped": snapped,
                "codebook": q.codebook.tolist(), "merge_threshold": cfg.merge_threshold,
                "components_before_merge": prior.n_components,
@@ -294,7 +305,8 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
         if test is None:
             test = load_test(meta.get("data"), data_dir)
         stats = layer_stats(select_parameters(model))
-        results[stage] = {**evaluate(model, test), "nonzero_share": stats["total"]["nonzero_share"],
+        results[stage] = {**evaluate(model, test), **_holdout_scores(model, meta.get("data"), data_dir),
+                          "nonzero_share": stats["total"]["nonzero_share"],
                           "distinct_values": stats["total"]["distinct"]}
     if path.is_dir():
         RunDir(path).update_json("metrics.json", "evaluate", results)

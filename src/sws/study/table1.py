@@ -165,8 +165,9 @@ def pretrained_run(args, model: str) -> tuple[RunDir, dict]:
     return run, run.read_json("metrics.json", {}).get("pretrained", {})
 
 
-def _file_result(path: Path, val, test) -> dict:
-    """Test and validation error, weight sparsity and compression rates of a .sws file."""
+def _file_result(path: Path, val, test, holdout=None) -> dict:
+    """Test and validation error (and the holdout's, given one), weight sparsity and compression
+    rates of a .sws file."""
     net = load(path)
     stats = file_stats(path.read_bytes())["total"]
     names = weight_names(net)
@@ -175,6 +176,7 @@ def _file_result(path: Path, val, test) -> dict:
     distinct = int(torch.unique(torch.cat([sd[n].reshape(-1) for n in names])).numel())
     return {"test_error": evaluate(net, test)["error"],
             "val_error": evaluate(net, val)["error"] if val is not None else None,
+            **({"holdout_error": evaluate(net, holdout)["error"]} if holdout is not None else {}),
             "nonzero_share": nz, "distinct_values": distinct, "file_bytes": stats["file_bytes"],
             "cr_file": stats["cr_file"], "cr_paper": stats["cr_paper"]}
 

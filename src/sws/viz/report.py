@@ -89,6 +89,11 @@ def _metrics_section(run: RunDir, weights: dict) -> str:
                      f"<b>{total['cr_file']:.1f}</b> ({total['cr_paper']:.1f} by the paper's accounting)")
     elif not sws_file.is_file():
         facts.append(f"no compressed file (<code>{SWS_FILE}</code>) in the run folder")
+    if q.get("holdout_accuracy") is not None:   # --holdout-size: images no choice of the run saw
+        pre = metrics.get("pretrained", {}).get("holdout_accuracy")
+        facts.append(f"holdout accuracy (images neither trained on nor used by any choice of the run): "
+                     f"post-processed {_pct(q['holdout_accuracy'])}"
+                     + (f", pretrained {_pct(pre)}" if pre is not None else ""))
     decision = metrics.get("retrained", {}).get("budget") or {}
     if decision.get("message"):
         facts.append(("<b>warning:</b> " if decision["status"] == "over" else "accuracy budget: ")

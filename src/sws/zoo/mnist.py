@@ -26,7 +26,8 @@ from torch.utils.data import TensorDataset
 
 from sws.errors import DataError
 
-__all__ = ["Dataset", "load_mnist", "load_mnist_test", "read_idx", "write_idx", "resolve_data_dir", "batches"]
+__all__ = ["Dataset", "load_mnist", "mnist_splits", "split_indices", "load_mnist_test", "read_idx", "write_idx",
+           "resolve_data_dir", "batches"]
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -190,9 +191,42 @@ AUTO_VAL = -1          # val_size: hold out a tenth of the training images, at m
 AUTO_VAL_MAX = 5000    # as Table 1 does: 5,000 of MNIST's 60,000
 
 
+def split_indices(n: int, val_size: int, holdout_size: int = 0, seed: int = 0):
+    """(validation, holdout, training) indices of ``n`` training items: a seeded random split,
+    the validation items first, then the holdout, the rest for training.  With neither, None
+    (the training items stay in their order).  The validation split is the same with and
+    without a holdout, so a run made before holdouts existed keeps its split."""
+    if not val_size and not holdout_size:
+        return None
+    if val_size + holdout_size >= n:
+        raise DataError(f"val_size {val_size} + holdout_size {holdout_size} leave no training data "
+                        f"({n} items); make them smaller")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 12345))
+    return perm[:val_size], perm[val_size:val_size + holdout_size], perm[val_size + holdout_size:]
+
+
+def mnist_splits(data_dir: str | Path | None = None, download: bool = True,
+                 train_subset: int | None = None, val_size: int = 0, holdout_size: int = 0,
+                 seed: int = 0) -> dict[str, Dataset | None]:
+    """MNIST's "train", "val", "holdout" and "test" splits (``load_mnist``; None where empty)."""
+    folder = resolve_data_dir(data_dir, download)
+    train = _load_split(folder, "train_images", "train_labels")
+    test = _load_split(folder, "test_images", "test_labels")
+    if train_subset:
+        train = train.subset(slice(0, train_subset))
+    if val_size == AUTO_VAL:
+        val_size = min(AUTO_VAL_MAX, len(train) // 10)
+    split = split_indices(len(train), val_size, holdout_size, seed)
+    if split is None:
+        return {"train": train, "val": None, "holdout": None, "test": test}
+    val, holdout, rest = split
+    return {"train": train.subset(rest), "val": train.subset(val) if val_size else None,
+            "holdout": train.subset(holdout) if holdout_size else None, "test": test}
+
+
 def load_mnist(data_dir: str | Path | None = None, download: bool = True,
                train_subset: int | None = None, val_size: int = 0,
-               seed: int = 0) -> tuple[Dataset, Dataset | None, Dataset]:
+               seed: int = 0, holdout_size: int = 0) -> tuple[Dataset, Dataset | None, Dataset]:
     """Load (train, validation or None, test).
 
     Args:
@@ -201,21 +235,11 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True,
       val_size: hold out this many training images (a seeded random split; AUTO_VAL: a tenth,
         at most 5,000) for
         tuning, so the test set is never used to choose settings.
+      holdout_size: set aside this many more training images, neither trained on nor used by
+        any choice (``mnist_splits`` returns them): a check of the choices made on validation.
     """
-    folder = resolve_data_dir(data_dir, download)
-    train = _load_split(folder, "train_images", "train_labels")
-    test = _load_split(folder, "test_images", "test_labels")
-    if train_subset:
-        train = train.subset(slice(0, train_subset))
-    val = None
-    if val_size == AUTO_VAL:
-        val_size = min(AUTO_VAL_MAX, len(train) // 10)
-    if val_size:
-        if val_size >= len(train):
-            raise DataError(f"val_size {val_size} leaves no training data ({len(train)} images)")
-        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 12345))
-        val, train = train.subset(perm[:val_size]), train.subset(perm[val_size:])
-    return train, val, test
+    s = mnist_splits(data_dir, download, train_subset, val_size, holdout_size, seed)
+    return s["train"], s["val"], s["test"]
 
 
 def load_mnist_test(data_dir: str | Path | None = None, download: bool = True) -> Dataset:
