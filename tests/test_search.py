@@ -188,3 +188,24 @@ def test_an_error_raised_while_a_signal_unwinds_counts_as_the_interruption():
     assert _interrupted(unwinding(TrainingInterrupted("stopped", 15)))
     assert not _interrupted(unwinding(ValueError("a bad setting")))
     assert not _interrupted(FileNotFoundError("no such file"))
+
+
+def test_a_study_with_a_holdout_scores_each_trial_on_it(tmp_path, mnist_dir):
+    from sws.errors import ConfigError
+    from sws.study.search import format_report
+    out = tmp_path / "search"
+    counts = run_search(out, {**TINY, "holdout_size": 300}, n_trials=1, data_dir=mnist_dir, quiet=True)
+    assert counts["complete"] == 1
+    study = open_study(out)
+    trial = study.trials[0]
+    assert 0 <= trial.user_attrs["holdout_error"] <= 1
+    assert "holdout %" in format_report(study, out) and "holdout and test error shown only" in \
+        format_report(study, out)
+    with pytest.raises(ConfigError, match="was started with holdout_size 300, not 0"):
+        run_search(out, {"holdout_size": 0}, n_trials=1, data_dir=mnist_dir, quiet=True)
+    # a study recorded before holdouts existed (no holdout_size among its settings) resumes
+    plain = tmp_path / "plain"
+    run_search(plain, TINY, n_trials=1, data_dir=mnist_dir, quiet=True)
+    assert "holdout_size" not in open_study(plain).user_attrs["settings"]
+    assert run_search(plain, {}, n_trials=1, data_dir=mnist_dir, quiet=True)["complete"] == 1
+    assert "holdout %" not in format_report(open_study(plain), plain)

@@ -67,6 +67,9 @@ def _search_space_epilog() -> str:
 @click.option("--train-subset", type=int, default=None, help="Use the first N training images [all].")
 @click.option("--val-size", type=int, default=None,
               help="Training images held out to score trials; the test set is never used [10000].")
+@click.option("--holdout-size", type=int, default=None,
+              help="Set aside N more training images that no trial trains or is chosen on; each trial's file "
+                   "is scored on them, a check of the front chosen on validation [0: none].")
 @click.option("--epochs", type=int, default=None, help="Retraining epochs per trial [30].")
 @click.option("--batch-size", type=int, default=None, help="[256]")
 @click.option("--seed", type=int, default=None, help="[0]")

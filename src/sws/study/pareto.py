@@ -29,14 +29,17 @@ def format_report(study, out: Path) -> str:
         return "\n".join(lines + ["no complete trials yet"])
     front = pareto_front(study)
     base = next((t for t in complete if t.user_attrs.get("baseline")), None)
-    head = f"{'trial':>6}{'val err %':>10}{'CR':>9}{'test err %':>11}{'non-zero %':>11}{'bytes':>9}  file"
+    held = any("holdout_error" in t.user_attrs for t in complete)   # --holdout-size
+    head = (f"{'trial':>6}{'val err %':>10}{'CR':>9}" + (f"{'holdout %':>10}" if held else "")
+            + f"{'test err %':>11}{'non-zero %':>11}{'bytes':>9}  file")
     lines += [f"Pareto front ({len(front)} of {len(complete)} complete trials; validation error "
-              "is the objective, test error is shown only):", head]
+              "is the objective, " + ("holdout and " if held else "") + "test error shown only):", head]
 
     def row(t, mark=""):
         a = t.user_attrs
         return (f"{mark + str(t.number):>6}{100 * t.values[0]:>10.2f}{t.values[1]:>9.1f}"
-                f"{100 * a.get('test_error', math.nan):>11.2f}{100 * a.get('nonzero_share', math.nan):>11.2f}"
+                + (f"{100 * a.get('holdout_error', math.nan):>10.2f}" if held else "")
+                + f"{100 * a.get('test_error', math.nan):>11.2f}{100 * a.get('nonzero_share', math.nan):>11.2f}"
                 f"{a.get('file_bytes', 0):>9}  {out / a.get('sws', '?')}")
     lines += [row(t, "*" if t is base else "") for t in front]
     if base is not None and base not in front:

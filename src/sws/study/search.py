@@ -58,9 +58,15 @@ __all__ = ["SPACE", "Param", "make_space", "resolve_settings", "run_search", "op
 
 DEFAULTS = {"model": "tutorial-conv", "pretrain_epochs": 10, "train_subset": 0, "val_size": 10000,
             "epochs": 30, "batch_size": 256, "seed": 0, "ranges": {}, "choices": {}, "data": "",
-            "budget": True, "max_error_increase": 0.3}
+            "budget": True, "max_error_increase": 0.3, "holdout_size": 0}
 FIXED = ("model", "pretrain_epochs", "train_subset", "val_size", "epochs", "batch_size", "seed",
-         "ranges", "choices", "data", "budget", "max_error_increase")
+         "ranges", "choices", "data", "budget", "max_error_increase", "holdout_size")
+LATER = ("holdout_size",)   # fixed settings added after the first studies: absent there means the default
+
+
+def _fixed(settings: dict) -> dict:
+    """The fixed settings a study records (a later one only where it is not the default)."""
+    return {k: settings[k] for k in FIXED if k not in LATER or settings[k] != DEFAULTS[k]}
 
 
 def resolve_settings(out: Path, given: dict) -> dict:
@@ -94,6 +100,8 @@ def resolve_settings(out: Path, given: dict) -> dict:
                               "scores trials on a validation split, so val_size must be > 0)")
     if settings["train_subset"] < 0:
         raise ConfigError("train_subset must be >= 0")
+    if not (isinstance(settings["holdout_size"], int) and settings["holdout_size"] >= 0):
+        raise ConfigError(f"holdout_size must be an integer >= 0, got {settings['holdout_size']!r}")
     make_space(settings["ranges"], settings["choices"])
     return settings
 
@@ -185,6 +193,7 @@ def _run_trial(trial, out: Path, settings: dict, space: dict, pretrained, val, d
               "file_bytes": total["file_bytes"], "nonzero_share": q["nonzero_share"],
               "distinct_values": q["distinct_values"],
               "test_error": q.get("test_error"),   # recorded for the report only; never an objective
+              **({"holdout_error": q["holdout_error"]} if "holdout_error" in q else {}),   # the same
               "sws": str(sws_path.relative_to(out)), "seconds": time.perf_counter() - t0}
     run.write_json("trial.json", {"trial": trial.number, "params": params, **result})
     for key, value in result.items():
@@ -309,15 +318,16 @@ def run_search(out: str | Path, given: dict, n_trials: int, n_workers: int = 1,
                                              epochs=settings["pretrain_epochs"],
                                              batch_size=settings["batch_size"], seed=settings["seed"],
                                              train_subset=settings["train_subset"],
-                                             val_size=settings["val_size"]), data_dir, quiet)
+                                             val_size=settings["val_size"],
+                                             holdout_size=settings["holdout_size"]), data_dir, quiet)
         sha = _sha256(out / "pretrained.safetensors")
         study = open_study(out, settings)
         attrs = study.user_attrs
         if "pretrained_sha256" not in attrs:
-            study.set_user_attr("settings", {k: settings[k] for k in FIXED})
+            study.set_user_attr("settings", _fixed(settings))
             study.set_user_attr("pretrained_sha256", sha)
         elif attrs["pretrained_sha256"] != sha or _canon(attrs["settings"]) != _canon(
-                {k: settings[k] for k in FIXED}):
+                _fixed(settings)):
             raise ConfigError(f"study {settings['study_name']!r} was started with other settings or "
                               "another pretrained net; copy that search's search.json and pretrained.* "
                               "into this folder, or choose another --study-name")
