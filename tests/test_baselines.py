@@ -156,7 +156,7 @@ def test_table1_quick_writes_the_markdown_table_and_files(tmp_path, mnist_dir):
     text = results.read_text()
     assert "## Figures (issue 5)" in text and "## Table 1 (issue 4)" in text
     rows = [line for line in text.splitlines() if line.startswith("| LeNet-300-100")]
-    assert len(rows) == 3 + 3          # the paper's three rows; tutorial, Deep Compression, floor
+    assert len(rows) == 3 + 1 + 3      # the paper's three rows, a later method's; tutorial, Deep Compression, floor
     for name in ("lenet-300-100-sws-tutorial.sws", "lenet-300-100-deep-compression.sws",
                  "lenet-300-100-prune-kmeans.sws"):
         assert fileformat.read(tmp_path / "out" / name).codebook[0] == 0
@@ -220,3 +220,16 @@ def test_table1_target_is_not_met_by_a_fallback_choice(tmp_path):
     assert "CR >= 400 at test error <= 1.0%: missed (no row meets the target on holdout" in text
     assert chosen_within([row | {"holdout_error": 0.0098}], "lenet-5-caffe")
     assert "1.0%: met (v: CR 500.0" in markdown([row | {"holdout_error": 0.0098}], args, 0.0)
+
+
+@pytest.mark.slow
+def test_table1_with_a_holdout_scores_every_row_on_it(tmp_path, mnist_dir):
+    import json
+    t1 = _table1()
+    argv = ["--quick", "--train-subset", "600", "--val-size", "100", "--holdout-size", "100",
+            "--variants", "tutorial", "--data-dir", str(mnist_dir), "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out"), "--results", str(tmp_path / "RESULTS.md")]
+    assert t1.main(argv) == 0
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert len(rows) == 3 and all(0 <= r["holdout_error"] <= 1 for r in rows)
+    assert "| holdout % |" in (tmp_path / "out" / "TABLE1.md").read_text()

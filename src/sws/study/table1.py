@@ -11,8 +11,10 @@ and any --variant), quantize, write the ``.sws`` file, evaluate the file; then
 Deep Compression (``sws.study.baselines.deep_compression``) and the pruning + k-means
 floor, written with the same writer.  Every stage is skipped when its output
 exists, so an interrupted run resumes where it stopped.  Settings are chosen on
-a validation split held out of the training set (--val-size); the test set is
-only reported.  The markdown table goes to ``benchmarks/RESULTS.md`` (section
+a validation split held out of the training set (--val-size), or, with
+--holdout-size, on a second split that no run trains or chooses on (the runs'
+own choices use validation); the test set is only reported.  The markdown
+table goes to ``benchmarks/RESULTS.md`` (section
 "## Table 1 (issue 4)", followed by --out/NOTES.md when it exists) and, with the
 ``.sws`` files and results.json, to --out.
 """
@@ -39,6 +41,7 @@ from sws.format import container as fileformat
 from sws.method.files import load
 from sws.runs.stages import compress_run
 from sws.format.stats import file_stats
+from sws.runs.inputs import load_holdout
 from sws.runs.stages import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
 from sws.method.deadunits import drop_dead_units
 from sws.runs.rundir import RunDir
@@ -151,7 +154,8 @@ def pretrained_run(args, model: str) -> tuple[RunDir, dict]:
     """The cached pretrained run for this config (trained now if missing)."""
     cfg = PretrainConfig(model=model, epochs=args.pretrain_epochs or PRETRAIN_EPOCHS[model],
                          lr_schedule=args.pretrain_lr_schedule or PRETRAIN_LR_SCHEDULE[model],
-                         train_subset=args.train_subset, val_size=args.val_size, seed=args.seed)
+                         train_subset=args.train_subset, val_size=args.val_size, seed=args.seed,
+                         holdout_size=args.holdout_size)
     path = args.work / f"pretrained-{_hash(_settings(cfg))}"
     run = RunDir(path)
     if not run.has("pretrained"):
@@ -195,7 +199,7 @@ def _cached(result_path: Path, data) -> dict:
     res["dead_unit_weights_dropped"] = drop_dead_units(net)
     sparse = [h["name"] for h in old.header["tensors"] if h["coding"] != "raw"]
     atomic_write(path, fileformat.encode(net.state_dict(), old.codebook, sparse, old.header["model"]))
-    res.update(_file_result(path, data[1], data[2]))
+    res.update(_file_result(path, *data[1:]))
     result_path.write_text(json.dumps(res, indent=2) + "\n")
     _log(f"{res['model']} {res['variant']}: {path} rewritten (format version {fileformat.VERSION}, "
          f"{res['dead_unit_weights_dropped']} weights of dead units dropped)")
@@ -257,7 +261,7 @@ def sws_variant(args, model, pre_run, variant, spec, data) -> dict:
            "seconds": metrics["retrained"]["seconds"],
            "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
            "settled_val_error": settled_val_error(run.read_json("history.json", [])),
-           **_file_result(run.path / "model.sws", data[1], data[2])}
+           **_file_result(run.path / "model.sws", *data[1:])}
     run.write_json("result.json", res)
     _log(f"{model} sws {variant}: {_summary(res)}")
     return res
@@ -278,7 +282,7 @@ def baseline(args, model, pre_run, kind: str, data) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     tensors, meta = pre_run.load("pretrained")
     net = model_from_checkpoint(tensors, meta)
-    train, val, test = data
+    train, val, test, holdout = data
     pre = pre_run.read_json("metrics.json", {})["pretrained"]
     t0 = time.perf_counter()
     if kind == "deep-compression":
@@ -297,7 +301,7 @@ def baseline(args, model, pre_run, kind: str, data) -> dict:
            "keep": info["keep"], "clusters": info["clusters"], "run": str(folder),
            "pretrained_test_error": 1 - pre["test_accuracy"],
            "pretrained_val_error": 1 - pre.get("val_accuracy", float("nan")), "seconds": seconds,
-           **_file_result(folder / "model.sws", val, test)}
+           **_file_result(folder / "model.sws", val, test, holdout)}
     (folder / "result.json").write_text(json.dumps(res, indent=2) + "\n")
     _log(f"{model} {kind}: {_summary(res)}")
     return res
@@ -314,6 +318,9 @@ def parse_args(argv):
                    help=f"[per model: {PRETRAIN_LR_SCHEDULE}]")
     p.add_argument("--train-subset", type=int, default=0, help="first N training images (quick checks)")
     p.add_argument("--val-size", type=int, default=5000, help="held-out validation images for tuning")
+    p.add_argument("--holdout-size", type=int, default=0,
+                   help="training images set aside from training and every choice of the runs; the rows "
+                   "are then chosen on their error there (sws.study.table1_report.choose_on_validation)")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS),
                    help=f"sws variants to run, of {list(VARIANTS)} and any --variant; "
                    "MODEL:VARIANT runs it for that model only")
@@ -364,7 +371,8 @@ def main(argv=None) -> int:
     for model in args.models:
         pre_run, pre_metrics = pretrained_run(args, model)
         args.pretrain_seconds[model] = pre_metrics.get("seconds", 0.0)
-        data = load_data(pre_run.load("pretrained")[1]["data"], args.data_dir)
+        recorded = pre_run.load("pretrained")[1]["data"]
+        data = (*load_data(recorded, args.data_dir), load_holdout(recorded, args.data_dir))
         if not args.no_baselines:   # first: they take a few epochs, the variants many
             for kind in ("prune-kmeans", "deep-compression"):
                 rows.append(baseline(args, model, pre_run, kind, data))
