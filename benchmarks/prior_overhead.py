@@ -136,31 +136,34 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     pstate = {k: v.clone() for k, v in prior.state_dict().items()}
+
+    def timed(fn, p=prior):
+        """A block of ``steps`` steps from the state measured (every block starts there: the
+        steps move the weights, and a moved state is not the one named)."""
+        model.load_state_dict(state)
+        p.load_state_dict(pstate)
+        return time_block(fn, steps)
     ratios, plain_ms, prior_ms, ratios_b, prior_b_ms, snap_ms, ratios_s = [], [], [], [], [], [], []
     for _ in range(blocks):
-        a = time_block(plain, steps)
-        b = time_block(with_prior, steps)
-        model.load_state_dict(state)  # keep measuring the same state
-        prior.load_state_dict(pstate)
+        a = timed(plain)
+        b = timed(with_prior)
         ratios.append(b / a)
         plain_ms.append(a * 1e3)
         prior_ms.append(b * 1e3)
         if snap:
-            c = time_block(with_prior_snapped, steps)
-            model.load_state_dict(state)
-            prior.load_state_dict(pstate)
+            c = timed(with_prior_snapped)
             ratios_s.append(c / a)
             snap_ms.append(c * 1e3)
         if before_lib is not None:
             with with_kernel(before_lib):
-                c = time_block(with_prior_before, steps)
-            model.load_state_dict(state)
-            prior_b.load_state_dict(pstate)
+                c = timed(with_prior_before, prior_b)
             ratios_b.append(c / a)
             prior_b_ms.append(c * 1e3)
     if before_lib is not None:  # free its workspace with its own library
         before_lib.sws_free(prior_b._workspace._handle)
         prior_b._workspace._handle = None
+    model.load_state_dict(state)
+    prior.load_state_dict(pstate)
     slow = time_block(autograd_prior, 3) if autograd else float("nan")
     model.load_state_dict(state)
     prior.load_state_dict(pstate)
