@@ -164,3 +164,19 @@ def test_holdout_is_scored_and_never_trained_on(capsys, tmp_path, mnist_dir):
     assert code == 0, err
     assert "holdout accuracy (images neither trained on nor used by any choice of the run)" in \
         (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "run"])
+def test_a_split_too_large_leaves_no_run_folder(capsys, tmp_path, mnist_dir, command):
+    out = tmp_path / "r"
+    args = [command, "--model", "lenet-300-100", "--out", str(out), "--data-dir", str(mnist_dir),
+            "--train-subset", "3000", "--val-size", "2500", "--holdout-size", "600", "--quiet"]
+    code, _, err = call(capsys, *args)
+    assert code == 2 and err.count("\n") == 1
+    assert "val_size 2500 + holdout_size 600 leave no training data (3000 items)" in err
+    assert not out.exists()              # the same command runs once mended, without --force
+    mine = tmp_path / "mine"             # a folder that was there before is left as it was
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    code, _, _ = call(capsys, *[a if a != str(out) else str(mine) for a in args], "--force")
+    assert code == 2 and (mine / "notes.txt").read_text() == "keep"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 import click
@@ -31,7 +33,7 @@ from sws.cli import (
 )
 from sws.cli.file_cmds import _draw_figures, _write_sws
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
-from sws.errors import RunDirError, SwsError
+from sws.errors import ConfigError, DataError, RunDirError, SwsError
 from sws.runs.stages import evaluate_path, run_pretrain, run_quantize, run_retrain
 from sws.runs.rundir import RunDir
 
@@ -45,6 +47,21 @@ def new_run_options(*settings):
         click.option("--batch-size", type=int, default=256, show_default=True),
         click.option("--seed", type=int, default=0, show_default=True),
         data_option, force_option, quiet_option)
+
+
+@contextlib.contextmanager
+def _new_run(out, force: bool):
+    """``RunDir.create(out, force)`` for a new run; a folder this command created is removed
+    again when its data or settings are refused before anything but the recorded command was
+    written, so the same command runs once they are mended (no stub left to --force)."""
+    existed = Path(out).exists()
+    run = RunDir.create(out, force)
+    try:
+        yield run
+    except (DataError, ConfigError):
+        if not existed and all(p.name == "config.json" for p in run.path.iterdir()):
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 @cli.command("pretrain")
@@ -68,10 +85,10 @@ def pretrain_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretra
     cfg = _pretrain_cfg(model, data, pretrain_epochs, pretrain_lr, pretrain_lr_schedule, input_norm, weight_init,
                         train_subset, val_size, batch_size, seed, augment=pretrain_augment,
                         holdout_size=holdout_size)
-    run = RunDir.create(out, force)
-    _record_command(run, "pretrain", vars(cfg) | {"weights": str(weights) if weights else None})
-    with _resume_hint("pretrain", run):
-        _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard, weights=weights))
+    with _new_run(out, force) as run:
+        _record_command(run, "pretrain", vars(cfg) | {"weights": str(weights) if weights else None})
+        with _resume_hint("pretrain", run):
+            _echo_metrics("pretrained", run_pretrain(run, cfg, data_dir, quiet, guard=guard, weights=weights))
 
 
 @cli.command("retrain")
@@ -202,13 +219,13 @@ def run_cmd(out, model, data, weights, pretrain_epochs, pretrain_lr, pretrain_lr
                          augment=pretrain_augment, holdout_size=holdout_size)
     rcfg = _retrain_cfg(preset, batch_size, seed, **kw)
     qcfg = _quantize_cfg(merge_threshold, drop_dead_units, finetune_epochs, finetune_lr, rcfg.budget)
-    run = RunDir.create(out, force)
-    _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
-                                 "quantize": vars(qcfg), "weights": str(weights) if weights else None})
-    with _resume_hint("run", run):
-        _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard, weights=weights))
-        _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard,
-                                               qcfg=qcfg))
+    with _new_run(out, force) as run:
+        _record_command(run, "run", {"pretrain": vars(pcfg), "retrain": dataclasses.asdict(rcfg),
+                                     "quantize": vars(qcfg), "weights": str(weights) if weights else None})
+        with _resume_hint("run", run):
+            _echo_metrics("pretrained", run_pretrain(run, pcfg, data_dir, quiet, guard=guard, weights=weights))
+            _echo_metrics("retrained", run_retrain(run, rcfg, data_dir, quiet, snapshots=figures, guard=guard,
+                                                   qcfg=qcfg))
     _print_report(run_quantize(run, qcfg, data_dir))
     if figures:
         _draw_figures(run)
