@@ -376,3 +376,19 @@ def test_a_holdout_of_a_users_data_is_carved_from_its_training_set(tmp_path, cap
     holdout = load_holdout(data)
     assert (len(train), len(val), len(test), len(holdout)) == (412, 128, 128, 100)   # its own val kept
     assert not set(train.indices) & set(holdout.indices)
+
+
+def test_compress_scores_a_holdout_that_changes_no_choice():
+    def once(holdout):
+        torch.manual_seed(0)
+        return sws.compress(MLP(), toy(), toy(seed=1), epochs=2, batch_size=64, snap_epochs=1, holdout=holdout)
+    a, ra = once(toy(seed=2))
+    b, rb = once(toy(n=128, seed=3))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)            # the same network, bit for bit
+    assert ra.budget == rb.budget and ra.metrics["quantized_error"] == rb.metrics["quantized_error"]
+    for key in ("before_holdout_error", "quantized_holdout_error", "quantized_holdout_loss"):
+        assert 0 <= ra.metrics[key] and key in rb.metrics
+    assert ra.metrics["quantized_holdout_loss"] != rb.metrics["quantized_holdout_loss"]
+    _, plain = once(None)
+    assert not any("holdout" in k for k in plain.metrics)

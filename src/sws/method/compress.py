@@ -66,7 +66,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
              finetune_lr: float = QuantizeConfig.finetune_lr, device=None,
              quiet: bool = True, on_epoch: Callable[[dict], object] | None = None, guard: bool = True,
              resume: tuple[dict, dict] | None = None, on_state: Callable[[dict, dict], None] | None = None,
-             **overrides) -> tuple[nn.Module, CompressionReport]:
+             holdout=None, **overrides) -> tuple[nn.Module, CompressionReport]:
     """Retrain ``model`` with the mixture prior, post-process it, optionally write ``out``.
 
     Args:
@@ -92,6 +92,10 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         (``sws.method.finetune``); default: ``QuantizeConfig``'s with the budget on, 0 without.
       device: where to train (default: where the model is).
       guard, resume, on_state, on_epoch: as in ``sws.method.loop.fit``.
+      holdout: a Dataset (or DataLoader) no choice looks at, scored before and after:
+        ``report.metrics["before_holdout_*"]`` and ``["quantized_holdout_*"]``.  ``val`` chooses
+        the state kept and the codebook's values, so its scores are optimistic for them; this
+        one is not.
 
     The accuracy budget (``config.budget``, ``max_error_increase`` points over the pretrained
     network's validation error, ``patience``; needs ``val``): every epoch the post-processed
@@ -104,6 +108,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
       (the post-processed model, a ``CompressionReport``).
     """
     train, val = as_source(train), as_source(val, "validation data")
+    holdout = as_source(holdout, "holdout data")
     if train.batch_size and "batch_size" not in overrides and isinstance(config, str):
         overrides["batch_size"] = train.batch_size          # a DataLoader's batch size is kept
     cfg = resolve_config(config, overrides)
@@ -120,6 +125,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     kw = {"loss_fn": loss_fn, "output": output, "device": device}
     if val is not None:
         metrics.update({f"before_{k}": v for k, v in evaluate(model, val, **kw).items()})
+    if holdout is not None:
+        metrics.update({f"before_holdout_{k}": v for k, v in evaluate(model, holdout, **kw).items()})
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     budget = Budget(model, sws_.prior, sws_.covered, val, threshold=merge_threshold, dead_units=drop_dead_units,
                     max_error_increase=cfg.max_error_increase if cfg.budget else None,
@@ -139,6 +146,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         metrics.update({f"retrained_{k[4:]}": v for k, v in kept.items() if k.startswith("val_")})
         metrics.update({f"quantized_{k}": v for k, v in evaluate(model, val, **kw).items()})
         decision = Budget.final(decision, metrics.get("quantized_error"), finetune_epochs)
+    if holdout is not None:      # after every choice: reported only
+        metrics.update({f"quantized_holdout_{k}": v for k, v in evaluate(model, holdout, **kw).items()})
     if decision.get("status") == "over" and distributed.is_main():
         warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
     stats = sws_.stats()
