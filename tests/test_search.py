@@ -207,5 +207,8 @@ def test_a_study_with_a_holdout_scores_each_trial_on_it(tmp_path, mnist_dir):
     plain = tmp_path / "plain"
     run_search(plain, TINY, n_trials=1, data_dir=mnist_dir, quiet=True)
     assert "holdout_size" not in open_study(plain).user_attrs["settings"]
-    assert run_search(plain, {}, n_trials=1, data_dir=mnist_dir, quiet=True)["complete"] == 1
+    recorded = json.loads((plain / "search.json").read_text())
+    del recorded["holdout_size"]                                   # as an older version wrote it
+    (plain / "search.json").write_text(json.dumps(recorded))
+    assert run_search(plain, {"holdout_size": 0}, n_trials=1, data_dir=mnist_dir, quiet=True)["complete"] == 1
     assert "holdout %" not in format_report(open_study(plain), plain)

@@ -80,8 +80,9 @@ def resolve_settings(out: Path, given: dict) -> dict:
     recorded = RunDir(out).read_json("search.json", None)
     if recorded is not None:
         for key, value in given.items():
-            if key in FIXED and _canon(recorded.get(key)) != _canon(value):
-                raise ConfigError(f"{out} was started with {key} {recorded.get(key)!r}, not "
+            was = recorded.get(key, DEFAULTS[key] if key in LATER else None)   # LATER: absent is the default
+            if key in FIXED and _canon(was) != _canon(value):
+                raise ConfigError(f"{out} was started with {key} {was!r}, not "
                                   f"{value!r}; drop the option to resume it, or use a new folder")
         settings = {**DEFAULTS, **recorded, **{k: v for k, v in given.items() if k not in FIXED}}
     else:
