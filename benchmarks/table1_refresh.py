@@ -28,7 +28,7 @@ from pathlib import Path
 from sws.config import retrain_config
 from sws.format import container
 from sws.format.stats import file_stats
-from sws.runs.inputs import load_data, load_holdout
+from sws.runs.inputs import load_splits
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
 from sws.study.table1 import HERE, MODELS, _file_result
@@ -75,7 +75,7 @@ def run_row(name: str, run_dir: Path, data_dir) -> dict:
     preset = next((w for a, w in zip(command.split(), command.split()[1:]) if a == "--preset"), "tutorial")
     meta = run.load("pretrained")[1]
     model = meta["model"]
-    data = load_data(meta["data"], data_dir)
+    data = load_splits(meta["data"], data_dir)
     target = OUT / f"{model}-sws-{name}.sws"
     atomic_write(target, (run.path / "model.sws").read_bytes())
     rewrite(target)
@@ -90,7 +90,7 @@ def run_row(name: str, run_dir: Path, data_dir) -> dict:
             "seconds": metrics["retrained"]["seconds"], "budget": metrics["quantized"].get("budget"),
             "dead_unit_weights_dropped": metrics["quantized"].get("dead_unit_weights_dropped", 0),
             "settled_val_error": settled_val_error(run.read_json("history.json", [])),
-            **_file_result(target, data[1], data[2], load_holdout(meta["data"], data_dir)),
+            **_file_result(target, data["val"], data["test"], data["holdout"]),
             "sws_file": target.name}
 
 

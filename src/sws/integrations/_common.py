@@ -88,7 +88,7 @@ class Driver:
                  merge_threshold: float | None = None, dead_units: bool | None = None, recalibrate=True,
                  val=True, **overrides):
         self.config_arg, self.overrides = config, overrides
-        self.val = val                # the guard's data: True the framework's validation loader, None off
+        self.val = None if val is False else val   # the guard's data: True the framework's loader, None off
         self.out = Path(out) if out is not None else None
         self.n_train = n_train
         self.kwargs = {"include": include, "exclude": exclude}
@@ -193,7 +193,7 @@ class Driver:
                "sws/prior_seconds": self.seconds}
         if before is None:
             res["sws/status"] = "unchecked"
-            if self.val is not None and self.val is not False:   # off when asked: no warning
+            if self.val is not None:   # off when asked: no warning
                 warnings.warn(f"sws: the post-processed network was not validated ({why}): pass val=DATASET "
                               "of (input, target) pairs the model takes to the callback to guard the file",
                               stacklevel=2)
@@ -225,7 +225,7 @@ class Driver:
 
     def _guard_data(self, val_loader):
         """The guard's (input, target) batches: the callback's ``val``, else the framework's."""
-        if self.val is None or self.val is False:
+        if self.val is None:
             return None
         given = self.val
         if given is True:

@@ -19,8 +19,9 @@ from sws.zoo.mnist import load_mnist_test, mnist_splits, split_indices
 from sws.zoo.models import MODELS
 from sws.zoo.refs import resolve_data, resolve_model
 
-__all__ = ["PRIOR_PREFIX", "data_settings", "load_data", "load_holdout", "load_test", "scoring_set", "check_fits",
-           "model_from_checkpoint", "prior_from_checkpoint", "covered_of", "load_weights", "is_user", "header_of"]
+__all__ = ["PRIOR_PREFIX", "data_settings", "load_data", "load_holdout", "load_splits", "load_test", "scoring_set",
+           "check_fits", "model_from_checkpoint", "prior_from_checkpoint", "covered_of", "load_weights", "is_user",
+           "header_of"]
 
 PRIOR_PREFIX = "prior."
 
@@ -31,13 +32,15 @@ def data_settings(cfg: PretrainConfig) -> dict:
             **({"holdout_size": cfg.holdout_size} if cfg.holdout_size else {}), "seed": cfg.seed}
 
 
-def _splits(data: dict, data_dir) -> dict:
-    """The "train", "val", "holdout" and "test" sets of the recorded data settings."""
+def load_splits(data: dict, data_dir=None) -> dict:
+    """The "train", "val", "holdout" and "test" sets of the data settings recorded in a
+    checkpoint (None where a split is empty), each loaded once."""
     holdout_size = data.get("holdout_size", 0)
     if not data.get("ref"):
-        return mnist_splits(data_dir, train_subset=data.get("train_subset") or None,
-                            val_size=data.get("val_size", 0), holdout_size=holdout_size,
-                            seed=data.get("seed", 0))
+        s = mnist_splits(data_dir, train_subset=data.get("train_subset") or None,
+                         val_size=data.get("val_size", 0), holdout_size=holdout_size, seed=data.get("seed", 0))
+        _check_images(s["train"], s["test"])
+        return s
     train, val, test = resolve_data(data["ref"])
     if data.get("train_subset"):
         train = torch.utils.data.Subset(train, range(min(data["train_subset"], len(train))))
@@ -55,9 +58,7 @@ def _splits(data: dict, data_dir) -> dict:
 def load_data(data: dict, data_dir=None):
     """(train, val, test) for the data settings recorded in a checkpoint; the holdout
     (``load_holdout``) is in none of them."""
-    s = _splits(data, data_dir)
-    if not data.get("ref"):
-        _check_images(s["train"], s["test"])
+    s = load_splits(data, data_dir)
     return s["train"], s["val"], s["test"]
 
 
@@ -66,7 +67,7 @@ def load_holdout(data: dict | None, data_dir=None):
     neither trained on nor used by any of the run's choices, scored only to report."""
     if not data or not data.get("holdout_size"):
         return None
-    return _splits(data, data_dir)["holdout"]
+    return load_splits(data, data_dir)["holdout"]
 
 
 def load_test(data: dict | None = None, data_dir=None):

@@ -31,8 +31,8 @@ from sws.method.watch import Budget, kept_record
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.inputs import (PRIOR_PREFIX, covered_of, check_fits, data_settings, header_of, load_data,
-                             load_holdout, load_test, load_weights, model_from_checkpoint, prior_from_checkpoint,
-                             scoring_set)
+                             load_holdout, load_splits, load_test, load_weights, model_from_checkpoint,
+                             prior_from_checkpoint, scoring_set)
 from sws.runs.rundir import RunDir
 from sws.zoo.refs import resolve_model
 
@@ -94,7 +94,8 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
     state, on_state, wrap = _resumable(run, "pretrain", "", resume)
     cfg = _stage_config(PretrainConfig, state, cfg, "pretrain", run.state_path("pretrain"))
     data = data_settings(cfg)
-    train, val, test = load_data(data, data_dir)
+    splits = load_splits(data, data_dir)
+    train, val, test = splits["train"], splits["val"], splits["test"]
     model = resolve_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
     check_fits(model, train, cfg.model)
     if state is None:
@@ -115,7 +116,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
             raise wrap(e) from None
     metrics = {"seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in model.parameters()),
                **{k: v for k, v in history[-1].items() if k.startswith(("test_", "val_"))},
-               **_holdout_scores(model, data, data_dir)}
+               **_holdout_scores(model, splits["holdout"])}
     meta = {"model": cfg.model, "input_norm": cfg.input_norm, "data": data,
             "pretrain": dataclasses.asdict(cfg) | ({"weights": str(weights)} if weights else {}),
             "metrics": metrics}
@@ -207,11 +208,10 @@ def _scores(rec: dict, split: str, prefix: str = "") -> dict:
     return {f"{prefix}{split}_{k}": v for k, v in rec.items()}
 
 
-def _holdout_scores(model, data: dict, data_dir, prefix: str = "") -> dict:
-    """``holdout_*`` scores of ``model`` where the run sets a holdout aside (``--holdout-size``):
-    reported only; nothing the run chooses looks at them."""
-    holdout = load_holdout(data, data_dir)
-    return _scores(evaluate(model, holdout), "holdout", prefix) if holdout is not None else {}
+def _holdout_scores(model, holdout) -> dict:
+    """``holdout_*`` scores of ``model`` where the run sets a holdout aside (``--holdout-size``,
+    else ``holdout`` is None): reported only; nothing the run chooses looks at them."""
+    return _scores(evaluate(model, holdout), "holdout") if holdout is not None else {}
 
 
 def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
@@ -223,9 +223,10 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     prior = prior_from_checkpoint(tensors, meta)
     covered = covered_of(model, meta["retrain"]["prior"])
     decision = dict(meta.get("metrics", {}).get("budget") or {})
-    loaded = None                  # every split, loaded once (a user's data function is called once)
-    if cfg.finetune_epochs or decision.get("limit_val_error") is not None:
-        loaded = load_data(meta["data"], data_dir)
+    splits = None                  # every split, loaded once (a user's data function is called once)
+    if cfg.finetune_epochs or decision.get("limit_val_error") is not None or meta["data"].get("holdout_size"):
+        splits = load_splits(meta["data"], data_dir)
+    loaded = (splits["train"], splits["val"], splits["test"]) if splits else None
     train, val = loaded[:2] if loaded else (None, None)
     test, split = scoring_set(meta["data"], data_dir, loaded)
     run.invalidate_after("retrained")
@@ -237,7 +238,7 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
                      finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr, probe=test,
                      batch_size=meta["retrain"]["batch_size"], seed=meta["retrain"]["seed"], val=val)
     quantized_eval = evaluate(model, test)
-    holdout = _holdout_scores(model, meta["data"], data_dir)   # after every choice: reported only
+    holdout = _holdout_scores(model, splits and splits["holdout"])   # after every choice: reported only
     if val is not None and decision.get("limit_val_error") is not None:
         decision = Budget.final(decision, evaluate(model, val).get("error"), cfg.finetune_epochs)
     stats = layer_stats(covered)
@@ -302,10 +303,10 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
     for stage, ckpt in targets:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
-        if test is None:
-            test = load_test(meta.get("data"), data_dir)
+        if test is None:                 # the stages share their data settings: loaded once
+            test, holdout = load_test(meta.get("data"), data_dir), load_holdout(meta.get("data"), data_dir)
         stats = layer_stats(select_parameters(model))
-        results[stage] = {**evaluate(model, test), **_holdout_scores(model, meta.get("data"), data_dir),
+        results[stage] = {**evaluate(model, test), **_holdout_scores(model, holdout),
                           "nonzero_share": stats["total"]["nonzero_share"],
                           "distinct_values": stats["total"]["distinct"]}
     if path.is_dir():

@@ -41,8 +41,8 @@ from sws.format import container as fileformat
 from sws.method.files import load
 from sws.runs.stages import compress_run
 from sws.format.stats import file_stats
-from sws.runs.inputs import load_holdout
-from sws.runs.stages import load_data, model_from_checkpoint, run_pretrain, run_quantize, run_retrain
+from sws.runs.inputs import load_splits
+from sws.runs.stages import model_from_checkpoint, run_pretrain, run_quantize, run_retrain
 from sws.method.deadunits import drop_dead_units
 from sws.runs.rundir import RunDir
 from sws.storage import atomic_write
@@ -371,8 +371,8 @@ def main(argv=None) -> int:
     for model in args.models:
         pre_run, pre_metrics = pretrained_run(args, model)
         args.pretrain_seconds[model] = pre_metrics.get("seconds", 0.0)
-        recorded = pre_run.load("pretrained")[1]["data"]
-        data = (*load_data(recorded, args.data_dir), load_holdout(recorded, args.data_dir))
+        s = load_splits(pre_run.load("pretrained")[1]["data"], args.data_dir)
+        data = (s["train"], s["val"], s["test"], s["holdout"])
         if not args.no_baselines:   # first: they take a few epochs, the variants many
             for kind in ("prune-kmeans", "deep-compression"):
                 rows.append(baseline(args, model, pre_run, kind, data))
