@@ -363,3 +363,29 @@ def test_paths_without_the_c_kernel(monkeypatch):
 def test_too_many_components():
     with pytest.raises(ValueError, match="at most 256"):
         K.mixture_nll(torch.zeros(300), torch.zeros(300), torch.zeros(300), [torch.zeros(3)])
+
+
+@needs_c
+def test_copies_of_a_prior_own_their_workspace():
+    """copy.deepcopy and pickling (torch.save) of a prior that has run: each copy gets its own
+    C workspace in the same state (never the handle, which both would free), and the next call
+    gives the original's bits."""
+    import copy
+    import io
+    import gc
+    g = torch.Generator().manual_seed(3)
+    ws = [torch.randn(50001, generator=g) * 0.05]
+    prior = GaussianMixturePrior(PriorConfig(n_components=8), weights=ws)
+    for _ in range(5):                       # mid-plan (a plan every 8 calls)
+        prior.complexity(ws)
+    twin = copy.deepcopy(prior)
+    buf = io.BytesIO()
+    torch.save(prior, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert twin._workspace._handle != prior._workspace._handle
+    expected = [prior.complexity(ws).item() for _ in range(4)]
+    del prior
+    gc.collect()                             # the original's workspace freed: the copies still run
+    assert [twin.complexity(ws).item() for _ in range(4)] == expected
+    assert [loaded.complexity(ws).item() for _ in range(4)] == expected

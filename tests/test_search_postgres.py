@@ -99,7 +99,14 @@ def _search(out, storage, *extra):
     return subprocess.Popen([sys.executable, "-m", "sws.cli", "search", "run", str(out), "--trials", str(N_TRIALS),
                              "--n-workers", "2", "--storage", storage, *TINY, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)     # its workers can be stopped with it, see _stop
+                            start_new_session=True,     # its workers can be stopped with it, see _stop
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint():
+    """SIGINT as a terminal gives it: a suite started in the background (``cmd &``) inherits it
+    ignored, and so would the search and its workers, which then rightly never see it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc):

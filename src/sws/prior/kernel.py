@@ -154,6 +154,20 @@ class Workspace:
             _LIB.sws_free(self._handle)
             self._handle = None
 
+    # A copy (``copy.deepcopy`` of a prior, pickling, ``torch.save``) gets a workspace of its own
+    # in the same state, never the C handle: two owners of one would free it twice.
+    def __getstate__(self) -> dict:
+        return self.state_dict()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.load_state_dict(state)
+
+    def __deepcopy__(self, memo) -> "Workspace":
+        new = Workspace()
+        new.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in self.state_dict().items()})
+        return new
+
     def handle(self):
         if self._handle is None:
             self._handle = _LIB.sws_new()
