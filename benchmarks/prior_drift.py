@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prior_parts import kept_state
+from prior_parts import fixed_batch, kept_state
 from sws.method.loop import adam
 
 
@@ -31,8 +31,7 @@ def main():
     _, model, prior, covered, _ = kept_state(args.run_dir)
     end = [p.detach().clone() for p in covered]
     opt = adam(model.parameters(), 1e-4)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    x, y = fixed_batch()
     for _ in range(args.steps):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)

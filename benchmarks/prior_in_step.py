@@ -17,7 +17,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from prior_parts import kept_state
+from prior_parts import fixed_batch, kept_state
 from sws.method.loop import adam
 
 
@@ -33,8 +33,7 @@ def main():
     _, model, prior, covered, _ = kept_state(args.run_dir)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     opt = adam(model.parameters(), 1e-4)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    x, y = fixed_batch()
     scale = 0.003 / 60000
     for p in covered:
         p.grad = torch.zeros_like(p)

@@ -22,6 +22,12 @@ from sws.runs.inputs import covered_of, model_from_checkpoint, prior_from_checkp
 from sws.runs.rundir import RunDir
 
 
+def fixed_batch(n=256):
+    """The benchmarks' fixed batch: ``n`` random MNIST-shaped images and labels, seeded (0)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
 def kept_state(run_dir):
     """(its record, model, prior, covered tensors, step) of a run's kept state; ``step(opt, with_prior)`` runs one
     step on a fixed random batch of 256 MNIST-shaped images."""

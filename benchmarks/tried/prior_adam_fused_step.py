@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prior_parts import kept_state  # noqa: E402
+from prior_parts import fixed_batch, kept_state  # noqa: E402
 from sws.config import retrain_config  # noqa: E402
 from sws.method.loop import adam, retrain_optimizer  # noqa: E402
 from sws.method.prior_step import PriorStep  # noqa: E402  (the patch's module)
@@ -34,8 +34,7 @@ def main():
     opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
     plain_opt = adam(model.parameters(), 5e-4)
     fused_step = PriorStep(opt, prior, covered)
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    x, y = fixed_batch()
     scale = 0.003 / 60000
 
     def plain():

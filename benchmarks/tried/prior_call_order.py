@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prior_parts import kept_state  # noqa: E402
+from prior_parts import fixed_batch, kept_state  # noqa: E402
 from sws.config import retrain_config  # noqa: E402
 from sws.method.loop import retrain_optimizer  # noqa: E402
 
@@ -30,8 +30,7 @@ def main():
     clock = time.thread_time if threads == 1 else time.perf_counter
     _, model, prior, covered, _ = kept_state(run_dir)
     opt = retrain_optimizer(model, prior, retrain_config("tutorial"))
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(256, 1, 28, 28, generator=g), torch.randint(0, 10, (256,), generator=g)
+    x, y = fixed_batch()
     scale = 0.003 / 60000
 
     def plain():

@@ -147,16 +147,16 @@ def load_weights(model, path) -> None:
     load_strict(model, state, str(path), "weights do not match the model")
 
 
-def scoring_set(data: dict, data_dir, loaded=None):
+def scoring_set(data: dict, data_dir, splits=None):
     """(data set, split name) a finished stage is scored on: the test set, else validation.
 
-    ``loaded``: the (train, val, test) already loaded for ``data``, if any."""
+    ``splits``: what ``load_splits`` already returned for ``data``, if anything."""
     if data.get("ref"):
-        _, val, test = loaded or load_data(data, data_dir)
-        if test is None and val is None:
+        s = splits or load_splits(data, data_dir)
+        if s["test"] is None and s["val"] is None:
             raise DataError(f"--data {data['ref']}: has neither a test nor a validation set to evaluate on")
-        return (test, "test") if test is not None else (val, "val")
-    return (loaded[2] if loaded else load_test(data, data_dir)), "test"
+        return (s["test"], "test") if s["test"] is not None else (s["val"], "val")
+    return (splits["test"] if splits else load_test(data, data_dir)), "test"
 
 
 

@@ -31,8 +31,8 @@ from sws.method.watch import Budget, kept_record
 from sws.prior import GaussianMixturePrior
 from sws.runs.checkpoint import load_checkpoint, save_checkpoint
 from sws.runs.inputs import (PRIOR_PREFIX, covered_of, check_fits, data_settings, header_of, load_data,
-                             load_holdout, load_splits, load_test, load_weights, model_from_checkpoint,
-                             prior_from_checkpoint, scoring_set)
+                             load_splits, load_test, load_weights, model_from_checkpoint, prior_from_checkpoint,
+                             scoring_set)
 from sws.runs.rundir import RunDir
 from sws.zoo.refs import resolve_model
 
@@ -226,9 +226,8 @@ def run_quantize(run: RunDir, cfg: QuantizeConfig, data_dir=None) -> dict:
     splits = None                  # every split, loaded once (a user's data function is called once)
     if cfg.finetune_epochs or decision.get("limit_val_error") is not None or meta["data"].get("holdout_size"):
         splits = load_splits(meta["data"], data_dir)
-    loaded = (splits["train"], splits["val"], splits["test"]) if splits else None
-    train, val = loaded[:2] if loaded else (None, None)
-    test, split = scoring_set(meta["data"], data_dir, loaded)
+    train, val = (splits["train"], splits["val"]) if splits else (None, None)
+    test, split = scoring_set(meta["data"], data_dir, splits)
     run.invalidate_after("retrained")
     snapped = bool(meta.get("metrics", {}).get("snapped"))
     with Snap(prior, list(covered.values()), cfg.merge_threshold).applied() if snapped else \
@@ -304,7 +303,9 @@ def evaluate_path(path: str | Path, data_dir=None) -> dict:
         tensors, meta = load_checkpoint(ckpt)
         model = model_from_checkpoint(tensors, meta, str(ckpt) + ".safetensors")
         if test is None:                 # the stages share their data settings: loaded once
-            test, holdout = load_test(meta.get("data"), data_dir), load_holdout(meta.get("data"), data_dir)
+            data = meta.get("data") or {}
+            splits = load_splits(data, data_dir) if data.get("holdout_size") else None
+            test, holdout = scoring_set(data, data_dir, splits)[0], splits and splits["holdout"]
         stats = layer_stats(select_parameters(model))
         results[stage] = {**evaluate(model, test), **_holdout_scores(model, holdout),
                           "nonzero_share": stats["total"]["nonzero_share"],

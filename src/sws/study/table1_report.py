@@ -80,6 +80,18 @@ def _within(r: dict, score, model: str) -> bool:
     return 100 * score(r) <= TARGETS[model]["error"] + 1e-9   # errors are 1 - k/n
 
 
+def _choice(rows: list[dict], model: str) -> tuple[dict | None, bool]:
+    """(the row ``choose_on_validation`` returns, whether it met the target on what it was
+    chosen on: False for the fallback)."""
+    cands, score = _basis(rows, model)
+    if not cands:
+        return None, False
+    ok = [r for r in cands if _within(r, score, model)]
+    if ok:
+        return max(ok, key=lambda r: r["cr_file"]), True
+    return min(cands, key=lambda r: (score(r), -r["cr_file"])), False   # ties: the smaller file
+
+
 def choose_on_validation(rows: list[dict], model: str) -> dict | None:
     """The soft weight-sharing row chosen without the test set.
 
@@ -88,19 +100,12 @@ def choose_on_validation(rows: list[dict], model: str) -> dict | None:
     that error alone: the highest CR within the target.  Otherwise it is the highest CR whose
     validation errors (the file's and the run's settled one, ``settled_val_error``) both meet
     the target.  If none does, the one with the lowest error (of those, the highest CR)."""
-    cands, score = _basis(rows, model)
-    if not cands:
-        return None
-    ok = [r for r in cands if _within(r, score, model)]
-    if ok:
-        return max(ok, key=lambda r: r["cr_file"])
-    return min(cands, key=lambda r: (score(r), -r["cr_file"]))   # ties: the smaller file
+    return _choice(rows, model)[0]
 
 
 def chosen_within(rows: list[dict], model: str) -> bool:
     """Whether the row chosen met the target on what it was chosen on (not the fallback)."""
-    chosen = choose_on_validation(rows, model)
-    return chosen is not None and _within(chosen, _basis(rows, model)[1], model)
+    return _choice(rows, model)[1]
 
 
 def _stage_minutes(rows: list[dict], args) -> str:
@@ -140,8 +145,9 @@ def markdown(rows: list[dict], args, wall: float) -> str:
            "| model | method | settings | error % (test) | val error % | settled val % | holdout % | "
            "non-zero % | CR (file) | CR (paper acc.) | file bytes | train s |",
            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    choices = {model: _choice(rows, model) for model in args.models}
     for model in args.models:
-        chosen = choose_on_validation(rows, model)
+        chosen = choices[model][0]
         for m, method, err, nz, cr in PAPER_ROWS:
             if m == model:
                 out.append(f"| {LABEL[model]} | {method} | published in the paper | {err} | | | | {nz} | | "
@@ -179,10 +185,9 @@ def markdown(rows: list[dict], args, wall: float) -> str:
                        f"{r['seconds']:.0f} |")
     out += ["", "Targets (the soft weight-sharing row is the one chosen on validation):", ""]
     for model in args.models:
-        t, chosen = TARGETS[model], choose_on_validation(rows, model)
+        t, (chosen, within) = TARGETS[model], choices[model]   # within False: the fallback
         if chosen:
             e, cr = 100 * chosen["test_error"], chosen["cr_file"]
-            within = chosen_within(rows, model)   # False: the fallback, no row within where it is chosen
             met = within and cr >= t["cr"] and e <= t["error"] + 1e-9
             basis = "holdout" if chosen.get("holdout_error") is not None else "validation"
             out.append(f"- {LABEL[model]}: CR >= {t['cr']} at test error <= {t['error']}%: "
