@@ -1,4 +1,4 @@
-/* Times the prior's C kernel (sws_step) without Python, for profiling: callgrind, or the
+/* Times the prior's C kernel (sws_train_step, or an older build's sws_step) without Python, for profiling: callgrind, or the
  * calling thread's CPU time.  Several builds of the kernel alternate in one process.
  *
  *   python benchmarks/dump_prior_state.py RUN OUT      (OUT.start.bin, OUT.end.bin)
@@ -19,6 +19,9 @@
 typedef double (*step_fn)(void *, int, const float *, const float *, const float *, const float *, int, double, double,
     const float *, const float *, int, const float *const *, const int64_t *, float *const *, float, int, int64_t, int,
     double, double, double, float *, float *, float *, float *, double *, double *, double *);
+typedef double (*train_fn)(void *, int, const float *, const float *, const float *, const float *, int, double, double,
+    const float *, const float *, int, const float *const *, const int64_t *, float *const *, float, int, int64_t, int,
+    double, double, double, float *, float *, float *, float *, int, double *, double *, double *, double *, double);
 void *PyModule_Create2(void *a, int b) { (void)a; (void)b; return 0; }
 static double now(clockid_t c) { struct timespec ts; clock_gettime(c, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
 static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
@@ -41,7 +44,7 @@ int main(int argc, char **argv)
     if (getenv("N0")) { n[0] = atol(getenv("N0")); total = 0; for (int q = 0; q < nt; q++) total += n[q]; }
     int nso = argc - 6 + 1;
     const char *sos[8]; sos[0] = argv[1]; for (int i = 6; i < argc; i++) sos[i - 5] = argv[i];
-    step_fn step[8]; void *ws[8]; double lo[8], hi[8]; int ncall[8];
+    step_fn step[8]; train_fn train[8]; void *ws[8]; double lo[8], hi[8]; int ncall[8];
     double *res[8];
     float gm[256], gg[256], gr[256];
     double mix[4 * 256], out[1 + 3 * 256], info[5];
@@ -50,7 +53,8 @@ int main(int argc, char **argv)
     for (int s = 0; s < nso; s++) {
         void *h = dlopen(sos[s], RTLD_NOW | RTLD_LOCAL);
         if (!h) { fprintf(stderr, "%s\n", dlerror()); return 1; }
-        step[s] = (step_fn)dlsym(h, "sws_step");
+        train[s] = (train_fn)dlsym(h, "sws_train_step");   /* this tree's entry point */
+        step[s] = (step_fn)dlsym(h, "sws_step");           /* builds before it */
         void *(*nw)(void) = (void *(*)(void))dlsym(h, "sws_new");
         ws[s] = nw(); lo[s] = -1; hi[s] = 1; ncall[s] = 0;
         res[s] = malloc(sizeof(double) * reps);
@@ -60,8 +64,13 @@ int main(int argc, char **argv)
             double t0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_THREAD_CPUTIME_ID);
             for (int c = 0; c < calls; c++) {
                 int plan = ncall[s] % 8 == 0; ncall[s]++;
-                step[s](ws[s], J, means, gamma, rho, &pi0, 0, 1.0, 1.0, alpha, beta, nt, (const float *const *)w, n, g,
-                        1e-8f, threads, 1 << 15, plan, lo[s], hi[s], 24.0, gm, gg, gr, NULL, mix, out, info);
+                if (train[s])
+                    train[s](ws[s], J, means, gamma, rho, &pi0, 0, 1.0, 1.0, alpha, beta, nt, (const float *const *)w, n,
+                             g, 1e-8f, threads, 1 << 15, plan, lo[s], hi[s], 24.0, gm, gg, gr, NULL, 0, mix, out, info,
+                             NULL, 0.0);
+                else
+                    step[s](ws[s], J, means, gamma, rho, &pi0, 0, 1.0, 1.0, alpha, beta, nt, (const float *const *)w, n,
+                            g, 1e-8f, threads, 1 << 15, plan, lo[s], hi[s], 24.0, gm, gg, gr, NULL, mix, out, info);
                 if (isfinite(info[1]) && isfinite(info[2])) { lo[s] = info[1]; hi[s] = info[2]; }
             }
             double wall = (now(CLOCK_MONOTONIC) - t0) / calls, cpu = (now(CLOCK_THREAD_CPUTIME_ID) - c0) / calls;

@@ -19,9 +19,10 @@ reached: retrain long enough for a sharp mixture (the tutorial's 30 epochs, or
 100 for LeNet-300-100).
 
 With --before, a second build of the C kernel (another version of _kernel.c with the
-same entry points, e.g. built from an older commit) takes a copy of the prior, and its
-steps are a third kind of block in the same alternation: both ratios come from the same
-blocks under the same load.
+same entry points, e.g. built from an older commit since sws_train_step, 2026-12-02; for
+older builds and the Python around them, benchmarks/engine_step_ab.py) takes a copy of the
+prior, and its steps are a third kind of block in the same alternation: both ratios come
+from the same blocks under the same load.
 
 With --clock thread the blocks are timed by the calling thread's CPU time instead of the
 wall clock: at one thread (all of a step's work on that thread) a measure that the other
@@ -109,13 +110,14 @@ def measure(model, prior, cover, steps, blocks=6, autograd=True, before_lib=None
         plain_opt.step()
 
     snapper = Snap(prior, covered, 1e-2)
+    cx = torch.zeros((), dtype=torch.float64)  # the loop's running sum of C
 
     def prior_step(prior, opt, snapped=False):  # snapped: a step of the snap phase
         with snapper.applied() if snapped else contextlib.nullcontext():
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        prior.backward_complexity(covered, scale)
+        prior.backward_complexity(covered, scale, acc=cx, factor=len(y))   # as the loop calls it
         opt.step()
 
     def with_prior():

@@ -389,3 +389,73 @@ def test_copies_of_a_prior_own_their_workspace():
     gc.collect()                             # the original's workspace freed: the copies still run
     assert [twin.complexity(ws).item() for _ in range(4)] == expected
     assert [loaded.complexity(ws).item() for _ in range(4)] == expected
+
+
+def _bound_setup(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ws = [(torch.randn(300, 50, generator=g) * 0.1).requires_grad_(),
+          (torch.randn(70, generator=g) * 0.2).requires_grad_()]
+    prior = GaussianMixturePrior(PriorConfig(), weights=ws)
+    return prior, ws
+
+
+def _grads_of(prior, ws, scale=1e-3, **kw):
+    """The gradients and C of one call from fresh gradients (all .grad None first)."""
+    for t in ws + list(prior.parameters()):
+        t.grad = None
+    c = prior.backward_complexity(ws, scale, **kw)
+    return [t.grad.clone() for t in ws + list(prior.parameters())], c
+
+
+@needs_c
+def test_the_bound_call_follows_changed_tensors():
+    """The C call is bound to its tensors once; a tensor moved to new storage, another list of
+    weights or a parameter frozen is seen at the next call: the bits of a copy that never bound."""
+    import copy
+    prior, ws = _bound_setup()
+    _grads_of(prior, ws)
+    twin, twin_ws = copy.deepcopy(prior), [w.detach().clone().requires_grad_() for w in ws]
+    assert twin._workspace.binding is None
+    for p, w in ((prior, ws), (twin, twin_ws)):
+        with torch.no_grad():                # new storage for a mixture parameter and a weight
+            p.means.data = p.means.data + 0.01
+            w[0].data = w[0].data * 1.5
+    a, ca = _grads_of(prior, ws)
+    b, cb = _grads_of(twin, twin_ws)
+    assert float(ca) == float(cb) and all(torch.equal(x, y) for x, y in zip(a, b))
+    other = [w.detach().clone().requires_grad_() for w in reversed(ws)]   # another list: bound again
+    a, _ = _grads_of(prior, other)
+    assert a[0].shape == other[0].shape and prior._workspace.binding.weights[0] is other[0]
+    prior.means.requires_grad_(False)          # frozen: no gradient for it
+    for t in ws + list(prior.parameters()):
+        t.grad = None
+    prior.backward_complexity(ws, 1e-3)
+    assert prior.means.grad is None and prior.log_precisions.grad is not None
+
+
+@needs_c
+def test_mixture_gradients_are_set_when_none_and_added_otherwise():
+    """A mixture parameter's .grad None (the optimiser's zero_grad) gets the term itself, step after
+    step (its buffer is reused, never summed into); a .grad present gets it added."""
+    prior, ws = _bound_setup()
+    first, _ = _grads_of(prior, ws)
+    again, _ = _grads_of(prior, ws)            # the same state: the same gradients, not twice them
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    for t in ws + list(prior.parameters()):
+        t.grad = torch.ones_like(t)
+    prior.backward_complexity(ws, 1e-3)
+    for t, g in zip(ws + list(prior.parameters()), first):
+        assert torch.equal(t.grad, torch.ones_like(t) + g)
+
+
+@needs_c
+def test_the_running_sum_gets_c_times_the_factor():
+    prior, ws = _bound_setup()
+    _, c = _grads_of(prior, ws)
+    acc = torch.tensor(2.5, dtype=torch.float64)
+    _, got = _grads_of(prior, ws, acc=acc, factor=256)
+    assert isinstance(got, float) and got == float(c)
+    assert acc.item() == 2.5 + float(c) * 256      # as the loop's `cx_sum += complexity * len(y)`
+    acc32 = torch.tensor(0.0)                      # not a float64 sum: added by torch
+    _, got = _grads_of(prior, ws, acc=acc32, factor=2)
+    assert acc32.item() == pytest.approx(2 * float(c))

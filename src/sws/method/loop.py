@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, lr_factor
 from sws.errors import ConfigError, DivergenceError, TrainingInterrupted
 from sws.method import distributed
+from sws.method.adam import adam
 from sws.method.augment import batch_generator
 from sws.method.augment import parse as parse_augment
 from sws.method.batches import as_source, call_model, default_loss, distillation_loss, logits_of, to_device
@@ -43,7 +44,7 @@ from sws.method.snap import Snap
 from sws.method.state import Position, capture, environment, restore
 from sws.prior import GaussianMixturePrior
 
-__all__ = ["fit", "pretrain", "retrain", "retrain_optimizer", "MAX_LOG_PRECISION"]
+__all__ = ["adam", "fit", "pretrain", "retrain", "retrain_optimizer", "MAX_LOG_PRECISION"]
 
 MAX_LOG_PRECISION = math.log(1e12)  # a component narrower than sd 1e-6 has run away
 
@@ -261,12 +262,13 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                             with torch.no_grad():
                                 prior.beta[0] = cfg.zero_beta_at(((epoch - 1) * steps + step) / (cfg.epochs * steps))
                         # adds (tau / N) dC/dp to every gradient: the loss data + tau/N C
-                        complexity = prior.backward_complexity(covered, tau / n_train)
+                        # (and C * len(y) to the running sum: no tensor operations for it)
+                        complexity = prior.backward_complexity(covered, tau / n_train, acc=cx_sum,
+                                                               factor=len(y))
                         distributed.average_gradients(prior_params)
                         if check_every_step and not math.isfinite(float(complexity)):
                             loop.diverged(f"the prior's complexity term is {float(complexity)}", epoch,
                                           step + 1, _hint(cfg, prior))
-                        cx_sum += complexity * len(y)
                     loop.schedule_lr(done0 + step, total, schedule)
                     optimizer.step()
                     loss_sum += loss.detach().double() * len(y)
@@ -334,18 +336,6 @@ def _hint(cfg, prior) -> str:
         return f"lower the learning rate (now {cfg.lr:g})"
     return (f"lower --lr-weights (now {cfg.lr_weights:g}), --lr-log-precisions "
             f"(now {cfg.lr_log_precisions:g}) or --tau (now {cfg.tau:g})")
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """The Adam of every training stage: torch's fused implementation (one pass over each
-    tensor's weight, gradient and moments) where the parameters' device and dtype allow it,
-    the default one elsewhere.  The same update; a plain LeNet-300-100 step on the CPU takes
-    3.70 ms with it against 4.63 ms at one thread (``benchmarks/prior_parts.py``, issue 15)."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except RuntimeError:                 # a device or dtype without the fused kernel
-        return torch.optim.Adam(params, lr=lr)
 
 
 def pretrain(model: torch.nn.Module, train, cfg: PretrainConfig, val=None, test=None, quiet: bool = False,

@@ -1367,10 +1367,27 @@ void sws_mixture(int J, const float *means, const float *gamma, const float *rho
 /* From out (sum log p, S0, S1, S2) of sws_eval: C = -sum log p + hyper-prior, returned,
  * and scale * dC/dp added to the float32 gradients of the parameters (any may be NULL):
  * means (J-1), gamma (J), rho (J-1), pi0's logit (when learned: Beta(a, b) prior on pi0). */
+static double backward(int J, const double *out, const double *lam, const double *logpi,
+                       const float *gamma, double pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
+                       const float *alpha, const float *beta, double scale, float *g_means,
+                       float *g_gamma, float *g_rho, float *g_pi0, int set);
+
 double sws_backward(int J, const double *out, const double *lam, const double *logpi,
                     const float *gamma, double pi0_logit, int learn_pi0,
                     double pi0_a, double pi0_b, const float *alpha, const float *beta, double scale,
                     float *g_means, float *g_gamma, float *g_rho, float *g_pi0)
+{
+    return backward(J, out, lam, logpi, gamma, pi0_logit, learn_pi0, pi0_a, pi0_b, alpha, beta, scale,
+                    g_means, g_gamma, g_rho, g_pi0, 0);
+}
+
+/* As sws_backward; bit q of set (1 means, 2 gamma, 4 rho, 8 pi0) sets that gradient to
+ * 0 + its term instead of adding to it (the same bits as adding to zeros). */
+#define GRAD_TO(g, i, set, v) ((g)[i] = ((set) ? 0.0f : (g)[i]) + (v))
+static double backward(int J, const double *out, const double *lam, const double *logpi,
+                       const float *gamma, double pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
+                       const float *alpha, const float *beta, double scale, float *g_means,
+                       float *g_gamma, float *g_rho, float *g_pi0, int set)
 {
     const double *S0 = out + 1, *S1 = out + 1 + J, *S2 = out + 1 + 2 * J;
     double C = -out[0];
@@ -1378,11 +1395,11 @@ double sws_backward(int J, const double *out, const double *lam, const double *l
         C += (1.0 - alpha[j]) * gamma[j] + beta[j] * lam[j];
         if (g_gamma) {
             double d = 0.5 * lam[j] * S2[j] - 0.5 * S0[j] + (1.0 - alpha[j]) + beta[j] * lam[j];
-            g_gamma[j] += (float)(scale * d);
+            GRAD_TO(g_gamma, j, set & 2, (float)(scale * d));
         }
     }
     if (g_means)
-        for (int k = 1; k < J; k++) g_means[k - 1] += (float)(scale * (-lam[k] * S1[k]));
+        for (int k = 1; k < J; k++) GRAD_TO(g_means, k - 1, set & 1, (float)(scale * (-lam[k] * S1[k])));
     /* d/d log pi_j = -S0_j;  log pi_0 = log sigmoid(t), log pi_k = log sigmoid(-t) + log_softmax(rho)_k */
     double t = pi0_logit, rest = 0.0;
     double ls_pos = t >= 0 ? -log1p(exp(-t)) : t - log1p(exp(t)), ls_neg = ls_pos - t;
@@ -1390,14 +1407,14 @@ double sws_backward(int J, const double *out, const double *lam, const double *l
     if (g_rho)
         for (int k = 1; k < J; k++) {
             double soft = exp(logpi[k] - ls_neg);       /* softmax(rho)_k */
-            g_rho[k - 1] += (float)(scale * (-S0[k] - soft * rest));
+            GRAD_TO(g_rho, k - 1, set & 4, (float)(scale * (-S0[k] - soft * rest)));
         }
     if (learn_pi0) {
         double sig = exp(ls_pos), sig_neg = exp(ls_neg);
         C -= (pi0_a - 1.0) * ls_pos + (pi0_b - 1.0) * ls_neg;
         if (g_pi0) {
             double d = -S0[0] * sig_neg - sig * rest - (pi0_a - 1.0) * sig_neg + (pi0_b - 1.0) * sig;
-            g_pi0[0] += (float)(scale * d);
+            GRAD_TO(g_pi0, 0, set & 8, (float)(scale * d));
         }
     }
     return C;
@@ -1423,15 +1440,17 @@ int sws_plan_range(void *p, int J, const double *mu, const double *lam, const do
  * pi0's logit; a Beta(a, b) prior on pi0 when learn_pi0), plan first when plan is set
  * (over the range [lo, hi]), evaluate the nt tensors w (n[q] weights each) adding
  * scale * dC/dw to grad[q], and add scale * dC/dp to the parameters' float32 gradients
- * (any may be NULL).  mix: 4J float64 scratch (mu, lam, logc, log pi); out, info as
- * for sws_eval, info[4] = 0 or the error (-1: out of memory planning).  Returns C. */
-double sws_step(void *p, int J, const float *means, const float *gamma, const float *rho,
-                const float *pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
-                const float *alpha, const float *beta, int nt, const float *const *w,
-                const int64_t *n, float *const *grad, float scale, int threads,
-                int64_t min_parallel, int plan, double lo, double hi, double cut,
-                float *g_means, float *g_gamma, float *g_rho, float *g_pi0,
-                double *mix, double *out, double *info)
+ * (any may be NULL; bit q of set: that one set, as sws_backward's).  mix: 4J float64
+ * scratch (mu, lam, logc, log pi); out, info as for sws_eval, info[4] = 0 or the error
+ * (-1: out of memory planning).  acc, when not NULL, gets C * acc_factor added (the
+ * loop's running sum).  Returns C. */
+double sws_train_step(void *p, int J, const float *means, const float *gamma, const float *rho,
+                      const float *pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
+                      const float *alpha, const float *beta, int nt, const float *const *w,
+                      const int64_t *n, float *const *grad, float scale, int threads,
+                      int64_t min_parallel, int plan, double lo, double hi, double cut,
+                      float *g_means, float *g_gamma, float *g_rho, float *g_pi0, int set,
+                      double *mix, double *out, double *info, double *acc, double acc_factor)
 {
     double *mu = mix, *lam = mix + J, *logc = mix + 2 * J, *logpi = mix + 3 * J;
     sws_mixture(J, means, gamma, rho, *pi0_logit, mu, lam, logc, logpi);
@@ -1441,8 +1460,10 @@ double sws_step(void *p, int J, const float *means, const float *gamma, const fl
         return NAN;
     }
     sws_eval(p, J, mu, lam, logc, nt, w, n, grad, ADD_GRAD, scale, threads, min_parallel, out, info);
-    return sws_backward(J, out, lam, logpi, gamma, *pi0_logit, learn_pi0, pi0_a, pi0_b, alpha, beta,
-                        scale, g_means, g_gamma, g_rho, g_pi0);
+    double C = backward(J, out, lam, logpi, gamma, *pi0_logit, learn_pi0, pi0_a, pi0_b, alpha, beta,
+                        scale, g_means, g_gamma, g_rho, g_pi0, set);
+    if (acc) *acc += C * acc_factor;
+    return C;
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, NULL};

@@ -72,10 +72,12 @@ def _load():
             "sws_mixture": (None, [ctypes.c_int, _vp, _vp, _vp, ctypes.c_double, _vp, _vp, _vp, _vp]),
             "sws_plan_range": (ctypes.c_int, [_vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_double, ctypes.c_double,
                                               ctypes.c_double]),
-            "sws_step": (ctypes.c_double, [_vp, ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_int, ctypes.c_double,
-                                           ctypes.c_double, _vp, _vp, ctypes.c_int, _vp, _vp, _vp, ctypes.c_float,
-                                           ctypes.c_int, ctypes.c_int64, ctypes.c_int, ctypes.c_double,
-                                           ctypes.c_double, ctypes.c_double, _vp, _vp, _vp, _vp, _vp, _vp, _vp]),
+            "sws_train_step": (ctypes.c_double, [_vp, ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_int,
+                                                 ctypes.c_double, ctypes.c_double, _vp, _vp, ctypes.c_int, _vp,
+                                                 _vp, _vp, ctypes.c_float, ctypes.c_int, ctypes.c_int64,
+                                                 ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double,
+                                                 _vp, _vp, _vp, _vp, ctypes.c_int, _vp, _vp, _vp, _vp,
+                                                 ctypes.c_double]),
             "sws_backward": (ctypes.c_double, [ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_double,
                                                ctypes.c_int, ctypes.c_double, ctypes.c_double, _vp, _vp,
                                                ctypes.c_double, _vp, _vp, _vp, _vp]),
@@ -148,6 +150,7 @@ class Workspace:
         self._handle = None
         self._bufs = self.out = None
         self.info = (ctypes.c_double * 5)()
+        self.binding = None            # the training step's call, bound to its tensors (kernel._Binding)
 
     def __del__(self):
         if self._handle is not None and _LIB is not None:
@@ -447,7 +450,8 @@ def _ensure_grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def prior_backward(prior, weights: list[torch.Tensor], scale: float) -> torch.Tensor:
+def prior_backward(prior, weights: list[torch.Tensor], scale: float, acc: torch.Tensor | None = None,
+                   factor: float = 1.0):
     """Add ``scale * dC/dp`` to the ``.grad`` of ``weights`` and of ``prior``'s parameters.
 
     ``prior`` is a ``GaussianMixturePrior``; C = -log p(weights) + hyper-prior.
@@ -457,38 +461,32 @@ def prior_backward(prior, weights: list[torch.Tensor], scale: float) -> torch.Te
     float64 path.  No host synchronisation on any device.
 
     Returns:
-      C, a 0-d float64 tensor on the prior's device.
+      C, a 0-d float64 tensor on the prior's device; with ``acc`` (a float64 tensor
+      of one element on the prior's device, the training loop's running sum),
+      ``C * factor`` is added to it instead and C is returned as a Python float (C
+      kernel) or that 0-d tensor.
     """
-    means, log_precisions, mixing_logits, pi0_logit, alpha, beta = _tensors_of(prior)
+    tensors = _tensors_of(prior)
+    if _LIB is not None:
+        C = _prior_backward_c(prior, tensors, weights, scale, acc, factor)
+        if C is not None:
+            return C
+    means, log_precisions, mixing_logits, pi0_logit, alpha, beta = tensors
     params = [means, log_precisions, mixing_logits]
     learn_pi0 = isinstance(pi0_logit, torch.nn.Parameter)
     if learn_pi0:
         params.append(pi0_logit)
-    J = log_precisions.numel()
-    if J > _MAX_COMPONENTS:
+    if log_precisions.numel() > _MAX_COMPONENTS:
         raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
-    fast = _LIB is not None
-    w_ptrs, g_ptrs = [], []
     for w in weights:
-        g = w.grad
-        if g is None:
-            g = w.grad = torch.zeros_like(w)
-        if fast:
-            if w.is_cpu and w.dtype is _F32 and g.dtype is _F32 and w.is_contiguous() and g.is_contiguous():
-                w_ptrs.append(w.data_ptr())
-                g_ptrs.append(g.data_ptr())
-            else:
-                fast = False
-    p_grads = [(p.grad if p.grad is not None else _ensure_grad(p)) if p.requires_grad else None for p in params]
-    if (fast and _c_takes(params) and _c_takes((alpha, beta))
-            and _c_takes(g for g in p_grads if g is not None)):
-        nt = len(weights)
-        ptrs = ((_vp * nt)(*w_ptrs), (ctypes.c_int64 * nt)(*[w.numel() for w in weights]), (_vp * nt)(*g_ptrs))
-        return _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs,
-                                 (pi0_logit, alpha, beta))
+        _ensure_grad(w)
+    p_grads = [_ensure_grad(p) if p.requires_grad else None for p in params]
     mu, gamma, log_pi = prior.mixture()
     accumulated = mixture_nll_accumulate(mu, gamma, log_pi, weights, scale, prior._workspace)
-    return _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0)
+    C = _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0)
+    if acc is not None:
+        acc += C * factor
+    return C
 
 
 _NAMES = ("means", "log_precisions", "mixing_logits", "pi0_logit", "alpha", "beta")
@@ -504,29 +502,118 @@ def _tensors_of(prior) -> list:
     return found
 
 
-def _prior_backward_c(prior, weights, scale, params, p_grads, learn_pi0, J, ptrs, consts) -> torch.Tensor:
-    pi0_logit, alpha, beta = consts
+class _Binding:
+    """The C kernel's training-step call bound to one prior's tensors and one list of weights.
+
+    Made once (``make``: everything checked, the ctypes arrays of the weights' addresses
+    and sizes built, the mixture's gradient buffers allocated); at every later call
+    ``fits`` checks by identity and address that the tensors are still those it was made
+    for, so that a step costs a few dozen attribute reads from Python (after the forward
+    and backward passes each costs several times what it does in a warm loop).  A
+    parameter of the mixture whose ``.grad`` is None (the optimiser's ``zero_grad`` sets
+    it so) gets its buffer here back, set by the kernel rather than added to.
+    """
+
+    __slots__ = ("tensors", "ptrs", "weights", "w_ptrs", "nt", "n_total", "w_arr", "n_arr", "g_arr",
+                 "learn", "grads", "learn_pi0", "J", "mix", "out", "acc", "acc_ptr")
+
+    @classmethod
+    def make(cls, prior, tensors, weights):
+        means, log_precisions, mixing_logits, pi0_logit, alpha, beta = tensors
+        learn_pi0 = isinstance(pi0_logit, torch.nn.Parameter)
+        J = log_precisions.numel()
+        if J > _MAX_COMPONENTS:
+            raise ValueError(f"at most {_MAX_COMPONENTS} mixture components are supported")
+        if not (_c_takes(tensors) and _c_takes(weights) and means.numel() == J - 1
+                and mixing_logits.numel() == J - 1 and pi0_logit.numel() == 1
+                and alpha.numel() == J and beta.numel() == J):
+            return None
+        b = cls()
+        b.tensors, b.ptrs = tuple(tensors), tuple(t.data_ptr() for t in tensors)
+        b.weights, b.w_ptrs, b.nt = tuple(weights), tuple(w.data_ptr() for w in weights), len(weights)
+        b.w_arr, b.n_arr = (_vp * b.nt)(*b.w_ptrs), (ctypes.c_int64 * b.nt)(*[w.numel() for w in weights])
+        b.g_arr = (_vp * b.nt)()
+        b.n_total = sum(b.n_arr)
+        learnable = [means, log_precisions, mixing_logits] + ([pi0_logit] if learn_pi0 else [])
+        b.learn = tuple((p, p.requires_grad) for p in learnable)
+        b.grads = tuple(torch.zeros_like(p) for p in learnable)
+        b.learn_pi0, b.J = learn_pi0, J
+        buf = prior._workspace.mixture_buffers(J)
+        b.mix, b.out = buf, prior._workspace.out
+        b.acc = b.acc_ptr = None
+        return b
+
+    def fits(self, tensors, weights) -> bool:
+        if len(weights) != self.nt:
+            return False
+        for t, c, ptr in zip(tensors, self.tensors, self.ptrs):
+            if t is not c or t.data_ptr() != ptr:
+                return False
+        for w, c, ptr in zip(weights, self.weights, self.w_ptrs):
+            if w is not c or w.data_ptr() != ptr:
+                return False
+        for p, wanted in self.learn:
+            if p.requires_grad != wanted:
+                return False
+        return True
+
+
+def _prior_backward_c(prior, tensors, weights, scale, acc, factor):
+    """The C kernel's call for ``prior_backward``; None where it cannot take the tensors."""
     ws = prior._workspace
-    buf = ws.mixture_buffers(J)
-    plan = ws.calls % ws.SETS_EVERY == 0 or ws.J != J
+    b = ws.binding
+    if b is None or not b.fits(tensors, weights):
+        b = ws.binding = _Binding.make(prior, tensors, weights)
+        if b is None:
+            return None
+    g_arr = b.g_arr
+    for i, w in enumerate(weights):       # the weights' gradients: new tensors at every step
+        g = w.grad
+        if g is None:
+            g = w.grad = torch.zeros_like(w)
+        elif not g.is_contiguous():       # (torch keeps a gradient's dtype and device the weight's)
+            return None
+        g_arr[i] = g.data_ptr()
+    pg, setting = [None, None, None, None], 0
+    for q, (p, wanted) in enumerate(b.learn):
+        if wanted:
+            g = pg[q] = p.grad
+            if g is not None and g is not b.grads[q] and not g.is_contiguous():
+                return None
+    for q, (p, wanted) in enumerate(b.learn):
+        if wanted:
+            if pg[q] is None:
+                pg[q] = p.grad = b.grads[q]
+                setting |= 1 << q
+            pg[q] = pg[q].data_ptr()
+    acc_ptr = None
+    if acc is not None:
+        if acc is not b.acc:
+            b.acc = acc
+            b.acc_ptr = acc.data_ptr() if (acc.is_cpu and acc.dtype is torch.float64 and acc.numel() == 1) else None
+        acc_ptr = b.acc_ptr
+    plan = ws.calls % ws.SETS_EVERY == 0 or ws.J != b.J
     ws.calls += 1
-    cfg, info = prior.config, ws.info
-    C = _LIB.sws_step(ws.handle(), J, params[0].data_ptr(), params[1].data_ptr(), params[2].data_ptr(),
-                      pi0_logit.data_ptr(), int(learn_pi0), float(cfg.pi0_a), float(cfg.pi0_b),
-                      alpha.data_ptr(), beta.data_ptr(), len(weights), ptrs[0], ptrs[1], ptrs[2],
-                      scale, _threads(), _MIN_PARALLEL, int(plan), ws.lo, ws.hi, _CUT + ws.SETS_MARGIN,
-                      *[g.data_ptr() if g is not None else None for g in p_grads],
-                      *([None] if len(p_grads) == 3 else []), buf.data_ptr(), ws.out.data_ptr(), info)
+    cfg, info, ptrs = prior.config, ws.info, b.ptrs
+    C = _LIB.sws_train_step(ws.handle(), b.J, ptrs[0], ptrs[1], ptrs[2], ptrs[3], b.learn_pi0,
+                            float(cfg.pi0_a), float(cfg.pi0_b), ptrs[4], ptrs[5], b.nt, b.w_arr, b.n_arr,
+                            g_arr, scale, _threads(), _MIN_PARALLEL, plan, ws.lo, ws.hi,
+                            _CUT + ws.SETS_MARGIN, pg[0], pg[1], pg[2], pg[3], setting,
+                            b.mix.data_ptr(), b.out.data_ptr(), info, acc_ptr, factor)
     if info[4] != 0:
         raise MemoryError("the prior's C kernel ran out of memory planning its grid")
-    ws.J = J
+    ws.J = b.J
     ws.n_exact += int(info[0])
-    ws.n_seen += sum(ptrs[1])
+    ws.n_seen += b.n_total
     ws.n_built = int(info[3])
     lo, hi = info[1], info[2]
     if lo - lo == 0.0 and hi - hi == 0.0:  # finite
         ws.lo, ws.hi = lo, hi
-    return torch.scalar_tensor(C, dtype=torch.float64)
+    if acc is None:
+        return torch.scalar_tensor(C, dtype=torch.float64)
+    if acc_ptr is None:                   # not a CPU float64 sum: added by torch
+        acc += C * factor
+    return C
 
 
 def _mixture_backward_torch(prior, accumulated, scale, params, p_grads, learn_pi0) -> torch.Tensor:

@@ -110,7 +110,8 @@ class GaussianMixturePrior(nn.Module):
         """C = -log p(weights) + hyper-prior terms (SPEC section 1)."""
         return self.neg_log_likelihood(weights) + self.hyper_prior()
 
-    def backward_complexity(self, weights: list[torch.Tensor], scale: float) -> torch.Tensor:
+    def backward_complexity(self, weights: list[torch.Tensor], scale: float, *, acc: torch.Tensor | None = None,
+                            factor: float = 1.0):
         """Add ``scale * dC/dp`` to the ``.grad`` of the weights and the mixture parameters.
 
         The same gradients as ``(scale * self.complexity(weights)).backward()``,
@@ -122,9 +123,12 @@ class GaussianMixturePrior(nn.Module):
         Returns:
           The value of C as a 0-d float64 tensor on the prior's device: reading it
           (``float(c)``, ``.item()``) synchronises with a GPU, so a training loop
-          should sum it on the device and read it once per epoch.
+          should sum it on the device and read it once per epoch.  With ``acc`` (a float64
+          tensor of one element on the prior's device) ``C * factor`` is added to it instead,
+          without the tensor operations of returning and summing C, and C is returned as a
+          Python float (the C kernel; no synchronisation) or the 0-d tensor.
         """
-        return prior_backward(self, weights, scale)
+        return prior_backward(self, weights, scale, acc, factor)
 
     def summary(self) -> dict:
         """Current mixture as plain lists: means, standard deviations, mixing proportions."""
