@@ -1051,10 +1051,34 @@ static void reset(ws_t *ws)
     }
 }
 
+/* Read the tables the pass looks up at random (the fine map, the leaves' records, this
+ * thread's moments, the active sets and their expansions) once in order first: inside a
+ * training step the forward and backward passes have pushed them out of the caches, and a
+ * random lookup that misses waits far longer than a line brought in by a sequential read. */
+static void touch(const void *p, size_t bytes)
+{
+    const volatile char *c = p;
+    for (size_t i = 0; i < bytes; i += 64) (void)c[i];
+}
+
+static void warm(const ws_t *ws, const thr_t *th)
+{
+    touch(ws->map, sizeof(uint16_t) * (size_t)(ws->F + 2));
+    touch(ws->rec, sizeof(rec_t) * (size_t)(ws->L + 1));
+    touch(th->mom, sizeof(double) * 4 * K * (size_t)(ws->L + 1));
+    touch(ws->coef, sizeof(coef_t) * (size_t)ws->L);
+    touch(ws->off, sizeof(int32_t) * (size_t)(ws->L + 1));
+    touch(ws->idx, sizeof(int32_t) * (size_t)ws->E);
+    touch(ws->r4, sizeof(double) * 4 * (size_t)ws->E);
+    touch(ws->centre, sizeof(double) * (size_t)ws->L);
+    touch(ws->half, sizeof(double) * (size_t)ws->L);
+}
+
 static void run_job(job_t *j)
 {
     ws_t *ws = j->ws;
     thr_t *th = ws->th + j->t;
+    if (getenv("SWS_NO_WARM") == NULL) warm(ws, th);
     int64_t base = 0;
     for (int q = 0; q < j->nt; q++) {
         int64_t a = j->start > base ? j->start - base : 0;
