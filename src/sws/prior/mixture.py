@@ -127,6 +127,9 @@ class GaussianMixturePrior(nn.Module):
           tensor of one element on the prior's device) ``C * factor`` is added to it instead,
           without the tensor operations of returning and summing C, and C is returned as a
           Python float (the C kernel; no synchronisation) or the 0-d tensor.
+
+        On the C kernel a mixture parameter whose ``.grad`` is None (as ``zero_grad()``
+        leaves it) gets the same gradient buffer back at every call, set rather than added to.
         """
         return prior_backward(self, weights, scale, acc, factor)
 
