@@ -58,6 +58,25 @@ def test_snap_applied_holds_the_post_processed_values_then_restores():
     assert all(torch.equal(p.detach(), b) for p, b in zip(covered, before))
 
 
+def test_snap_blocks_reuse_their_buffers_and_nest():
+    """Block after block the continuous values go to the same buffers; a block inside another gets
+    its own, and each restores what it found."""
+    net, covered, prior = _net_and_prior()
+    before = [p.detach().clone() for p in covered]
+    snap = Snap(prior, covered, 1e-2)
+    with snap.applied():
+        first = snap._saved
+    with snap.applied():
+        assert snap._saved is first
+        inside = [p.detach().clone() for p in covered]     # the snapped values
+        with torch.no_grad():
+            covered[0].add_(1.0)                             # moved inside the outer block
+        with snap.applied():
+            assert snap._saved is first                      # the inner block did not take them
+        assert torch.equal(covered[0].detach(), inside[0] + 1.0)
+    assert all(torch.equal(p.detach(), b) for p, b in zip(covered, before))
+
+
 def toy(n=512, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 10, generator=g)
@@ -135,21 +154,52 @@ def test_the_surface_snaps_for_a_loop_of_ones_own():
     assert any(not torch.equal(p.detach(), b) for p, b in zip(sws_.weights, before))
 
 
+@pytest.mark.parametrize("n_edges", [9, 15, 40])
 @pytest.mark.parametrize("n", [1, 255, 256, 257, 5000])
-def test_the_c_pass_gives_bucketize_answer(n):
+def test_the_c_pass_gives_bucketize_answer(n, n_edges):
+    """Also with at most 16 values (AVX-512 takes them by a permute) and more (a gather)."""
     from sws.prior.kernel import kernel_available, snap_swap_
     if not kernel_available():
         pytest.skip("C kernel not built")
     g = torch.Generator().manual_seed(n)
     w = torch.randn(n, generator=g) * 0.3
     w[0] = float("nan") if n > 300 else w[0]
-    edges = torch.randn(9, generator=g) * 0.3
+    edges = torch.randn(n_edges, generator=g) * 0.3
     edges[3] = w[-1]                                     # a weight exactly on an edge
     edges, _ = torch.sort(edges)
-    values = torch.randn(10, generator=g)
+    values = torch.randn(n_edges + 1, generator=g)
     want = values[torch.bucketize(w, edges)]
     saved, got = torch.empty_like(w), w.clone()
     assert snap_swap_(got, saved, edges, values)
     nan = torch.isnan(w)
     assert torch.equal(got[~nan], want[~nan]) and torch.equal(saved[~nan], w[~nan])
     assert not snap_swap_(w.double(), saved.double(), edges, values)     # not for C: the caller's job
+
+
+def test_the_c_pass_gives_the_same_bits_on_every_instruction_set():
+    from sws.prior.kernel import kernel_available
+    if not kernel_available():
+        pytest.skip("C kernel not built")
+    code = (
+        "import hashlib, torch\n"
+        "from sws.prior.kernel import snap_swap_\n"
+        "g = torch.Generator().manual_seed(1)\n"
+        "h = hashlib.sha256()\n"
+        "for ne in (5, 15, 16, 33):\n"
+        "    w = torch.randn(3001, generator=g) * 0.3\n"
+        "    w[7] = float('nan'); w[8] = float('inf'); w[9] = -float('inf')\n"
+        "    edges, _ = torch.sort(torch.randn(ne, generator=g) * 0.3)\n"
+        "    values = torch.randn(ne + 1, generator=g)\n"
+        "    saved = torch.empty_like(w)\n"
+        "    assert snap_swap_(w, saved, edges, values)\n"
+        "    h.update(w.numpy().tobytes()); h.update(saved.numpy().tobytes())\n"
+        "print(h.hexdigest())\n")
+    import os
+    import subprocess
+    import sys
+    outs = []
+    for extra in ({}, {"SWS_KERNEL_NO_AVX512": "1"}, {"SWS_KERNEL_NO_SIMD": "1"}):
+        env = dict(os.environ, **extra)
+        outs.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                   check=True).stdout.strip())
+    assert len(set(outs)) == 1, outs

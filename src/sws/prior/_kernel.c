@@ -1498,8 +1498,38 @@ PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
  * number of edges strictly below w[i] (torch.bucketize's convention; edges sorted ascending,
  * values has ne + 1 entries).  Per block of 256 weights (the last one padded), one compare per
  * edge over the block with a constant trip count, so the counting vectorises; NaN counts no edge. */
+#ifdef SWS_X86
+/* The same with AVX-512, sixteen weights at a time: the count in a register (one compare and one
+ * masked add per edge), the value by a permute (at most 16 values) or a gather. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+snap_avx512(float *w, float *saved, int64_t n, const float *edges, int ne, const float *values)
+{
+    const __m512i one = _mm512_set1_epi32(1);
+    const __m512 table = _mm512_maskz_loadu_ps(ne + 1 >= 16 ? 0xFFFF : (__mmask16)((1u << (ne + 1)) - 1u), values);
+    for (int64_t s = 0; s < n; s += 16) {
+        __mmask16 valid = n - s >= 16 ? 0xFFFF : (__mmask16)((1u << (n - s)) - 1u);
+        __m512 x = _mm512_maskz_loadu_ps(valid, w + s);
+        _mm512_mask_storeu_ps(saved + s, valid, x);
+        __m512i cnt = _mm512_setzero_si512();
+        for (int j = 0; j < ne; j++) {
+            __mmask16 gt = _mm512_cmp_ps_mask(x, _mm512_set1_ps(edges[j]), _CMP_GT_OQ);   /* NaN: false */
+            cnt = _mm512_mask_add_epi32(cnt, gt, cnt, one);
+        }
+        __m512 v = ne + 1 <= 16 ? _mm512_permutexvar_ps(cnt, table)
+                                : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, cnt, values, 4);
+        _mm512_mask_storeu_ps(w + s, valid, v);
+    }
+}
+#endif
+
 void sws_snap(float *w, float *saved, int64_t n, const float *edges, int ne, const float *values)
 {
+#ifdef SWS_X86
+    if (have_avx512()) {
+        snap_avx512(w, saved, n, edges, ne, values);
+        return;
+    }
+#endif
     enum { B = 256 };
     int32_t cnt[B];
     float x[B];
