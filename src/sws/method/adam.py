@@ -91,10 +91,8 @@ class Adam(torch.optim.Adam):
         if closure is not None or getattr(self, "grad_scale", None) is not None \
                 or getattr(self, "found_inf", None) is not None:
             return self._torch_step(closure)
-        if self._lists is None:
-            self._lists = self._build_lists() or False
-        if not self._lists:
-            self._lists = None            # built again next step (the state exists after this one)
+        self._lists = self._lists or self._build_lists()
+        if self._lists is None:           # tried again next step (the state exists after this one)
             return self._torch_step()
         lists, steps = self._lists
         grads, state = [], self.state

@@ -1390,23 +1390,9 @@ void sws_mixture(int J, const float *means, const float *gamma, const float *rho
 
 /* From out (sum log p, S0, S1, S2) of sws_eval: C = -sum log p + hyper-prior, returned,
  * and scale * dC/dp added to the float32 gradients of the parameters (any may be NULL):
- * means (J-1), gamma (J), rho (J-1), pi0's logit (when learned: Beta(a, b) prior on pi0). */
-static double backward(int J, const double *out, const double *lam, const double *logpi,
-                       const float *gamma, double pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
-                       const float *alpha, const float *beta, double scale, float *g_means,
-                       float *g_gamma, float *g_rho, float *g_pi0, int set);
-
-double sws_backward(int J, const double *out, const double *lam, const double *logpi,
-                    const float *gamma, double pi0_logit, int learn_pi0,
-                    double pi0_a, double pi0_b, const float *alpha, const float *beta, double scale,
-                    float *g_means, float *g_gamma, float *g_rho, float *g_pi0)
-{
-    return backward(J, out, lam, logpi, gamma, pi0_logit, learn_pi0, pi0_a, pi0_b, alpha, beta, scale,
-                    g_means, g_gamma, g_rho, g_pi0, 0);
-}
-
-/* As sws_backward; bit q of set (1 means, 2 gamma, 4 rho, 8 pi0) sets that gradient to
- * 0 + its term instead of adding to it (the same bits as adding to zeros). */
+ * means (J-1), gamma (J), rho (J-1), pi0's logit (when learned: Beta(a, b) prior on pi0).
+ * Bit q of set (1 means, 2 gamma, 4 rho, 8 pi0) sets that gradient to 0 + its term instead
+ * of adding to it (the same bits as adding to zeros). */
 #define GRAD_TO(g, i, set, v) ((g)[i] = ((set) ? 0.0f : (g)[i]) + (v))
 static double backward(int J, const double *out, const double *lam, const double *logpi,
                        const float *gamma, double pi0_logit, int learn_pi0, double pi0_a, double pi0_b,
@@ -1464,7 +1450,7 @@ int sws_plan_range(void *p, int J, const double *mu, const double *lam, const do
  * pi0's logit; a Beta(a, b) prior on pi0 when learn_pi0), plan first when plan is set
  * (over the range [lo, hi]), evaluate the nt tensors w (n[q] weights each) adding
  * scale * dC/dw to grad[q], and add scale * dC/dp to the parameters' float32 gradients
- * (any may be NULL; bit q of set: that one set, as sws_backward's).  mix: 4J float64
+ * (any may be NULL; bit q of set: that one set, as backward's).  mix: 4J float64
  * scratch (mu, lam, logc, log pi); out, info as for sws_eval, info[4] = 0 or the error
  * (-1: out of memory planning).  acc, when not NULL, gets C * acc_factor added (the
  * loop's running sum).  Returns C. */
@@ -1494,12 +1480,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, 
 
 PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
 
-/* The snap phase's swap (sws.method.snap): saved[i] = w[i], then w[i] = values[k] with k the
- * number of edges strictly below w[i] (torch.bucketize's convention; edges sorted ascending,
- * values has ne + 1 entries).  Per block of 256 weights (the last one padded), one compare per
- * edge over the block with a constant trip count, so the counting vectorises; NaN counts no edge. */
 #ifdef SWS_X86
-/* The same with AVX-512, sixteen weights at a time: the count in a register (one compare and one
+/* sws_snap with AVX-512, sixteen weights at a time: the count in a register (one compare and one
  * masked add per edge), the value by a permute (at most 16 values) or a gather. */
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
 snap_avx512(float *w, float *saved, int64_t n, const float *edges, int ne, const float *values)
@@ -1522,6 +1504,10 @@ snap_avx512(float *w, float *saved, int64_t n, const float *edges, int ne, const
 }
 #endif
 
+/* The snap phase's swap (sws.method.snap): saved[i] = w[i], then w[i] = values[k] with k the
+ * number of edges strictly below w[i] (torch.bucketize's convention; edges sorted ascending,
+ * values has ne + 1 entries).  Per block of 256 weights (the last one padded), one compare per
+ * edge over the block with a constant trip count, so the counting vectorises; NaN counts no edge. */
 void sws_snap(float *w, float *saved, int64_t n, const float *edges, int ne, const float *values)
 {
 #ifdef SWS_X86

@@ -78,9 +78,6 @@ def _load():
                                                  ctypes.c_int, ctypes.c_double, ctypes.c_double, ctypes.c_double,
                                                  _vp, _vp, _vp, _vp, ctypes.c_int, _vp, _vp, _vp, _vp,
                                                  ctypes.c_double]),
-            "sws_backward": (ctypes.c_double, [ctypes.c_int, _vp, _vp, _vp, _vp, ctypes.c_double,
-                                               ctypes.c_int, ctypes.c_double, ctypes.c_double, _vp, _vp,
-                                               ctypes.c_double, _vp, _vp, _vp, _vp]),
         }
         for name, (res, args) in sigs.items():
             f = getattr(lib, name)
