@@ -19,7 +19,8 @@
  * map from fine cells to leaves finds a weight's leaf with one load.
  *
  * Per call (sws_eval) a leaf's coefficients are computed, for the current
- * mixture, the first time a weight lands in it: log p and its first three
+ * mixture, before the pass if the leaf held weights at the last call, else the
+ * first time a weight lands in it: log p and its first three
  * derivatives at the centre, the responsibilities and their first three
  * derivatives.  A weight in it then costs a few flops: its gradient is
  * A + B d + C d^2, and it adds (1, d, d^2, d^3) to the leaf's moments, from
@@ -35,7 +36,8 @@
  * and one 256-bit add of its moments (scalar loads: on this kind of CPU a
  * gather costs more per element than the whole lookup; a leaf not built yet
  * gives a NaN gradient), then the NaN gradients again on the slow path and
- * the gradients into .grad (vectors).
+ * the gradients into .grad (vectors); the weights and gradients a few blocks
+ * ahead are asked for meanwhile (prefetch hints).
  * Every instruction set gives the same bits.  Two threads split the weights
  * when asked to (see run_two); the leaf table is shared (a leaf is built once
  * per call, by whichever thread needs it first), the moments are per half, in
@@ -540,31 +542,14 @@ int sws_import(void *p, int J, int G, int D, int L, int E, double lo, double h,
 
 /* --------------------------------------------------------------- the pass */
 
-/* Coefficients of leaf l for the current mixture, in the shared table, by whichever thread
- * claims the leaf first (the other waits for them):
- * g = -F'(w) = A + B d + C d^2, and the responsibilities' Taylor coefficients
- *   r' = r Y,  r'' = r (Y^2 - lam - F''),  r''' = r (Y^3 - 3 Y (lam + F'') - F''').
- * The numbers depend on the leaf and the mixture only.  Returns the leaf's state. */
-static __attribute__((noinline)) int build_leaf(const ws_t *ws, thr_t *th, int l)
+/* The coefficients of leaf l, claimed by this thread (BUILDING), its k active components ix,
+ * from its expansion (L, r, Y; err its bound): EXPAND, or EXACT where the bound exceeds
+ * SMOOTH or there is no component; published to the other thread.  Returns the state. */
+static int publish_leaf(const ws_t *ws, int l, int k, const int32_t *ix, const double *L,
+                        const double *r, const double *Y, double err)
 {
     coef_t *cf = ws->coef + l;
-    int state = UNBUILT;
-    if (!__atomic_compare_exchange_n(&cf->state, &state, BUILDING, 0, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE)) {
-        while (state == BUILDING) {     /* the other thread is on it: a few hundred ns */
-#ifdef SWS_X86
-            _mm_pause();
-#endif
-            state = __atomic_load_n(&cf->state, __ATOMIC_ACQUIRE);
-        }
-        return state;
-    }
-    int k = ws->off[l + 1] - ws->off[l];
-    const int32_t *ix = ws->idx + ws->off[l];
-    double L[4], r[MAXJ], Y[MAXJ], x = ws->centre[l];
-    th->built[l >> 6] |= 1ull << (l & 63);
-    th->n_built++;
-    if (k == 0 || expansion(ws, k, ix, x, ws->half[l], L, r, Y) > SMOOTH) {
+    if (k == 0 || err > SMOOTH) {
         __atomic_store_n(&cf->state, EXACT, __ATOMIC_RELEASE);     /* rec[l].A stays NaN */
         return EXACT;
     }
@@ -587,6 +572,48 @@ static __attribute__((noinline)) int build_leaf(const ws_t *ws, thr_t *th, int l
     __atomic_store(&rc->A, &A, __ATOMIC_RELEASE);
     __atomic_store_n(&cf->state, EXPAND, __ATOMIC_RELEASE);
     return EXPAND;
+}
+
+/* Whether this thread gets to build leaf l (UNBUILT -> BUILDING); else *state is its state. */
+static inline int claim_leaf(const ws_t *ws, thr_t *th, int l, int *state)
+{
+    *state = UNBUILT;
+    if (!__atomic_compare_exchange_n(&ws->coef[l].state, state, BUILDING, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
+        return 0;
+    th->built[l >> 6] |= 1ull << (l & 63);
+    th->n_built++;
+    return 1;
+}
+
+/* Leaf l, claimed, built here from its expansion. */
+static int build_claimed(const ws_t *ws, int l)
+{
+    int k = ws->off[l + 1] - ws->off[l];
+    const int32_t *ix = ws->idx + ws->off[l];
+    double L[4], r[MAXJ], Y[MAXJ];
+    double err = k == 0 ? 0.0 : expansion(ws, k, ix, ws->centre[l], ws->half[l], L, r, Y);
+    return publish_leaf(ws, l, k, ix, L, r, Y, err);
+}
+
+/* Coefficients of leaf l for the current mixture, in the shared table, by whichever thread
+ * claims the leaf first (the other waits for them):
+ * g = -F'(w) = A + B d + C d^2, and the responsibilities' Taylor coefficients
+ *   r' = r Y,  r'' = r (Y^2 - lam - F''),  r''' = r (Y^3 - 3 Y (lam + F'') - F''').
+ * The numbers depend on the leaf and the mixture only.  Returns the leaf's state. */
+static __attribute__((noinline)) int build_leaf(const ws_t *ws, thr_t *th, int l)
+{
+    int state;
+    if (!claim_leaf(ws, th, l, &state)) {
+        while (state == BUILDING) {     /* the other thread is on it: a few hundred ns */
+#ifdef SWS_X86
+            _mm_pause();
+#endif
+            state = __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE);
+        }
+        return state;
+    }
+    return build_claimed(ws, l);
 }
 
 /* One weight evaluated exactly over the k components idx: adds log p to acc[0] and
@@ -657,6 +684,23 @@ static __attribute__((noinline)) double fix_one(const ws_t *ws, thr_t *th, doubl
  * do A and C for j0 .. j1 - 1, MOMENTS(m, d) adds (1, d, d^2, d^3) to m[0..3]; the numbers
  * are the same. */
 #define BLOCK 256
+#define AHEAD 4             /* blocks ahead that the pass asks the caches for */
+
+/* Ask for the weights (and gradients) AHEAD blocks on: inside a training step the forward and
+ * backward passes have pushed them out to memory, and the pass, with its lookups and stores
+ * in between, does not read them fast enough for the hardware's prefetcher to keep ahead
+ * (the ninth session's hot loop took twice as long there as alone).  Hints only: no bits. */
+static inline __attribute__((always_inline)) void
+ask_ahead(const float *w_, const float *grad_, int64_t b0, int64_t n)
+{
+    int64_t a = b0 + AHEAD * BLOCK;
+    if (a >= n) return;
+    int64_t stop = a + BLOCK < n ? a + BLOCK : n;
+    for (int64_t q = a; q < stop; q += 16) {
+        __builtin_prefetch(w_ + q, 0, 3);
+        if (grad_) __builtin_prefetch(grad_ + q, 1, 3);
+    }
+}
 
 /* The leaf's record at byte offset o = 32 l of rec, its moments (copy q) at K * 4 * 8 l =
  * K o of mom + 32 q: one shift per weight, the rest addressing. */
@@ -679,6 +723,7 @@ static __attribute__((noinline)) double fix_one(const ws_t *ws, thr_t *th, doubl
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {                                                 \
         const float *w = w_ + b0;                                                               \
         float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;                                      \
+        ask_ahead(w_, mode != NO_GRAD ? grad_ : NULL, b0, n);                                   \
         int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK, j = 0;                                    \
         INDICES(0, nb);                                                                         \
         for (; j + K <= nb; j += K) {                                                           \
@@ -942,6 +987,7 @@ pass_hot(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, co
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
         const float *w = w_ + b0;
         float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;
+        ask_ahead(w_, mode != NO_GRAD ? grad_ : NULL, b0, n);
         int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
         int nl = 0;
         for (int64_t j = 0; j < nb; j += 8) {
@@ -1017,6 +1063,7 @@ typedef struct {
     int64_t start, stop;        /* this job's share of the concatenated weights */
     float scale;
     int claimed;                /* by a thread, to run it (run_two) */
+    int jobs;                   /* 1 or 2: this job builds every jobs-th leaf first (prebuild) */
 } job_t;
 
 /* Clear what the last call left: the leaves built (by either thread) and the moments the
@@ -1074,11 +1121,25 @@ static void warm(const ws_t *ws, const thr_t *th)
     touch(ws->half, sizeof(double) * (size_t)ws->L);
 }
 
+/* Build, before the pass, the leaves that held weights at the last call (ws->cnt), every
+ * jobs-th one from leaf t on (the other job takes the rest): one after another the builds
+ * overlap in the CPU, where inside the pass each waits for the one before.  A leaf that the
+ * other thread has claimed is left to it; one without weights this time is only wasted work;
+ * the numbers are build_leaf's either way. */
+static void prebuild(const ws_t *ws, thr_t *th, int t, int jobs)
+{
+    if (!ws->cnt) return;
+    for (int l = t; l < ws->L; l += jobs)
+        if (ws->cnt[l] > 0.0 && __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE) == UNBUILT)
+            build_leaf(ws, th, l);
+}
+
 static void run_job(job_t *j)
 {
     ws_t *ws = j->ws;
     thr_t *th = ws->th + j->t;
     if (getenv("SWS_NO_WARM") == NULL) warm(ws, th);
+    prebuild(ws, th, j->t, j->jobs > 1 ? j->jobs : 1);
     int64_t base = 0;
     for (int q = 0; q < j->nt; q++) {
         int64_t a = j->start > base ? j->start - base : 0;
@@ -1341,9 +1402,10 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
     if (threads > 1 && total >= min_parallel) {
         job_t b = a;
         b.t = 1;
+        a.jobs = b.jobs = 2;
         a.stop = b.start = total / 2;
         if (run_two(&a, &b) == 0) used = 2;
-        else { a.stop = total; run_job(&a); }
+        else { a.stop = total; a.jobs = 1; run_job(&a); }
     } else {
         run_job(&a);
     }
