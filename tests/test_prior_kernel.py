@@ -192,6 +192,67 @@ def test_hot_path_gives_the_same_bits(threads):
     assert all(int(r[1]) == 0 for r in runs[1:])
 
 
+_DIGEST_BUILDS = """
+import hashlib, torch
+torch.set_num_threads({threads})
+from sws.prior import kernel as K
+g = torch.Generator().manual_seed(1)
+J = {J}
+mu = torch.cat([torch.zeros(1), torch.linspace(-0.4, 0.4, J - 1)]).double()
+gamma = (torch.rand(J, generator=g) * 6.0 + 4.0).double()
+log_pi = torch.log_softmax(torch.randn(J, generator=g), 0).double()
+if {dead}:
+    log_pi[3] = float("-inf")        # a component without mass: exp of -inf, clamped
+ws = [torch.randn(90001, generator=g) * 0.25, torch.randn(515, generator=g) * 0.01]
+wsp = K.Workspace()
+h = hashlib.sha256()
+for i in range(10):  # across a plan; every call's results, as the mixture moves
+    logp, S0, S1, S2, grads = K._stats_c(mu, gamma + 0.01 * i, log_pi, ws, True, wsp)
+    for t in (logp, S0, S1, S2, *grads):
+        h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest(), wsp.n_built)
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("J,dead", [(5, False), (40, False), (17, True)])
+def test_leaves_built_before_the_pass_give_the_same_bits(threads, J, dead):
+    """The leaves built before the pass eight at a time (AVX-512) and one at a time (the other
+    instruction sets), with few and many active components per leaf and a component without
+    mass: every call's results bit for bit the same."""
+    code = _DIGEST_BUILDS.format(threads=threads, J=J, dead=dead)
+    runs = [_run_subprocess(code, env).split() for env in (
+        {}, {"SWS_KERNEL_NO_AVX512": "1"}, {"SWS_KERNEL_NO_SIMD": "1"})]
+    assert len({r[0] for r in runs}) == 1
+    assert int(runs[0][1]) > 0
+
+
+@needs_c
+@pytest.mark.parametrize("J,dead,sharp", [(3, False, False), (5, False, False), (40, False, False),
+                                          (17, True, False), (16, False, True)])
+def test_leaves_built_eight_at_a_time_match_one_at_a_time(J, dead, sharp):
+    """expansion8 (AVX-512, the leaves built before the pass) against expansion for every leaf
+    of a plan: log p's derivatives, the error bound, the responsibilities and the deviations,
+    bit for bit (the outputs alone would hide a difference in the last bits of a small term)."""
+    if not hasattr(K._LIB, "sws_check_builds"):
+        pytest.skip("an older build of the kernel")
+    g = torch.Generator().manual_seed(J)
+    mu = torch.cat([torch.zeros(1), torch.linspace(-0.4, 0.4, J - 1)]).double()
+    gamma = (torch.rand(J, generator=g) * 6.0 + (9.0 if sharp else 4.0)).double()
+    log_pi = torch.log_softmax(torch.randn(J, generator=g), 0).double()
+    if dead:
+        log_pi[2] = float("-inf")
+    ws = [torch.randn(50000, generator=g) * 0.25]
+    wsp = K.Workspace()
+    K._stats_c(mu, gamma, log_pi, ws, True, wsp)
+    mix = K._mixture64(mu, gamma, log_pi)
+    bad = K._LIB.sws_check_builds(wsp.handle(), mix[0].data_ptr(), mix[1].data_ptr(), mix[2].data_ptr())
+    if bad < 0:
+        pytest.skip("no AVX-512 on this machine")
+    assert bad == 0
+
+
 @needs_c
 def test_workspace_state_round_trip_across_plans():
     g = torch.Generator().manual_seed(0)

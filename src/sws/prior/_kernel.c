@@ -1121,6 +1121,256 @@ static void warm(const ws_t *ws, const thr_t *th)
     touch(ws->half, sizeof(double) * (size_t)ws->L);
 }
 
+#ifdef SWS_X86
+/* ------------------------------------------- leaves built eight at a time (AVX-512) */
+
+/* exp_neg on eight lanes, operation for operation (a NaN lane is done by exp_neg itself: the
+ * integer step differs there). */
+__attribute__((target("avx2,avx512f,avx512vl"))) static inline __attribute__((always_inline)) __m512d
+exp_neg8(__m512d x)
+{
+    __mmask8 nan = _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0);
+    x = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(x, _mm512_set1_pd(-700.0), _CMP_LT_OQ), x,
+                             _mm512_set1_pd(-700.0));
+    __m512d t = _mm512_add_pd(_mm512_mul_pd(x, _mm512_set1_pd(1.4426950408889634)), magic);
+    __m512d k = _mm512_sub_pd(t, magic);
+    __m512d r = _mm512_sub_pd(x, _mm512_mul_pd(k, _mm512_set1_pd(0.6931471805599453)));
+    r = _mm512_sub_pd(r, _mm512_mul_pd(k, _mm512_set1_pd(2.3190468138462996e-17)));
+    static const double c[13] = {1.0, 1.0, 0.5, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
+                                 1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800,
+                                 1.0 / 479001600};
+    __m512d p = _mm512_set1_pd(c[12]);
+    for (int i = 11; i >= 0; i--) p = _mm512_add_pd(_mm512_set1_pd(c[i]), _mm512_mul_pd(r, p));
+    /* (int64_t)k: the integer in t's low bits (|k| < 2^51) */
+    __m512i ki = _mm512_sub_epi64(_mm512_castpd_si512(t), _mm512_castpd_si512(magic));
+    __m512d e = _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p), _mm512_slli_epi64(ki, 52)));
+    if (nan) {
+        double in[8], out[8];
+        _mm512_storeu_pd(in, x);
+        _mm512_storeu_pd(out, e);
+        for (int q = 0; q < 8; q++)
+            if (nan >> q & 1) out[q] = exp_neg(in[q]);
+        e = _mm512_loadu_pd(out);
+    }
+    return e;
+}
+
+/* fmax(a, b) as the C library's: the other operand where one is NaN. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static inline __attribute__((always_inline)) __m512d
+fmax8(__m512d a, __m512d b)
+{
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(b, b, _CMP_UNORD_Q), _mm512_max_pd(a, b), a);
+}
+
+static inline __m512d abs8(__m512d a) __attribute__((target("avx2,avx512f,avx512vl"), always_inline));
+static inline __m512d abs8(__m512d a)
+{
+    return _mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a),
+                                                _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll)));
+}
+
+static inline __m512d neg8(__m512d a) __attribute__((target("avx2,avx512f,avx512vl"), always_inline));
+static inline __m512d neg8(__m512d a)      /* -a: the sign flipped, as C's unary minus */
+{
+    return _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a),
+                                                _mm512_set1_epi64((long long)0x8000000000000000ull)));
+}
+
+/* expansion() for the leaves lv[0..n-1] (n <= 8, each with at least two active components),
+ * lane by lane with the same operations in the same order: their L[4] into L8 (lane-major),
+ * r and Y into r8, Y8 ([q][lane]), the bounds into err. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, double *Y8, double *err)
+{
+    const double *mu = ws->mu, *lam = ws->lam, *logc = ws->logc;
+    int kq[8] = {0}, kmax = 0;
+    double xs[8] = {0}, hs[8] = {0};
+    for (int i = 0; i < n; i++) {
+        int l = lv[i];
+        kq[i] = ws->off[l + 1] - ws->off[l];
+        kmax = kq[i] > kmax ? kq[i] : kmax;
+        xs[i] = ws->centre[l];
+        hs[i] = ws->half[l];
+    }
+    /* the components' parameters, [q][lane] (0 where q >= k) */
+    double MU[MAXJ * 8], LAM[MAXJ * 8], LC[MAXJ * 8];
+    __mmask8 act[MAXJ];
+    for (int q = 0; q < kmax; q++) {
+        act[q] = 0;
+        for (int i = 0; i < 8; i++) {
+            int on = i < n && q < kq[i];
+            int j = on ? ws->idx[ws->off[lv[i]] + q] : 0;
+            MU[8 * q + i] = on ? mu[j] : 0.0;
+            LAM[8 * q + i] = on ? lam[j] : 0.0;
+            LC[8 * q + i] = on ? logc[j] : 0.0;
+            act[q] |= (__mmask8)(on << i);
+        }
+    }
+    const __m512d x = _mm512_loadu_pd(xs), hh = _mm512_loadu_pd(hs), zero = _mm512_setzero_pd();
+    /* responsibilities */
+    __m512d m = _mm512_set1_pd(-INFINITY), s = zero;
+    for (int q = 0; q < kmax; q++) {
+        __m512d d = _mm512_sub_pd(x, _mm512_loadu_pd(MU + 8 * q));
+        __m512d lq = _mm512_sub_pd(_mm512_loadu_pd(LC + 8 * q),
+                                   _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(0.5),
+                                                                             _mm512_loadu_pd(LAM + 8 * q)), d), d));
+        _mm512_storeu_pd(r8 + 8 * q, lq);
+        m = _mm512_mask_blend_pd(_mm512_mask_cmp_pd_mask(act[q], lq, m, _CMP_GT_OQ), m, lq);
+    }
+    for (int q = 0; q < kmax; q++) {
+        __m512d e = exp_neg8(_mm512_sub_pd(_mm512_loadu_pd(r8 + 8 * q), m));
+        _mm512_storeu_pd(r8 + 8 * q, e);
+        s = _mm512_mask_add_pd(s, act[q], s, e);
+    }
+    __m512d inv_s = _mm512_div_pd(_mm512_set1_pd(1.0), s);
+    for (int q = 0; q < kmax; q++)
+        _mm512_storeu_pd(r8 + 8 * q, _mm512_mul_pd(_mm512_loadu_pd(r8 + 8 * q), inv_s));
+    double ms[8], ss[8], lse[8];
+    _mm512_storeu_pd(ms, m);
+    _mm512_storeu_pd(ss, s);
+    for (int i = 0; i < n; i++) lse[i] = ms[i] + log(ss[i]);
+    /* the derivatives */
+    __m512d abar = zero, lbar = zero, y2 = zero, y3 = zero, ylam = zero;
+    for (int q = 0; q < kmax; q++) {
+        __m512d r = _mm512_loadu_pd(r8 + 8 * q), lq = _mm512_loadu_pd(LAM + 8 * q);
+        __m512d a = _mm512_mul_pd(neg8(lq), _mm512_sub_pd(x, _mm512_loadu_pd(MU + 8 * q)));
+        abar = _mm512_mask_add_pd(abar, act[q], abar, _mm512_mul_pd(r, a));
+        lbar = _mm512_mask_add_pd(lbar, act[q], lbar, _mm512_mul_pd(r, lq));
+    }
+    for (int q = 0; q < kmax; q++) {
+        __m512d r = _mm512_loadu_pd(r8 + 8 * q), lq = _mm512_loadu_pd(LAM + 8 * q);
+        __m512d y = _mm512_sub_pd(_mm512_mul_pd(neg8(lq),
+                                                _mm512_sub_pd(x, _mm512_loadu_pd(MU + 8 * q))), abar);
+        _mm512_storeu_pd(Y8 + 8 * q, y);
+        __m512d ry = _mm512_mul_pd(r, y), ryy = _mm512_mul_pd(ry, y);
+        y2 = _mm512_mask_add_pd(y2, act[q], y2, ryy);
+        y3 = _mm512_mask_add_pd(y3, act[q], y3, _mm512_mul_pd(ryy, y));
+        ylam = _mm512_mask_add_pd(ylam, act[q], ylam, _mm512_mul_pd(ry, _mm512_sub_pd(lq, lbar)));
+    }
+    __m512d F2 = _mm512_sub_pd(y2, lbar), F3 = _mm512_sub_pd(y3, _mm512_mul_pd(_mm512_set1_pd(3.0), ylam));
+    __m512d err_r = zero, M4 = zero, M2 = zero, VZ = zero, gsum = zero;
+    __m512d hh2 = _mm512_mul_pd(hh, hh), hh3 = _mm512_mul_pd(hh2, hh), aF3 = abs8(F3);
+    const __m512d half = _mm512_set1_pd(0.5), sixth = _mm512_set1_pd(6.0), one = _mm512_set1_pd(1.0);
+    for (int q = 0; q < kmax; q++) {
+        __m512d r = _mm512_loadu_pd(r8 + 8 * q), lq = _mm512_loadu_pd(LAM + 8 * q);
+        __m512d ay = abs8(_mm512_loadu_pd(Y8 + 8 * q)), sq = abs8(_mm512_add_pd(lq, F2));
+        __m512d z = _mm512_sub_pd(lq, lbar);
+        __m512d v = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(ay, hh), _mm512_mul_pd(_mm512_mul_pd(sq, half), hh2)),
+                                  _mm512_div_pd(_mm512_mul_pd(aF3, hh3), sixth));
+        __m512d grow = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, one, _CMP_LT_OQ), _mm512_set1_pd(1e300),
+                                            _mm512_add_pd(one, _mm512_mul_pd(_mm512_set1_pd(1.72), v)));
+        __m512d yb = _mm512_add_pd(_mm512_add_pd(ay, _mm512_mul_pd(sq, hh)),
+                                   _mm512_mul_pd(_mm512_mul_pd(aF3, half), hh2));
+        __m512d rg = _mm512_mul_pd(r, grow);
+        __m512d e = _mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(rg, v), v), v), v);
+        err_r = _mm512_mask_add_pd(err_r, act[q], err_r, _mm512_div_pd(e, _mm512_set1_pd(24.0)));
+        __m512d rgy2 = _mm512_mul_pd(_mm512_mul_pd(rg, yb), yb);
+        M4 = _mm512_mask_add_pd(M4, act[q], M4, _mm512_mul_pd(_mm512_mul_pd(rgy2, yb), yb));
+        M2 = _mm512_mask_add_pd(M2, act[q], M2, rgy2);
+        VZ = _mm512_mask_add_pd(VZ, act[q], VZ, _mm512_mul_pd(_mm512_mul_pd(rg, z), z));
+        gsum = _mm512_mask_add_pd(gsum, act[q], gsum, rg);
+    }
+    __m512d F4 = _mm512_add_pd(_mm512_add_pd(fmax8(M4, _mm512_mul_pd(_mm512_mul_pd(_mm512_set1_pd(2.0), M2), M2)),
+                                             _mm512_mul_pd(sixth, _mm512_sqrt_pd(_mm512_mul_pd(M4, VZ)))),
+                               _mm512_mul_pd(_mm512_set1_pd(3.0), VZ));
+    err_r = _mm512_add_pd(err_r, _mm512_div_pd(_mm512_mul_pd(_mm512_mul_pd(_mm512_mul_pd(gsum, F4), hh2), hh2),
+                                               _mm512_set1_pd(24.0)));
+    __m512d err_g = _mm512_div_pd(_mm512_mul_pd(_mm512_div_pd(hh3, sixth), F4),
+                                  _mm512_add_pd(abs8(abar), _mm512_sqrt_pd(lbar)));
+    __m512d worst = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(err_r, err_g, _CMP_GT_OQ), err_g, err_r);
+    double ab[8], f2[8], f3[8];
+    _mm512_storeu_pd(ab, abar);
+    _mm512_storeu_pd(f2, F2);
+    _mm512_storeu_pd(f3, F3);
+    _mm512_storeu_pd(err, worst);
+    for (int i = 0; i < n; i++) {
+        L8[i][0] = lse[i];
+        L8[i][1] = ab[i];
+        L8[i][2] = f2[i];
+        L8[i][3] = f3[i];
+    }
+}
+
+/* Leaves lv[0..n-1] (claimed, n <= 8, two or more active components each) built together. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+build8(const ws_t *ws, const int *lv, int n)
+{
+    double L8[8][4], err[8], r8[MAXJ * 8], Y8[MAXJ * 8], r[MAXJ], Y[MAXJ];
+    expansion8(ws, lv, n, L8, r8, Y8, err);
+    for (int i = 0; i < n; i++) {
+        int k = ws->off[lv[i] + 1] - ws->off[lv[i]];
+        for (int q = 0; q < k; q++) {
+            r[q] = r8[8 * q + i];
+            Y[q] = Y8[8 * q + i];
+        }
+        publish_leaf(ws, lv[i], k, ws->idx + ws->off[lv[i]], L8[i], r, Y, err[i]);
+    }
+}
+
+/* prebuild's leaves (see there), those with two or more active components eight at a time
+ * through expansion8: the same numbers.  A claimed leaf is published before this thread
+ * waits for anything (it never does). */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+prebuild_avx512(const ws_t *ws, thr_t *th, int t, int jobs)
+{
+    int lv[8], n = 0, state;
+    for (int l = t; l < ws->L; l += jobs) {
+        if (!(ws->cnt[l] > 0.0) || __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE) != UNBUILT
+            || !claim_leaf(ws, th, l, &state))
+            continue;
+        if (ws->off[l + 1] - ws->off[l] < 2) {
+            build_claimed(ws, l);
+            continue;
+        }
+        lv[n++] = l;
+        if (n == 8) {
+            build8(ws, lv, n);
+            n = 0;
+        }
+    }
+    if (n) build8(ws, lv, n);
+}
+#endif
+
+/* For the tests: every leaf of the plan with two or more active components through expansion8
+ * and through expansion for the mixture (mu, lam, logc), compared bit for bit (L, the bound,
+ * r, Y); returns the number of leaves that differ, or -1 without AVX-512. */
+int64_t sws_check_builds(void *p, const double *mu, const double *lam, const double *logc)
+{
+#ifdef SWS_X86
+    ws_t *ws = p;
+    if (!have_avx512()) return -1;
+    const double *smu = ws->mu, *slam = ws->lam, *slogc = ws->logc;
+    ws->mu = mu; ws->lam = lam; ws->logc = logc;
+    int64_t bad = 0;
+    int lv[8], n = 0;
+    double L8[8][4], err[8], r8[MAXJ * 8], Y8[MAXJ * 8];
+    for (int l = 0; l <= ws->L; l++) {
+        if (l < ws->L && ws->off[l + 1] - ws->off[l] >= 2) lv[n++] = l;
+        if (n == 8 || (l == ws->L && n > 0)) {
+            expansion8(ws, lv, n, L8, r8, Y8, err);
+            for (int i = 0; i < n; i++) {
+                int k = ws->off[lv[i] + 1] - ws->off[lv[i]];
+                double L[4], r[MAXJ], Y[MAXJ];
+                double e = expansion(ws, k, ws->idx + ws->off[lv[i]], ws->centre[lv[i]], ws->half[lv[i]], L, r, Y);
+                int same = memcmp(L, L8[i], sizeof(L)) == 0 && memcmp(&e, err + i, sizeof(e)) == 0;
+                for (int q = 0; q < k; q++)
+                    same &= memcmp(r + q, r8 + 8 * q + i, sizeof(double)) == 0
+                            && memcmp(Y + q, Y8 + 8 * q + i, sizeof(double)) == 0;
+                bad += !same;
+            }
+            n = 0;
+        }
+    }
+    ws->mu = smu; ws->lam = slam; ws->logc = slogc;
+    return bad;
+#else
+    (void)p; (void)mu; (void)lam; (void)logc;
+    return -1;
+#endif
+}
+
 /* Build, before the pass, the leaves that held weights at the last call (ws->cnt), every
  * jobs-th one from leaf t on (the other job takes the rest): one after another the builds
  * overlap in the CPU, where inside the pass each waits for the one before.  A leaf that the
@@ -1129,6 +1379,12 @@ static void warm(const ws_t *ws, const thr_t *th)
 static void prebuild(const ws_t *ws, thr_t *th, int t, int jobs)
 {
     if (!ws->cnt) return;
+#ifdef SWS_X86
+    if (have_avx512()) {
+        prebuild_avx512(ws, th, t, jobs);
+        return;
+    }
+#endif
     for (int l = t; l < ws->L; l += jobs)
         if (ws->cnt[l] > 0.0 && __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE) == UNBUILT)
             build_leaf(ws, th, l);

@@ -89,6 +89,8 @@ def _load():
         lib.sws_snap.argtypes = [_vp, _vp, ctypes.c_int64, _vp, ctypes.c_int, _vp]
     if hasattr(lib, "sws_hot"):    # whether the last call took the hot path (tests)
         lib.sws_hot.restype, lib.sws_hot.argtypes = ctypes.c_int, [_vp]
+    if hasattr(lib, "sws_check_builds"):   # the leaves built eight at a time against one (tests)
+        lib.sws_check_builds.restype, lib.sws_check_builds.argtypes = ctypes.c_int64, [_vp, _vp, _vp, _vp]
     return lib
 
 
