@@ -13,16 +13,15 @@ difference tree - SO per step of the same round.
 """
 
 import argparse
+import contextlib
 import copy
-import random
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from prior_overhead import load_other_kernel, with_kernel
-from prior_parts import fixed_batch, kept_state
+from prior_parts import alternate_steps, kept_state
 from sws.config import retrain_config
 from sws.method.loop import adam, retrain_optimizer
 from sws.prior import kernel as K
@@ -47,40 +46,11 @@ def main():
     prior_b = copy.deepcopy(prior)
     with with_kernel(lib):
         prior_b._workspace = K.Workspace()
-    x, y = fixed_batch()
     cfg = retrain_config("tutorial")
-    scale = cfg.tau / 60000
-    plain_opt = adam(model.parameters(), 1e-4)
-    opts = {"tree": retrain_optimizer(model, prior, cfg), "before": retrain_optimizer(model, prior_b, cfg)}
-    priors = {"tree": prior, "before": prior_b}
-    cx = torch.zeros((), dtype=torch.float64)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    pstate = {k: v.clone() for k, v in prior.state_dict().items()}
-    steps = {k: [] for k in ("plain", "tree", "before")}
-    calls = {"tree": [], "before": []}
-    rng = random.Random(0)
-    for _ in range(args.rounds):
-        for kind in rng.sample(list(steps), 3):
-            model.load_state_dict(state)
-            p = priors.get(kind, prior)
-            p.load_state_dict(pstate)
-            o = plain_opt if kind == "plain" else opts[kind]
-            ts, cs = [], []
-            with with_kernel(lib if kind == "before" else tree_lib):
-                for _ in range(args.steps + 3):
-                    t0 = clock()
-                    loss = F.cross_entropy(model(x), y)
-                    o.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if kind != "plain":
-                        t1 = clock()
-                        p.backward_complexity(covered, scale, acc=cx, factor=len(y))
-                        cs.append(clock() - t1)
-                    o.step()
-                    ts.append(clock() - t0)
-            steps[kind].append(statistics.mean(ts[3:]))
-            if kind != "plain":
-                calls[kind].append(statistics.median(cs[3:]))
+    kinds = {"plain": (None, adam(model.parameters(), 1e-4), contextlib.nullcontext),
+             "tree": (prior, retrain_optimizer(model, prior, cfg), lambda: with_kernel(tree_lib)),
+             "before": (prior_b, retrain_optimizer(model, prior_b, cfg), lambda: with_kernel(lib))}
+    steps, calls = alternate_steps(kinds, model, covered, cfg.tau / 60000, args.rounds, args.steps, clock)
     with with_kernel(lib):  # its workspace freed by its own library
         lib.sws_free(prior_b._workspace._handle)
         prior_b._workspace._handle = None

@@ -47,6 +47,44 @@ def kept_state(run_dir):
     return meta, model, prior, covered, step
 
 
+def alternate_steps(kinds, model, covered, scale, rounds, steps, clock, seed=0):
+    """Blocks of ``steps`` timed steps (after 3 more) for each kind, in a shuffled order each round,
+    each from the model's state at the start (and its prior's).  ``kinds``: name -> (prior or None
+    for the plain step, optimiser, context manager factory around the block).  Returns per kind the
+    mean step of each round, and per prior kind the median call of the prior in each round."""
+    import random
+    x, y = fixed_batch()
+    cx = torch.zeros((), dtype=torch.float64)  # the loop's running sum of C
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    pstates = {k: {n: v.clone() for n, v in p.state_dict().items()} for k, (p, _, _) in kinds.items() if p is not None}
+    means = {k: [] for k in kinds}
+    calls = {k: [] for k in pstates}
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        for kind in rng.sample(list(kinds), len(kinds)):
+            prior, opt, context = kinds[kind]
+            ts, cs = [], []
+            with context():
+                model.load_state_dict(state)
+                if prior is not None:
+                    prior.load_state_dict(pstates[kind])
+                for _ in range(steps + 3):
+                    t0 = clock()
+                    loss = F.cross_entropy(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if prior is not None:
+                        t1 = clock()
+                        prior.backward_complexity(covered, scale, acc=cx, factor=len(y))
+                        cs.append(clock() - t1)
+                    opt.step()
+                    ts.append(clock() - t0)
+            means[kind].append(statistics.mean(ts[3:]))
+            if prior is not None:
+                calls[kind].append(statistics.median(cs[3:]))
+    return means, calls
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")

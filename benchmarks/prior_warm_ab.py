@@ -9,17 +9,28 @@ read by the kernel at every call).  One thread is timed by the thread's CPU time
 """
 
 import argparse
+import contextlib
 import os
-import random
 import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from prior_parts import fixed_batch, kept_state
+from prior_parts import alternate_steps, kept_state
 from sws.config import retrain_config
 from sws.method.loop import adam, retrain_optimizer
+
+
+def warm_up(on):
+    """The kernel's warm-up on or off for a block (SWS_NO_WARM, read at every call)."""
+    @contextlib.contextmanager
+    def context():
+        if on:
+            os.environ.pop("SWS_NO_WARM", None)
+        else:
+            os.environ["SWS_NO_WARM"] = "1"
+        yield
+    return context
 
 
 def main():
@@ -31,40 +42,11 @@ def main():
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
     _, model, prior, covered, _ = kept_state(args.run_dir)
-    x, y = fixed_batch()
     cfg = retrain_config("tutorial")
-    scale = cfg.tau / 60000
     opt, plain_opt = retrain_optimizer(model, prior, cfg), adam(model.parameters(), 1e-4)
-    cx = torch.zeros((), dtype=torch.float64)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    pstate = {k: v.clone() for k, v in prior.state_dict().items()}
-    steps = {k: [] for k in ("plain", "warm", "no warm-up")}
-    calls = {"warm": [], "no warm-up": []}
-    rng = random.Random(0)
-    for _ in range(args.rounds):
-        for kind in rng.sample(list(steps), 3):
-            if kind == "no warm-up":
-                os.environ["SWS_NO_WARM"] = "1"
-            else:
-                os.environ.pop("SWS_NO_WARM", None)
-            model.load_state_dict(state)
-            prior.load_state_dict(pstate)
-            o = plain_opt if kind == "plain" else opt
-            ts, cs = [], []
-            for _ in range(23):
-                t0 = clock()
-                loss = F.cross_entropy(model(x), y)
-                o.zero_grad(set_to_none=True)
-                loss.backward()
-                if kind != "plain":
-                    t1 = clock()
-                    prior.backward_complexity(covered, scale, acc=cx, factor=len(y))
-                    cs.append(clock() - t1)
-                o.step()
-                ts.append(clock() - t0)
-            steps[kind].append(statistics.mean(ts[3:]))
-            if kind != "plain":
-                calls[kind].append(statistics.median(cs[3:]))
+    kinds = {"plain": (None, plain_opt, warm_up(True)), "warm": (prior, opt, warm_up(True)),
+             "no warm-up": (prior, opt, warm_up(False))}
+    steps, calls = alternate_steps(kinds, model, covered, cfg.tau / 60000, args.rounds, 20, clock)
     os.environ.pop("SWS_NO_WARM", None)
     for k in ("warm", "no warm-up"):
         r = [a / p for a, p in zip(steps[k], steps["plain"])]

@@ -520,3 +520,93 @@ def test_the_running_sum_gets_c_times_the_factor():
     acc32 = torch.tensor(0.0)                      # not a float64 sum: added by torch
     _, got = _grads_of(prior, ws, acc=acc32, factor=2)
     assert acc32.item() == pytest.approx(2 * float(c))
+
+
+class _Counting:
+    """Stands in for the extension module, counting the bound calls that ran in C."""
+
+    def __init__(self, ext):
+        self.ext, self.ran = ext, 0
+
+    def bind(self, *a):
+        return self.ext.bind(*a)
+
+    def train_step(self, *a):
+        c = self.ext.train_step(*a)
+        self.ran += c is not None
+        return c
+
+
+def _steps(prior, ws, events):
+    """Training-loop calls (gradients present, the mixture's set to None as zero_grad does, a
+    running sum), with the tensors changed on the way; every result, for a bitwise comparison."""
+    g = torch.Generator().manual_seed(5)
+    acc = torch.zeros((), dtype=torch.float64)
+    out = []
+    for step in range(12):
+        ev = events.get(step)
+        if ev == "storage":
+            ws[0].data = ws[0].data.clone()
+        elif ev == "acc":
+            acc = torch.full((), 1.5, dtype=torch.float64)
+        elif ev == "frozen":
+            prior.means.requires_grad_(False)
+        elif ev == "thawed":
+            prior.means.requires_grad_(True)
+        for w in ws:
+            w.grad = torch.randn(w.shape, generator=g)
+        if ev == "strided":
+            ws[0].grad = torch.randn(ws[0].shape[::-1], generator=g).t()
+        for p in prior.parameters():
+            p.grad = None if step % 3 else torch.ones_like(p)
+        c = prior.backward_complexity(ws, 1e-3, acc=acc, factor=64)
+        out.append((float(c), acc.item(), [t.grad.clone() if t.grad is not None else None
+                                           for t in ws + list(prior.parameters())]))
+        with torch.no_grad():                # the optimiser's in-place step
+            for w in ws:
+                w.add_(w.grad, alpha=-1e-2)
+            for p in prior.parameters():
+                if p.grad is not None:
+                    p.add_(p.grad, alpha=-1e-3)
+    return out
+
+
+@needs_c
+def test_the_step_bound_in_c_matches_the_python_path(monkeypatch):
+    """_kernel.train_step (the training loop's call after the first) against the same calls through
+    the Python path around ctypes: the same bits, step after step, through new storage, another
+    running sum, a gradient with strides and a parameter frozen and thawed (each sends one call
+    back to Python, which binds again)."""
+    import copy
+    if K._EXT is None:
+        pytest.skip("an older build of the kernel")
+    prior, ws = _bound_setup(3)
+    twin, twin_ws = copy.deepcopy(prior), [w.detach().clone().requires_grad_() for w in ws]
+    events = {3: "storage", 5: "acc", 7: "strided", 8: "frozen", 10: "thawed"}
+    counting = _Counting(K._EXT)
+    monkeypatch.setattr(K, "_EXT", counting)
+    fast = _steps(prior, ws, events)
+    monkeypatch.setattr(K, "_EXT", None)
+    slow = _steps(twin, twin_ws, events)
+    for (ca, sa, ga), (cb, sb, gb) in zip(fast, slow):
+        assert ca == cb and sa == sb
+        assert all((x is None and y is None) or torch.equal(x, y) for x, y in zip(ga, gb))
+    assert counting.ran >= 5                 # the calls between the events ran in C
+
+
+@needs_c
+def test_the_step_bound_in_c_leaves_a_foreign_library_alone(monkeypatch):
+    """While the prior runs on another build of the kernel (the benchmarks swap one in), the bound
+    call of this one is never used."""
+    if K._EXT is None:
+        pytest.skip("an older build of the kernel")
+    prior, ws = _bound_setup()
+    for w in ws:
+        w.grad = torch.zeros_like(w)
+    prior.backward_complexity(ws, 1e-3)
+    assert prior._workspace.binding.capsule is not None
+    counting = _Counting(K._EXT)
+    monkeypatch.setattr(K, "_EXT", counting)
+    monkeypatch.setattr(K, "_OWN", object())
+    prior.backward_complexity(ws, 1e-3)
+    assert counting.ran == 0

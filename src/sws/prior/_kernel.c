@@ -44,7 +44,9 @@
  * K interleaved copies (consecutive weights in one leaf do not wait on each
  * other), so a call's result depends only on its inputs and the thread count.
  *
- * No Python API is used: the shared object is loaded with ctypes (kernel.py).
+ * The shared object is loaded with ctypes (kernel.py); the Python API serves only the training
+ * step's bound call (train_step, at the end), which saves that step the Python around a
+ * ctypes call.
  */
 #include <math.h>
 #include <stdint.h>
@@ -1794,9 +1796,287 @@ double sws_train_step(void *p, int J, const float *means, const float *gamma, co
     return C;
 }
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, NULL};
+/* ------------------------------------------------ the training step from Python, bound */
 
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+/* kernel.py's _Binding, for the training loop's call (prior_backward): the tensors it was
+ * made for and what the call needs besides, so that a step checks them and calls
+ * sws_train_step without the Python around a ctypes call (after a forward and backward pass
+ * that Python cost about 100 us a step, the C call itself 700).  Every object here is
+ * borrowed: the binding that owns the capsule holds them. */
+static const char *const PRIOR_NAMES[6] = {"means", "log_precisions", "mixing_logits", "pi0_logit",
+                                           "alpha", "beta"};
+typedef struct {
+    PyObject *prior, *ws, *params, *buffers, *nthreads, *acc;
+    PyObject *t[6], *w[64], *learn[4], *gbuf[4];
+    uintptr_t tp[6], wp[64], handle;
+    int nt, nl, wanted[4], J, learn_pi0;
+    const void *w_arr, *n_arr;
+    void **g_arr;
+    double cut, *mix, *out, *acc_ptr, info[5];
+    long long n_total, min_parallel, sets_every;
+} bind_t;
+
+static PyObject *S_grad, *S_data_ptr, *S_is_contiguous, *S_requires_grad, *S_calls, *S_J, *S_lo,
+    *S_hi, *S_n_exact, *S_n_seen, *S_n_built, *S_handle, *S_config, *S_pi0_a, *S_pi0_b;
+
+static void unbind(PyObject *cap)
+{
+    PyMem_Free(PyCapsule_GetPointer(cap, "sws.bind"));
+}
+
+static int as_ptr(PyObject *o, uintptr_t *p)
+{
+    *p = (uintptr_t)PyLong_AsVoidPtr(o);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* bind(prior, ws, params, buffers, tensors, weights, learn, wanted, grads, J, learn_pi0, _, _,
+ *      cut, mix, out, w_arr, n_arr, g_arr, n_total, min_parallel, nthreads, acc, acc_ptr)
+ * (tuples for tensors .. grads; addresses as ints; nthreads: torch.get_num_threads) */
+static PyObject *py_bind(PyObject *self, PyObject *const *a, Py_ssize_t na)
+{
+    (void)self;
+    if (na != 24 || !PyTuple_Check(a[4]) || PyTuple_GET_SIZE(a[4]) != 6 || !PyTuple_Check(a[5])
+        || PyTuple_GET_SIZE(a[5]) > 64 || !PyTuple_Check(a[6]) || PyTuple_GET_SIZE(a[6]) > 4
+        || !PyTuple_Check(a[7]) || !PyTuple_Check(a[8])
+        || PyTuple_GET_SIZE(a[7]) != PyTuple_GET_SIZE(a[6]) || PyTuple_GET_SIZE(a[8]) != PyTuple_GET_SIZE(a[6])) {
+        PyErr_SetString(PyExc_TypeError, "bind: bad arguments");
+        return NULL;
+    }
+    bind_t *b = PyMem_Calloc(1, sizeof(bind_t));
+    if (!b) return PyErr_NoMemory();
+    b->prior = a[0]; b->ws = a[1]; b->params = a[2]; b->buffers = a[3];
+    b->nt = (int)PyTuple_GET_SIZE(a[5]);
+    b->nl = (int)PyTuple_GET_SIZE(a[6]);
+    PyObject *h = PyObject_GetAttr(b->ws, S_handle), *ev = PyObject_GetAttrString(b->ws, "SETS_EVERY");
+    int bad = !h || !ev || as_ptr(h, &b->handle);
+    b->sets_every = ev ? PyLong_AsLongLong(ev) : 0;
+    Py_XDECREF(h); Py_XDECREF(ev);
+    for (int i = 0; i < 6 && !bad; i++) {
+        PyObject *p = PyObject_CallMethodNoArgs(b->t[i] = PyTuple_GET_ITEM(a[4], i), S_data_ptr);
+        bad = !p || as_ptr(p, b->tp + i);
+        Py_XDECREF(p);
+    }
+    for (int i = 0; i < b->nt && !bad; i++) {
+        PyObject *p = PyObject_CallMethodNoArgs(b->w[i] = PyTuple_GET_ITEM(a[5], i), S_data_ptr);
+        bad = !p || as_ptr(p, b->wp + i);
+        Py_XDECREF(p);
+    }
+    for (int i = 0; i < b->nl && !bad; i++) {
+        b->learn[i] = PyTuple_GET_ITEM(a[6], i);
+        b->wanted[i] = PyObject_IsTrue(PyTuple_GET_ITEM(a[7], i));
+        b->gbuf[i] = PyTuple_GET_ITEM(a[8], i);
+    }
+    uintptr_t mix = 0, out = 0, w_arr = 0, n_arr = 0, g_arr = 0, accp = 0;
+    if (!bad) {
+        b->J = (int)PyLong_AsLong(a[9]);
+        b->learn_pi0 = PyObject_IsTrue(a[10]);
+        b->cut = PyFloat_AsDouble(a[13]);
+        bad = as_ptr(a[14], &mix) || as_ptr(a[15], &out) || as_ptr(a[16], &w_arr) || as_ptr(a[17], &n_arr)
+              || as_ptr(a[18], &g_arr);
+        b->n_total = PyLong_AsLongLong(a[19]);
+        b->min_parallel = PyLong_AsLongLong(a[20]);
+        b->nthreads = a[21];
+        b->acc = a[22];
+        if (!bad && a[23] != Py_None) bad = as_ptr(a[23], &accp);
+        bad = bad || PyErr_Occurred();
+    }
+    if (bad) {
+        PyMem_Free(b);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "bind: bad arguments");
+        return NULL;
+    }
+    b->mix = (double *)mix; b->out = (double *)out; b->acc_ptr = (double *)accp;
+    b->w_arr = (const void *)w_arr; b->n_arr = (const void *)n_arr; b->g_arr = (void **)g_arr;
+    PyObject *cap = PyCapsule_New(b, "sws.bind", unbind);
+    if (!cap) PyMem_Free(b);
+    return cap;
+}
+
+/* o.data_ptr() == want; -1 on an error */
+static int same_ptr(PyObject *o, uintptr_t want)
+{
+    PyObject *p = PyObject_CallMethodNoArgs(o, S_data_ptr);
+    if (!p) return -1;
+    uintptr_t v = (uintptr_t)PyLong_AsVoidPtr(p);
+    Py_DECREF(p);
+    return PyErr_Occurred() ? -1 : v == want;
+}
+
+/* o.attr += v (an int) */
+static int add_to(PyObject *o, PyObject *attr, long long v)
+{
+    PyObject *x = PyObject_GetAttr(o, attr), *d = x ? PyLong_FromLongLong(v) : NULL;
+    PyObject *s = d ? PyNumber_Add(x, d) : NULL;
+    int rc = s ? PyObject_SetAttr(o, attr, s) : -1;
+    Py_XDECREF(x); Py_XDECREF(d); Py_XDECREF(s);
+    return rc;
+}
+
+static int set_attr(PyObject *o, PyObject *attr, PyObject *v)
+{
+    if (!v) return -1;
+    int rc = PyObject_SetAttr(o, attr, v);
+    Py_DECREF(v);
+    return rc;
+}
+
+/* train_step(capsule, prior, weights, scale, acc, factor): prior_backward's C-kernel call.
+ * Returns C (a float), or None where the binding no longer fits or the call needs what only
+ * the Python path does (a gradient to create, a tensor not contiguous, another running sum);
+ * nothing has changed then. */
+static PyObject *py_train_step(PyObject *self, PyObject *const *a, Py_ssize_t na)
+{
+    (void)self;
+    bind_t *b = na == 6 ? PyCapsule_GetPointer(a[0], "sws.bind") : NULL;
+    if (!b) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "train_step: bad arguments");
+        return NULL;
+    }
+    PyObject *prior = a[1], *weights = a[2], *acc = a[4];
+    double scale = PyFloat_AsDouble(a[3]), factor = PyFloat_AsDouble(a[5]);
+    if (PyErr_Occurred()) return NULL;
+    if (prior != b->prior || !(PyList_Check(weights) || PyTuple_Check(weights))
+        || PySequence_Fast_GET_SIZE(weights) != b->nt || (acc != Py_None && (acc != b->acc || !b->acc_ptr)))
+        Py_RETURN_NONE;
+    PyObject **wl = PySequence_Fast_ITEMS(weights);
+    /* the same tensors, the same storage */
+    for (int i = 0; i < 6; i++) {
+        PyObject *t = PyDict_GetItemString(b->params, PRIOR_NAMES[i]);
+        if (!t) t = PyDict_GetItemString(b->buffers, PRIOR_NAMES[i]);
+        int s = t == b->t[i] ? same_ptr(t, b->tp[i]) : 0;
+        if (s <= 0) { if (s < 0) return NULL; Py_RETURN_NONE; }
+    }
+    for (int i = 0; i < b->nt; i++) {
+        PyObject *w = wl[i];
+        int s = w == b->w[i] ? same_ptr(w, b->wp[i]) : 0;
+        if (s <= 0) { if (s < 0) return NULL; Py_RETURN_NONE; }
+    }
+    for (int q = 0; q < b->nl; q++) {
+        PyObject *r = PyObject_GetAttr(b->learn[q], S_requires_grad);
+        if (!r) return NULL;
+        int on = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (on != b->wanted[q]) Py_RETURN_NONE;
+    }
+    PyObject *h = PyObject_GetAttr(b->ws, S_handle);
+    if (!h) return NULL;
+    uintptr_t hv = h == Py_None ? 0 : (uintptr_t)PyLong_AsVoidPtr(h);
+    Py_DECREF(h);
+    if (PyErr_Occurred()) return NULL;
+    if (hv != b->handle) Py_RETURN_NONE;
+    /* the weights' gradients (new tensors at every step), held until the call has run */
+    PyObject *gw[64], *pg[4] = {NULL, NULL, NULL, NULL};
+    int ng = 0, setting = 0, fail = 0;
+    for (; ng < b->nt && !fail; ng++) {
+        PyObject *g = gw[ng] = PyObject_GetAttr(wl[ng], S_grad);
+        if (!g) { fail = -1; break; }
+        PyObject *c = g == Py_None ? NULL : PyObject_CallMethodNoArgs(g, S_is_contiguous);
+        PyObject *p = c == Py_True ? PyObject_CallMethodNoArgs(g, S_data_ptr) : NULL;
+        Py_XDECREF(c);
+        if (!p) { fail = PyErr_Occurred() ? -1 : 1; ng++; break; }
+        b->g_arr[ng] = PyLong_AsVoidPtr(p);
+        Py_DECREF(p);
+        if (PyErr_Occurred()) fail = -1;
+    }
+    /* the mixture's: checked first, then a missing one given its buffer (set, not added to) */
+    void *pp[4] = {NULL, NULL, NULL, NULL};
+    for (int q = 0; q < b->nl && !fail; q++) {
+        if (!b->wanted[q]) continue;
+        if (!(pg[q] = PyObject_GetAttr(b->learn[q], S_grad))) { fail = -1; break; }
+        if (pg[q] != Py_None && pg[q] != b->gbuf[q]) {
+            PyObject *c = PyObject_CallMethodNoArgs(pg[q], S_is_contiguous);
+            fail = !c ? -1 : c != Py_True;
+            Py_XDECREF(c);
+        }
+    }
+    for (int q = 0; q < b->nl && !fail; q++) {
+        if (!b->wanted[q]) continue;
+        if (pg[q] == Py_None) {
+            if (PyObject_SetAttr(b->learn[q], S_grad, b->gbuf[q]) < 0) { fail = -1; break; }
+            Py_DECREF(pg[q]);
+            Py_INCREF(b->gbuf[q]);
+            pg[q] = b->gbuf[q];
+            setting |= 1 << q;
+        }
+        PyObject *p = PyObject_CallMethodNoArgs(pg[q], S_data_ptr);
+        if (!p) { fail = -1; break; }
+        pp[q] = PyLong_AsVoidPtr(p);
+        Py_DECREF(p);
+        if (PyErr_Occurred()) fail = -1;
+    }
+    PyObject *res = NULL;
+    if (fail) {
+        if (fail > 0) { Py_INCREF(Py_None); res = Py_None; }
+        goto done;
+    }
+    /* the workspace's counters, as the Python path keeps them */
+    PyObject *calls = PyObject_GetAttr(b->ws, S_calls), *J = calls ? PyObject_GetAttr(b->ws, S_J) : NULL;
+    PyObject *lo = J ? PyObject_GetAttr(b->ws, S_lo) : NULL, *hi = lo ? PyObject_GetAttr(b->ws, S_hi) : NULL;
+    PyObject *nth = hi ? PyObject_CallNoArgs(b->nthreads) : NULL;
+    PyObject *cfg = nth ? PyObject_GetAttr(prior, S_config) : NULL;
+    PyObject *pa = cfg ? PyObject_GetAttr(cfg, S_pi0_a) : NULL, *pb = pa ? PyObject_GetAttr(cfg, S_pi0_b) : NULL;
+    double pi0_a = pb ? PyFloat_AsDouble(pa) : 0.0, pi0_b = pb ? PyFloat_AsDouble(pb) : 0.0;
+    Py_XDECREF(cfg); Py_XDECREF(pa); Py_XDECREF(pb);
+    long long nc = calls ? PyLong_AsLongLong(calls) : 0;
+    long Jv = J && J != Py_None ? PyLong_AsLong(J) : -1;
+    double lov = lo ? PyFloat_AsDouble(lo) : 0.0, hiv = hi ? PyFloat_AsDouble(hi) : 0.0;
+    long threads = nth ? PyLong_AsLong(nth) : 0;
+    Py_XDECREF(calls); Py_XDECREF(J); Py_XDECREF(lo); Py_XDECREF(hi); Py_XDECREF(nth);
+    if (!pb || PyErr_Occurred() || b->sets_every <= 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "train_step: bad workspace");
+        goto done;
+    }
+    int plan = nc % b->sets_every == 0 || Jv != b->J;
+    if (set_attr(b->ws, S_calls, PyLong_FromLongLong(nc + 1)) < 0) goto done;
+    void *tp[6];
+    for (int i = 0; i < 6; i++) tp[i] = (void *)b->tp[i];
+    double C;
+    Py_BEGIN_ALLOW_THREADS      /* as ctypes does: other Python threads run meanwhile */
+    C = sws_train_step((void *)b->handle, b->J, tp[0], tp[1], tp[2], tp[3], b->learn_pi0, pi0_a,
+                              pi0_b, tp[4], tp[5], b->nt, (const float *const *)b->w_arr,
+                              (const int64_t *)b->n_arr, (float *const *)b->g_arr, (float)scale,
+                              threads > 1 ? 2 : 1, b->min_parallel, plan, lov, hiv, b->cut, pp[0], pp[1],
+                              pp[2], pp[3], setting, b->mix, b->out, b->info, acc == Py_None ? NULL : b->acc_ptr,
+                              factor);
+    Py_END_ALLOW_THREADS
+    double *info = b->info;
+    if (info[4] != 0.0) {
+        PyErr_SetString(PyExc_MemoryError, "the prior's C kernel ran out of memory planning its grid");
+        goto done;
+    }
+    if (set_attr(b->ws, S_J, PyLong_FromLong(b->J)) < 0 || add_to(b->ws, S_n_exact, (long long)info[0]) < 0
+        || add_to(b->ws, S_n_seen, b->n_total) < 0 || set_attr(b->ws, S_n_built, PyLong_FromLongLong((long long)info[3])) < 0)
+        goto done;
+    if (info[1] - info[1] == 0.0 && info[2] - info[2] == 0.0
+        && (set_attr(b->ws, S_lo, PyFloat_FromDouble(info[1])) < 0 || set_attr(b->ws, S_hi, PyFloat_FromDouble(info[2])) < 0))
+        goto done;
+    res = PyFloat_FromDouble(C);
+done:
+    for (int i = 0; i < ng; i++) Py_XDECREF(gw[i]);
+    for (int q = 0; q < 4; q++) Py_XDECREF(pg[q]);
+    return res;
+}
+
+static PyMethodDef methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))py_bind, METH_FASTCALL, "Bind the training step's call (kernel.py)."},
+    {"train_step", (PyCFunction)(void (*)(void))py_train_step, METH_FASTCALL,
+     "The bound training step's call: C, or None where the Python path must run."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernel", NULL, -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernel(void)
+{
+    struct { PyObject **p; const char *s; } names[] = {
+        {&S_grad, "grad"}, {&S_data_ptr, "data_ptr"}, {&S_is_contiguous, "is_contiguous"},
+        {&S_requires_grad, "requires_grad"}, {&S_calls, "calls"}, {&S_J, "J"}, {&S_lo, "lo"}, {&S_hi, "hi"},
+        {&S_n_exact, "n_exact"}, {&S_n_seen, "n_seen"}, {&S_n_built, "n_built"}, {&S_handle, "_handle"},
+        {&S_config, "config"}, {&S_pi0_a, "pi0_a"}, {&S_pi0_b, "pi0_b"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!*names[i].p && !(*names[i].p = PyUnicode_InternFromString(names[i].s))) return NULL;
+    return PyModule_Create(&module);
+}
 
 #ifdef SWS_X86
 /* sws_snap with AVX-512, sixteen weights at a time: the count in a register (one compare and one

@@ -97,6 +97,18 @@ def _load():
 _LIB = _load()
 
 
+def _load_ext():
+    """The extension module itself where it has the bound training step (``train_step``)."""
+    if _LIB is None:
+        return None
+    from sws.prior import _kernel
+    return _kernel if hasattr(_kernel, "train_step") and hasattr(_kernel, "bind") else None
+
+
+_EXT = _load_ext()
+_OWN = _LIB   # the fast call only while the prior runs on this library (benchmarks swap in others)
+
+
 def kernel_available() -> bool:
     """Whether the compiled C kernel is in use (else the PyTorch fallback)."""
     return _LIB is not None
@@ -465,6 +477,12 @@ def prior_backward(prior, weights: list[torch.Tensor], scale: float, acc: torch.
       ``C * factor`` is added to it instead and C is returned as a Python float (C
       kernel) or that 0-d tensor.
     """
+    b = prior.__dict__.get("_workspace")
+    b = b.binding if b is not None else None
+    if b is not None and b.capsule is not None and _LIB is _OWN:   # the training loop's call, in C
+        C = _EXT.train_step(b.capsule, prior, weights, scale, acc, factor)
+        if C is not None:
+            return C if acc is not None else torch.scalar_tensor(C, dtype=torch.float64)
     tensors = _tensors_of(prior)
     if _LIB is not None:
         C = _prior_backward_c(prior, tensors, weights, scale, acc, factor)
@@ -514,7 +532,8 @@ class _Binding:
     """
 
     __slots__ = ("tensors", "ptrs", "weights", "w_ptrs", "nt", "n_total", "w_arr", "n_arr", "g_arr",
-                 "learn", "grads", "learn_pi0", "J", "mix", "out", "acc", "acc_ptr")
+                 "learn", "grads", "learn_pi0", "J", "mix", "out", "acc", "acc_ptr", "dicts", "capsule",
+                 "capsule_acc")
 
     @classmethod
     def make(cls, prior, tensors, weights):
@@ -539,8 +558,24 @@ class _Binding:
         b.learn_pi0, b.J = learn_pi0, J
         buf = prior._workspace.mixture_buffers(J)
         b.mix, b.out = buf, prior._workspace.out
-        b.acc = b.acc_ptr = None
+        b.acc = b.acc_ptr = b.capsule = b.capsule_acc = None
+        params, buffers = prior.__dict__.get("_parameters", {}), prior.__dict__.get("_buffers", {})
+        plain = all(params.get(n, buffers.get(n)) is t for n, t in zip(_NAMES, tensors))
+        b.dicts = (params, buffers) if plain and len(weights) <= 64 else None   # as train_step finds them
         return b
+
+    def bind(self, prior, ws, acc):
+        """The capsule of this binding for ``_kernel.train_step`` (the next calls' path), for the
+        running sum ``acc``; it borrows the objects this binding holds."""
+        if _EXT is None or _LIB is not _OWN or self.dicts is None or ws._handle is None:
+            return
+        self.capsule = _EXT.bind(prior, ws, *self.dicts, self.tensors, self.weights,
+                                 tuple(p for p, _ in self.learn), tuple(w for _, w in self.learn), self.grads,
+                                 self.J, self.learn_pi0, 0.0, 0.0, _CUT + ws.SETS_MARGIN, self.mix.data_ptr(),
+                                 self.out.data_ptr(), ctypes.addressof(self.w_arr), ctypes.addressof(self.n_arr),
+                                 ctypes.addressof(self.g_arr), self.n_total, _MIN_PARALLEL, torch.get_num_threads,
+                                 acc, self.acc_ptr if acc is not None else None)
+        self.capsule_acc = acc
 
     def fits(self, tensors, weights) -> bool:
         if len(weights) != self.nt:
@@ -608,6 +643,8 @@ def _prior_backward_c(prior, tensors, weights, scale, acc, factor):
     lo, hi = info[1], info[2]
     if lo - lo == 0.0 and hi - hi == 0.0:  # finite
         ws.lo, ws.hi = lo, hi
+    if b.capsule is None or b.capsule_acc is not acc:
+        b.bind(prior, ws, acc)
     if acc is None:
         return torch.scalar_tensor(C, dtype=torch.float64)
     if acc_ptr is None:                   # not a CPU float64 sum: added by torch
