@@ -109,6 +109,9 @@ typedef struct {
     double *centre, *half;      /* L */
     rec_t *rec;                 /* L + 1 (the last one, the off-grid dummy, is never ready) */
     int used;                   /* threads whose moments the last call left (reset clears them) */
+    uint64_t *dirty;            /* the leaves the last call built: their moments, per job, cleared
+                                   by that job before its pass (clear_moments) */
+    int dirty_used;             /* the threads of that call */
     coef_t *coef;               /* L */
     double *r4;                 /* E x 4: r and its first three derivatives, each active entry */
     double *cnt;                /* L: the weights each leaf held at the last call */
@@ -264,7 +267,9 @@ static void free_threads(ws_t *ws)
         free(th->mom); free(th->built); free(th->acc);
         memset(th, 0, sizeof(*th));
     }
-    free(ws->rec); free(ws->coef); free(ws->r4); free(ws->cnt);
+    free(ws->rec); free(ws->coef); free(ws->r4); free(ws->cnt); free(ws->dirty);
+    ws->dirty = NULL;
+    ws->dirty_used = 0;
     ws->rec = NULL;
     ws->coef = NULL;
     ws->r4 = NULL;
@@ -307,9 +312,11 @@ static int alloc_threads(ws_t *ws)
     ws->coef = calloc(L, sizeof(coef_t));
     ws->r4 = malloc(sizeof(double) * 4 * (ws->E > 0 ? ws->E : 1));
     ws->cnt = calloc(L > 0 ? L : 1, sizeof(double));
+    ws->dirty = calloc((L + 63) / 64 + 1, sizeof(uint64_t));
+    ws->dirty_used = 0;
     ws->hot0 = -1;
     ws->hot_on = 0;
-    if (!ws->rec || !ws->coef || !ws->r4 || !ws->cnt) return -1;
+    if (!ws->rec || !ws->coef || !ws->r4 || !ws->cnt || !ws->dirty) return -1;
     for (int l = 0; l <= L; l++) {
         ws->rec[l].A = ws->rec[l].B = ws->rec[l].C = NAN;
         ws->rec[l].c = l < L ? ws->centre[l] : 0.0;
@@ -1068,9 +1075,9 @@ typedef struct {
     int jobs;                   /* 1 or 2: this job builds every jobs-th leaf first (prebuild) */
 } job_t;
 
-/* Clear what the last call left: the leaves built (by either thread) and the moments the
- * threads it used added (a weight's leaf is always built in the call that adds its moments;
- * the off-grid dummy's too); then each thread's sums and counters. */
+/* Clear what the last call left: the leaves built (by either thread), noted in ws->dirty for
+ * the moments (a weight's leaf is always built in the call that adds its moments), which
+ * each job clears in its own thread (clear_moments); then each thread's sums and counters. */
 static void reset(ws_t *ws)
 {
     int words = (ws->L + 63) / 64;
@@ -1080,17 +1087,15 @@ static void reset(ws_t *ws)
             b |= ws->th[t].built[q];
             ws->th[t].built[q] = 0;
         }
+        ws->dirty[q] = b;
         while (b) {
             int l = q * 64 + __builtin_ctzll(b);
             b &= b - 1;
             ws->coef[l].state = UNBUILT;
             ws->rec[l].A = ws->rec[l].B = ws->rec[l].C = NAN;
-            for (int t = 0; t < ws->used; t++)
-                memset(ws->th[t].mom + (int64_t)l * K * 4, 0, sizeof(double) * K * 4);
         }
     }
-    for (int t = 0; t < ws->used; t++)     /* the off-grid dummy's, never read */
-        memset(ws->th[t].mom + (int64_t)ws->L * K * 4, 0, sizeof(double) * K * 4);
+    ws->dirty_used = ws->used;
     for (int t = 0; t < MAXT; t++) {
         thr_t *th = ws->th + t;
         memset(th->acc, 0, sizeof(double) * (1 + 3 * ws->J));
@@ -1392,10 +1397,25 @@ static void prebuild(const ws_t *ws, thr_t *th, int t, int jobs)
             build_leaf(ws, th, l);
 }
 
+/* The moments the last call left in thread t's copy (of the leaves in ws->dirty and the
+ * off-grid dummy, never read), zeroed by the job that adds to them next (or by sws_eval for
+ * a thread this call does not use): in parallel, and into the cache of the core that uses them. */
+static void clear_moments(const ws_t *ws, int t)
+{
+    if (t >= ws->dirty_used) return;
+    double *mom = ws->th[t].mom;
+    int words = (ws->L + 63) / 64;
+    for (int q = 0; q < words; q++)
+        for (uint64_t b = ws->dirty[q]; b; b &= b - 1)
+            memset(mom + (int64_t)(q * 64 + __builtin_ctzll(b)) * K * 4, 0, sizeof(double) * K * 4);
+    memset(mom + (int64_t)ws->L * K * 4, 0, sizeof(double) * K * 4);
+}
+
 static void run_job(job_t *j)
 {
     ws_t *ws = j->ws;
     thr_t *th = ws->th + j->t;
+    clear_moments(ws, j->t);
     if (getenv("SWS_NO_WARM") == NULL) warm(ws, th);
     prebuild(ws, th, j->t, j->jobs > 1 ? j->jobs : 1);
     int64_t base = 0;
@@ -1672,6 +1692,7 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
         range[0] = fmin(range[0], ws->th[1].lo);
         range[1] = fmax(range[1], ws->th[1].hi);
     }
+    for (int t = used; t < ws->dirty_used; t++) clear_moments(ws, t);   /* not used this call */
     ws->used = used;
     finish(ws, used, out, range);
     info[0] = (double)ws->th[0].n_exact + (used > 1 ? (double)ws->th[1].n_exact : 0.0);
