@@ -610,3 +610,26 @@ def test_the_step_bound_in_c_leaves_a_foreign_library_alone(monkeypatch):
     monkeypatch.setattr(K, "_OWN", object())
     prior.backward_complexity(ws, 1e-3)
     assert counting.ran == 0
+
+
+@needs_c
+def test_a_call_on_fewer_threads_leaves_no_moments_behind():
+    """Two threads, then one, then two again: the third call as after two-thread calls only (the
+    second thread's moments of the first call cleared though the second call did not use it)."""
+    g = torch.Generator().manual_seed(11)
+    mu, gamma, log_pi = mixture(9, 1e2, 1e4)
+    ws = [torch.randn(120000, generator=g) * 0.1]
+    saved = torch.get_num_threads()
+    results = []
+    try:
+        for threads in ((2, 1, 2), (2, 2, 2)):
+            wsp = K.Workspace()
+            for t in threads:
+                torch.set_num_threads(t)
+                out = K._stats_c(mu, gamma, log_pi, ws, True, wsp)
+            results.append(out)
+    finally:
+        torch.set_num_threads(saved)
+    for a, b in zip(results[0], results[1]):
+        for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            assert torch.equal(x, y)
