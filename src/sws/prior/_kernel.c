@@ -1200,8 +1200,9 @@ expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, do
         xs[i] = ws->centre[l];
         hs[i] = ws->half[l];
     }
-    /* the components' parameters, [q][lane] (0 where q >= k) */
-    double MU[MAXJ * 8], LAM[MAXJ * 8], LC[MAXJ * 8];
+    /* the components' parameters, [q][lane] (0 where q >= k); sized by the call (a thread's
+     * stack may be small) */
+    double MU[kmax * 8], LAM[kmax * 8], LC[kmax * 8];
     __mmask8 act[MAXJ];
     for (int q = 0; q < kmax; q++) {
         act[q] = 0;
@@ -1303,7 +1304,7 @@ expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, do
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
 build8(const ws_t *ws, const int *lv, int n)
 {
-    double L8[8][4], err[8], r8[MAXJ * 8], Y8[MAXJ * 8], r[MAXJ], Y[MAXJ];
+    double L8[8][4], err[8], r8[ws->J * 8], Y8[ws->J * 8], r[MAXJ], Y[MAXJ];
     expansion8(ws, lv, n, L8, r8, Y8, err);
     for (int i = 0; i < n; i++) {
         int k = ws->off[lv[i] + 1] - ws->off[lv[i]];
@@ -1352,7 +1353,7 @@ int64_t sws_check_builds(void *p, const double *mu, const double *lam, const dou
     ws->mu = mu; ws->lam = lam; ws->logc = logc;
     int64_t bad = 0;
     int lv[8], n = 0;
-    double L8[8][4], err[8], r8[MAXJ * 8], Y8[MAXJ * 8];
+    double L8[8][4], err[8], r8[ws->J * 8], Y8[ws->J * 8];
     for (int l = 0; l <= ws->L; l++) {
         if (l < ws->L && ws->off[l + 1] - ws->off[l] >= 2) lv[n++] = l;
         if (n == 8 || (l == ws->L && n > 0)) {
