@@ -1823,7 +1823,8 @@ double sws_train_step(void *p, int J, const float *means, const float *gamma, co
 /* kernel.py's _Binding, for the training loop's call (prior_backward): the tensors it was
  * made for and what the call needs besides, so that a step checks them and calls
  * sws_train_step without the Python around a ctypes call (after a forward and backward pass
- * that Python cost about 100 us a step, the C call itself 700).  Every object here is
+ * that Python's own lines cost about 70 us a step, the C call itself 600-800: RESULTS.md, tenth
+ * session).  Every object here is
  * borrowed: the binding that owns the capsule holds them. */
 static const char *const PRIOR_NAMES[6] = {"means", "log_precisions", "mixing_logits", "pi0_logit",
                                            "alpha", "beta"};
