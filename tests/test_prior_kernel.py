@@ -633,3 +633,35 @@ def test_a_call_on_fewer_threads_leaves_no_moments_behind():
     for a, b in zip(results[0], results[1]):
         for x, y in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
             assert torch.equal(x, y)
+
+
+_DIGEST_PLAN = """
+import hashlib, torch
+from sws.prior import kernel as K
+g = torch.Generator().manual_seed({seed})
+J = {J}
+mu = torch.cat([torch.zeros(1), torch.linspace(-0.5, 0.5, J - 1)]).double()
+gamma = (torch.rand(J, generator=g) * 6.0 + {sharp}).double()
+log_pi = torch.log_softmax(torch.randn(J, generator=g), 0).double()
+w = torch.randn(80001, generator=g) * 0.2
+w[: 40000] *= 0.02                      # most weights near zero, as late in retraining
+wsp = K.Workspace()
+h = hashlib.sha256()
+for _ in range(9):                      # the first plan and the one after the counts of a call
+    K._stats_c(mu, gamma, log_pi, [w], False, wsp)
+    s = wsp.state_dict()
+    h.update(repr([s[k] for k in ("G", "D", "L", "E", "grid_lo", "grid_h")]).encode())
+    h.update(s["ptr"].numpy().tobytes() + s["idx"].numpy().tobytes())
+print(h.hexdigest(), s["L"])
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("J,sharp,seed", [(5, 4.0, 0), (17, 8.0, 1), (40, 10.0, 2)])
+def test_the_plan_breadth_first_is_the_plan_depth_first(J, sharp, seed):
+    """The plan with the expansions batched level by level (AVX-512) and refine's depth-first
+    recursion (the other instruction sets): the same geometry, leaf for leaf."""
+    code = _DIGEST_PLAN.format(J=J, sharp=sharp, seed=seed)
+    runs = [_run_subprocess(code, env).split() for env in ({}, {"SWS_KERNEL_NO_AVX512": "1"})]
+    assert runs[0][0] == runs[1][0]
+    assert int(runs[0][1]) > 8

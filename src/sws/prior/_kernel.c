@@ -417,6 +417,11 @@ static int collapse(int32_t *start, int L, int D)
     return D - s;
 }
 
+#ifdef SWS_X86
+static int have_avx512(void);
+static int refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double cut, const int32_t *occ);
+#endif
+
 /* Leaves for the fine cells first .. first + 2^depth - 1 ([a, a + w)), about n weights
  * there at the last call, cand[0..nc-1] the active set around it: this one if the
  * expansion holds over it, if it cannot be split or if it held too few weights for two
@@ -464,7 +469,16 @@ int sws_plan(void *p, int J, const double *mu, const double *lam, const double *
     ws->J = J;
     plan_t pl = {0};
     int rc = 0;
-    for (int c = 0; c < G && rc == 0; c++)
+    int done = 0;
+#ifdef SWS_X86
+    if (have_avx512() && (rc = refine_batched(ws, &pl, G, D, lo, h, cut, occ)) != 1) done = 1;
+    if (!done) {                     /* the depth-first limit reached: refine's order decides */
+        free(pl.start); free(pl.off); free(pl.idx);
+        memset(&pl, 0, sizeof(pl));
+        rc = 0;
+    }
+#endif
+    for (int c = 0; c < G && rc == 0 && !done; c++)
         rc = refine(ws, &pl, 1 + ((int32_t)c << D), D, lo + c * h, h, cut, (double)occ[c], ALL, J);
     if (rc == 0) rc = emit(&pl, 1 + (int32_t)(G << D), NULL, 0);   /* the end marker */
     if (rc != 0) {
@@ -1184,22 +1198,16 @@ static inline __m512d neg8(__m512d a)      /* -a: the sign flipped, as C's unary
                                                 _mm512_set1_epi64((long long)0x8000000000000000ull)));
 }
 
-/* expansion() for the leaves lv[0..n-1] (n <= 8, each with at least two active components),
- * lane by lane with the same operations in the same order: their L[4] into L8 (lane-major),
- * r and Y into r8, Y8 ([q][lane]), the bounds into err. */
+/* expansion() for n <= 8 intervals (centres xs, half widths hs, kq >= 2 active components ixs
+ * each), lane by lane with the same operations in the same order: their L[4] into L8
+ * (lane-major), r and Y into r8, Y8 ([q][lane], J x 8), the bounds into err. */
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
-expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, double *Y8, double *err)
+expansion8x(const ws_t *ws, int n, const int *kq, const int32_t *const *ixs, const double *xs, const double *hs,
+            double (*L8)[4], double *r8, double *Y8, double *err)
 {
     const double *mu = ws->mu, *lam = ws->lam, *logc = ws->logc;
-    int kq[8] = {0}, kmax = 0;
-    double xs[8] = {0}, hs[8] = {0};
-    for (int i = 0; i < n; i++) {
-        int l = lv[i];
-        kq[i] = ws->off[l + 1] - ws->off[l];
-        kmax = kq[i] > kmax ? kq[i] : kmax;
-        xs[i] = ws->centre[l];
-        hs[i] = ws->half[l];
-    }
+    int kmax = 0;
+    for (int i = 0; i < n; i++) kmax = kq[i] > kmax ? kq[i] : kmax;
     /* the components' parameters, [q][lane] (0 where q >= k); sized by the call (a thread's
      * stack may be small) */
     double MU[kmax * 8], LAM[kmax * 8], LC[kmax * 8];
@@ -1208,14 +1216,19 @@ expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, do
         act[q] = 0;
         for (int i = 0; i < 8; i++) {
             int on = i < n && q < kq[i];
-            int j = on ? ws->idx[ws->off[lv[i]] + q] : 0;
+            int j = on ? ixs[i][q] : 0;
             MU[8 * q + i] = on ? mu[j] : 0.0;
             LAM[8 * q + i] = on ? lam[j] : 0.0;
             LC[8 * q + i] = on ? logc[j] : 0.0;
             act[q] |= (__mmask8)(on << i);
         }
     }
-    const __m512d x = _mm512_loadu_pd(xs), hh = _mm512_loadu_pd(hs), zero = _mm512_setzero_pd();
+    double xv[8] = {0}, hv[8] = {0};
+    for (int i = 0; i < n; i++) {
+        xv[i] = xs[i];
+        hv[i] = hs[i];
+    }
+    const __m512d x = _mm512_loadu_pd(xv), hh = _mm512_loadu_pd(hv), zero = _mm512_setzero_pd();
     /* responsibilities */
     __m512d m = _mm512_set1_pd(-INFINITY), s = zero;
     for (int q = 0; q < kmax; q++) {
@@ -1300,6 +1313,23 @@ expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, do
     }
 }
 
+/* expansion8x for the leaves lv[0..n-1] of the plan. */
+__attribute__((target("avx2,avx512f,avx512vl"))) static void
+expansion8(const ws_t *ws, const int *lv, int n, double (*L8)[4], double *r8, double *Y8, double *err)
+{
+    int kq[8];
+    const int32_t *ixs[8];
+    double xs[8], hs[8];
+    for (int i = 0; i < n; i++) {
+        int l = lv[i];
+        kq[i] = ws->off[l + 1] - ws->off[l];
+        ixs[i] = ws->idx + ws->off[l];
+        xs[i] = ws->centre[l];
+        hs[i] = ws->half[l];
+    }
+    expansion8x(ws, n, kq, ixs, xs, hs, L8, r8, Y8, err);
+}
+
 /* Leaves lv[0..n-1] (claimed, n <= 8, two or more active components each) built together. */
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
 build8(const ws_t *ws, const int *lv, int n)
@@ -1314,6 +1344,112 @@ build8(const ws_t *ws, const int *lv, int n)
         }
         publish_leaf(ws, lv[i], k, ws->idx + ws->off[lv[i]], L8[i], r, Y, err[i]);
     }
+}
+
+/* refine() over the G coarse cells breadth first, the expansions of each level eight at a time
+ * (expansion8x: the same bounds): the same leaves, emitted in order.  Returns 0, -1 (out of
+ * memory) or 1 where the leaves reach MAX_LEAVES - 2, whose limit depends on refine's depth-first
+ * order (the caller then runs refine). */
+typedef struct { int32_t first; int depth, nc, k; double a, w, n; int64_t cand, ix; } pnode_t;
+
+static int by_first(const void *x, const void *y)
+{
+    int32_t a = ((const pnode_t *)x)->first, b = ((const pnode_t *)y)->first;
+    return (a > b) - (a < b);
+}
+
+__attribute__((target("avx2,avx512f,avx512vl"))) static int
+refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double cut, const int32_t *occ)
+{
+    int J = ws->J, rc = 0;
+    int64_t ncur = G, nnext = 0, nleaf = 0, cap = 2 * (int64_t)G + 16, lcap = cap, pn = 0, pcap = 4096;
+    pnode_t *cur = malloc(sizeof(pnode_t) * cap), *next = malloc(sizeof(pnode_t) * cap);
+    pnode_t *leaf = malloc(sizeof(pnode_t) * lcap);
+    int32_t *pool = malloc(sizeof(int32_t) * pcap);
+    double (*L8)[4] = malloc(sizeof(double) * 32), *r8 = malloc(sizeof(double) * 8 * J);
+    double *Y8 = malloc(sizeof(double) * 8 * J);
+    if (!cur || !next || !leaf || !pool || !L8 || !r8 || !Y8) rc = -1;
+    for (int c = 0; c < G && rc == 0; c++)
+        cur[c] = (pnode_t){1 + ((int32_t)c << D), D, J, 0, lo + c * h, h, (double)occ[c], -1, 0};
+    while (ncur > 0 && rc == 0) {
+        int64_t batch[8];
+        int nb = 0;
+        nnext = 0;
+        for (int64_t i = 0; i <= ncur && rc == 0; i++) {
+            if (i < ncur) {
+                pnode_t *nd = cur + i;
+                if (pn + nd->nc > pcap) {
+                    int32_t *q = realloc(pool, sizeof(int32_t) * (pcap = 2 * pcap + nd->nc));
+                    if (!q) { rc = -1; break; }
+                    pool = q;
+                }
+                const int32_t *cand = nd->cand < 0 ? ALL : pool + nd->cand;
+                nd->ix = pn;
+                nd->k = active_set(ws, nd->a, nd->a + nd->w, cut, cand, nd->nc, pool + pn);
+                pn += nd->k;
+                if (nd->depth == 0 || nd->n < SPLIT_MIN || nd->k <= 1) {
+                    if (nleaf == lcap) {
+                        pnode_t *q = realloc(leaf, sizeof(pnode_t) * (lcap *= 2));
+                        if (!q) { rc = -1; break; }
+                        leaf = q;
+                    }
+                    leaf[nleaf++] = *nd;
+                    continue;
+                }
+                batch[nb++] = i;
+                if (nb < 8) continue;
+            } else if (nb == 0) {
+                break;
+            }
+            int kq[8];
+            const int32_t *ixs[8];
+            double xs[8], hs[8], err[8];
+            for (int b = 0; b < nb; b++) {
+                const pnode_t *nd = cur + batch[b];
+                kq[b] = nd->k;
+                ixs[b] = pool + nd->ix;
+                xs[b] = nd->a + 0.5 * nd->w;
+                hs[b] = 0.5 * nd->w;
+            }
+            expansion8x(ws, nb, kq, ixs, xs, hs, L8, r8, Y8, err);
+            for (int b = 0; b < nb && rc == 0; b++) {
+                const pnode_t *nd = cur + batch[b];
+                if (err[b] <= PLAN_SMOOTH) {
+                    if (nleaf == lcap) {
+                        pnode_t *q = realloc(leaf, sizeof(pnode_t) * (lcap *= 2));
+                        if (!q) { rc = -1; break; }
+                        leaf = q;
+                    }
+                    leaf[nleaf++] = *nd;
+                    continue;
+                }
+                if (nnext + 2 > cap) {
+                    cap = 2 * cap;
+                    pnode_t *q = realloc(next, sizeof(pnode_t) * cap), *r = q ? realloc(cur, sizeof(pnode_t) * cap) : NULL;
+                    if (q) next = q;
+                    if (!q || !r) { rc = -1; break; }
+                    cur = r;
+                    nd = cur + batch[b];
+                }
+                int32_t half = (int32_t)1 << (nd->depth - 1);
+                next[nnext++] = (pnode_t){nd->first, nd->depth - 1, nd->k, 0, nd->a, 0.5 * nd->w, 0.5 * nd->n, nd->ix, 0};
+                next[nnext++] = (pnode_t){nd->first + half, nd->depth - 1, nd->k, 0, nd->a + 0.5 * nd->w, 0.5 * nd->w,
+                                          0.5 * nd->n, nd->ix, 0};
+            }
+            nb = 0;
+        }
+        pnode_t *t = cur;
+        cur = next;
+        next = t;
+        ncur = nnext;
+    }
+    if (rc == 0 && nleaf >= MAX_LEAVES - 2) rc = 1;
+    if (rc == 0) {
+        qsort(leaf, (size_t)nleaf, sizeof(pnode_t), by_first);
+        for (int64_t i = 0; i < nleaf && rc == 0; i++) rc = emit(pl, leaf[i].first, pool + leaf[i].ix, leaf[i].k);
+    }
+    free(cur); free(next); free(leaf); free(pool); free(L8); free(r8); free(Y8);
+    return rc;
 }
 
 /* prebuild's leaves (see there), those with two or more active components eight at a time
