@@ -1358,6 +1358,19 @@ static int by_first(const void *x, const void *y)
     return (a > b) - (a < b);
 }
 
+/* Appends a final leaf; -1 when out of memory. */
+static int add_leaf(pnode_t **leaf, int64_t *n, int64_t *cap, const pnode_t *nd)
+{
+    if (*n == *cap) {
+        pnode_t *q = realloc(*leaf, sizeof(pnode_t) * (size_t)(*cap * 2));
+        if (!q) return -1;
+        *leaf = q;
+        *cap *= 2;
+    }
+    (*leaf)[(*n)++] = *nd;
+    return 0;
+}
+
 __attribute__((target("avx2,avx512f,avx512vl"))) static int
 refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double cut, const int32_t *occ)
 {
@@ -1388,12 +1401,7 @@ refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double c
                 nd->k = active_set(ws, nd->a, nd->a + nd->w, cut, cand, nd->nc, pool + pn);
                 pn += nd->k;
                 if (nd->depth == 0 || nd->n < SPLIT_MIN || nd->k <= 1) {
-                    if (nleaf == lcap) {
-                        pnode_t *q = realloc(leaf, sizeof(pnode_t) * (lcap *= 2));
-                        if (!q) { rc = -1; break; }
-                        leaf = q;
-                    }
-                    leaf[nleaf++] = *nd;
+                    if (add_leaf(&leaf, &nleaf, &lcap, nd)) { rc = -1; break; }
                     continue;
                 }
                 batch[nb++] = i;
@@ -1415,12 +1423,7 @@ refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double c
             for (int b = 0; b < nb && rc == 0; b++) {
                 const pnode_t *nd = cur + batch[b];
                 if (err[b] <= PLAN_SMOOTH) {
-                    if (nleaf == lcap) {
-                        pnode_t *q = realloc(leaf, sizeof(pnode_t) * (lcap *= 2));
-                        if (!q) { rc = -1; break; }
-                        leaf = q;
-                    }
-                    leaf[nleaf++] = *nd;
+                    if (add_leaf(&leaf, &nleaf, &lcap, nd)) { rc = -1; break; }
                     continue;
                 }
                 if (nnext + 2 > cap) {
