@@ -94,11 +94,14 @@ def main(argv=None):
         print(f"non-zero weights {100 * report.nonzero_share:.1f} %, {report.distinct_values} "
               f"distinct values, {args.out}: {report.file['bytes']} bytes, CR "
               f"{report.file['cr_file']:.1f} (file), {report.file['cr_paper']:.1f} (paper)")
-        # 3. load into a fresh instance of your class
-        restored = sws.load(args.out, model=SmallCNN())
-        x = val.tensors[0][:8]
-        assert torch.equal(restored(x), model(x)), "loaded model differs"
-        print("loaded back into SmallCNN(): outputs identical")
+        # 3. load into a fresh instance of your class: the network the file holds, scored itself
+        restored = sws.load(args.out, model=SmallCNN()).eval()
+        x, y = val.tensors
+        with torch.no_grad():
+            out = restored(x)
+            assert torch.equal(out, model(x)), "loaded model differs"
+        print(f"loaded back into SmallCNN(): outputs identical; the file's network scores "
+              f"{(out.argmax(1) == y).float().mean().item():.3f} on the validation set")
         if args.report:
             with open(args.report, "w") as f:
                 json.dump(report.to_dict(), f)

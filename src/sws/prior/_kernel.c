@@ -1962,7 +1962,7 @@ double sws_train_step(void *p, int J, const float *means, const float *gamma, co
 /* kernel.py's _Binding, for the training loop's call (prior_backward): the tensors it was
  * made for and what the call needs besides, so that a step checks them and calls
  * sws_train_step without the Python around a ctypes call (after a forward and backward pass
- * that Python's own lines cost about 70 us a step, the C call itself 600-800: RESULTS.md, tenth
+ * that Python's own lines cost about 70 us a step, the C call itself 600-1,000: RESULTS.md, tenth
  * session).  Every object here is
  * borrowed: the binding that owns the capsule holds them. */
 static const char *const PRIOR_NAMES[6] = {"means", "log_precisions", "mixing_logits", "pi0_logit",
@@ -1992,13 +1992,13 @@ static int as_ptr(PyObject *o, uintptr_t *p)
     return PyErr_Occurred() ? -1 : 0;
 }
 
-/* bind(prior, ws, params, buffers, tensors, weights, learn, wanted, grads, J, learn_pi0, _, _,
- *      cut, mix, out, w_arr, n_arr, g_arr, n_total, min_parallel, nthreads, acc, acc_ptr)
+/* bind(prior, ws, params, buffers, tensors, weights, learn, wanted, grads, J, learn_pi0, cut, mix,
+ *      out, w_arr, n_arr, g_arr, n_total, min_parallel, nthreads, acc, acc_ptr)
  * (tuples for tensors .. grads; addresses as ints; nthreads: torch.get_num_threads) */
 static PyObject *py_bind(PyObject *self, PyObject *const *a, Py_ssize_t na)
 {
     (void)self;
-    if (na != 24 || !PyTuple_Check(a[4]) || PyTuple_GET_SIZE(a[4]) != 6 || !PyTuple_Check(a[5])
+    if (na != 22 || !PyTuple_Check(a[4]) || PyTuple_GET_SIZE(a[4]) != 6 || !PyTuple_Check(a[5])
         || PyTuple_GET_SIZE(a[5]) > 64 || !PyTuple_Check(a[6]) || PyTuple_GET_SIZE(a[6]) > 4
         || !PyTuple_Check(a[7]) || !PyTuple_Check(a[8])
         || PyTuple_GET_SIZE(a[7]) != PyTuple_GET_SIZE(a[6]) || PyTuple_GET_SIZE(a[8]) != PyTuple_GET_SIZE(a[6])) {
@@ -2033,14 +2033,14 @@ static PyObject *py_bind(PyObject *self, PyObject *const *a, Py_ssize_t na)
     if (!bad) {
         b->J = (int)PyLong_AsLong(a[9]);
         b->learn_pi0 = PyObject_IsTrue(a[10]);
-        b->cut = PyFloat_AsDouble(a[13]);
-        bad = as_ptr(a[14], &mix) || as_ptr(a[15], &out) || as_ptr(a[16], &w_arr) || as_ptr(a[17], &n_arr)
-              || as_ptr(a[18], &g_arr);
-        b->n_total = PyLong_AsLongLong(a[19]);
-        b->min_parallel = PyLong_AsLongLong(a[20]);
-        b->nthreads = a[21];
-        b->acc = a[22];
-        if (!bad && a[23] != Py_None) bad = as_ptr(a[23], &accp);
+        b->cut = PyFloat_AsDouble(a[11]);
+        bad = as_ptr(a[12], &mix) || as_ptr(a[13], &out) || as_ptr(a[14], &w_arr) || as_ptr(a[15], &n_arr)
+              || as_ptr(a[16], &g_arr);
+        b->n_total = PyLong_AsLongLong(a[17]);
+        b->min_parallel = PyLong_AsLongLong(a[18]);
+        b->nthreads = a[19];
+        b->acc = a[20];
+        if (!bad && a[21] != Py_None) bad = as_ptr(a[21], &accp);
         bad = bad || PyErr_Occurred();
     }
     if (bad) {

@@ -477,8 +477,8 @@ def prior_backward(prior, weights: list[torch.Tensor], scale: float, acc: torch.
       ``C * factor`` is added to it instead and C is returned as a Python float (C
       kernel) or that 0-d tensor.
     """
-    b = prior.__dict__.get("_workspace")
-    b = b.binding if b is not None else None
+    ws = prior.__dict__.get("_workspace")
+    b = ws.binding if ws is not None else None
     if b is not None and b.capsule is not None and _LIB is _OWN:   # the training loop's call, in C
         C = _EXT.train_step(b.capsule, prior, weights, scale, acc, factor)
         if C is not None:
@@ -571,7 +571,7 @@ class _Binding:
             return
         self.capsule = _EXT.bind(prior, ws, *self.dicts, self.tensors, self.weights,
                                  tuple(p for p, _ in self.learn), tuple(w for _, w in self.learn), self.grads,
-                                 self.J, self.learn_pi0, 0.0, 0.0, _CUT + ws.SETS_MARGIN, self.mix.data_ptr(),
+                                 self.J, self.learn_pi0, _CUT + ws.SETS_MARGIN, self.mix.data_ptr(),
                                  self.out.data_ptr(), ctypes.addressof(self.w_arr), ctypes.addressof(self.n_arr),
                                  ctypes.addressof(self.g_arr), self.n_total, _MIN_PARALLEL, torch.get_num_threads,
                                  acc, self.acc_ptr if acc is not None else None)
