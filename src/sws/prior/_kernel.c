@@ -1005,54 +1005,73 @@ pass_hot(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, co
     __m512d a01 = _mm512_i64gather_pd(lanes, m0p + 1, 8), a02 = _mm512_i64gather_pd(lanes, m0p + 2, 8);
     __m512d a03 = _mm512_i64gather_pd(lanes, m0p + 3, 8), a11 = _mm512_i64gather_pd(lanes, m1p + 1, 8);
     __m512d a12 = _mm512_i64gather_pd(lanes, m1p + 2, 8), a13 = _mm512_i64gather_pd(lanes, m1p + 3, 8);
-    int32_t fb[BLOCK], list[BLOCK + 8];
+    int32_t fb[BLOCK], list[BLOCK + 8], nan[BLOCK];
     double xb[BLOCK], gb[BLOCK];
+    /* Eight weights from j (those of mask valid): indices, the window's leaf by compares, the
+     * gradient, the moments into the accumulators; the others' positions appended to list. */
+#define HOT_STEP(valid, LOAD)                                                                   \
+    do {                                                                                        \
+        __m512d x = _mm512_cvtps_pd(LOAD);                                                      \
+        _mm512_storeu_pd(xb + j, x);                                                            \
+        __m512d u = _mm512_mul_pd(_mm512_sub_pd(x, vflo), vinv);                                \
+        u = _mm512_min_pd(_mm512_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */             \
+        _mm256_storeu_si256((__m256i *)(fb + j), _mm512_cvttpd_epi32(u));                      \
+        /* f >= s for an integer s exactly where u >= s */                                      \
+        __mmask8 g0 = _mm512_mask_cmp_pd_mask((valid), u, E0, _CMP_GE_OQ);                      \
+        __mmask8 g1 = _mm512_mask_cmp_pd_mask(g0, u, E1, _CMP_GE_OQ);                           \
+        __mmask8 g2 = _mm512_mask_cmp_pd_mask(g1, u, E2, _CMP_GE_OQ);                           \
+        __mmask8 k0 = g0 & ~g1, k1 = g1 & ~g2, cold = (valid) & ~(k0 | k1);                     \
+        __m512d d = _mm512_sub_pd(x, _mm512_mask_blend_pd(g1, c0, c1));                         \
+        __m512d t = _mm512_mul_pd(_mm512_mask_blend_pd(g1, C0, C1), d);                         \
+        t = _mm512_mul_pd(d, _mm512_add_pd(_mm512_mask_blend_pd(g1, B0, B1), t));               \
+        _mm512_storeu_pd(gb + j, _mm512_add_pd(_mm512_mask_blend_pd(g1, A0, A1), t));           \
+        __m512d d2 = _mm512_mul_pd(d, d), d3 = _mm512_mul_pd(d2, d);                            \
+        n0 = _mm512_mask_add_epi64(n0, k0, n0, one64);                                          \
+        a01 = _mm512_mask_add_pd(a01, k0, a01, d);                                              \
+        a02 = _mm512_mask_add_pd(a02, k0, a02, d2);                                             \
+        a03 = _mm512_mask_add_pd(a03, k0, a03, d3);                                             \
+        n1 = _mm512_mask_add_epi64(n1, k1, n1, one64);                                          \
+        a11 = _mm512_mask_add_pd(a11, k1, a11, d);                                              \
+        a12 = _mm512_mask_add_pd(a12, k1, a12, d2);                                             \
+        a13 = _mm512_mask_add_pd(a13, k1, a13, d3);                                             \
+        _mm256_storeu_si256((__m256i *)(list + nl), _mm256_maskz_compress_epi32(cold, pos));    \
+        nl += __builtin_popcount((unsigned)cold);                                               \
+        pos = _mm256_add_epi32(pos, eight);                                                     \
+    } while (0)
+    const __m256i eight = _mm256_set1_epi32(8);
     for (int64_t b0 = 0; b0 < n; b0 += BLOCK) {
         const float *w = w_ + b0;
         float *grad = mode != NO_GRAD ? grad_ + b0 : NULL;
         ask_ahead(w_, mode != NO_GRAD ? grad_ : NULL, b0, n);
-        int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK;
-        int nl = 0;
-        for (int64_t j = 0; j < nb; j += 8) {
-            __mmask8 valid = nb - j >= 8 ? 0xFF : (__mmask8)((1u << (nb - j)) - 1u);
-            __m512d x = _mm512_cvtps_pd(_mm256_maskz_loadu_ps(valid, w + j));
-            _mm512_storeu_pd(xb + j, x);
-            __m512d u = _mm512_mul_pd(_mm512_sub_pd(x, vflo), vinv);
-            u = _mm512_min_pd(_mm512_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */
-            _mm256_storeu_si256((__m256i *)(fb + j), _mm512_cvttpd_epi32(u));
-            /* f >= s for an integer s exactly where u >= s */
-            __mmask8 g0 = _mm512_mask_cmp_pd_mask(valid, u, E0, _CMP_GE_OQ);
-            __mmask8 g1 = _mm512_mask_cmp_pd_mask(g0, u, E1, _CMP_GE_OQ);
-            __mmask8 g2 = _mm512_mask_cmp_pd_mask(g1, u, E2, _CMP_GE_OQ);
-            __mmask8 k0 = g0 & ~g1, k1 = g1 & ~g2, cold = valid & ~(k0 | k1);
-            __m512d d = _mm512_sub_pd(x, _mm512_mask_blend_pd(g1, c0, c1));
-            __m512d t = _mm512_mul_pd(_mm512_mask_blend_pd(g1, C0, C1), d);
-            t = _mm512_mul_pd(d, _mm512_add_pd(_mm512_mask_blend_pd(g1, B0, B1), t));
-            _mm512_storeu_pd(gb + j, _mm512_add_pd(_mm512_mask_blend_pd(g1, A0, A1), t));
-            __m512d d2 = _mm512_mul_pd(d, d), d3 = _mm512_mul_pd(d2, d);
-            n0 = _mm512_mask_add_epi64(n0, k0, n0, one64);
-            a01 = _mm512_mask_add_pd(a01, k0, a01, d);
-            a02 = _mm512_mask_add_pd(a02, k0, a02, d2);
-            a03 = _mm512_mask_add_pd(a03, k0, a03, d3);
-            n1 = _mm512_mask_add_epi64(n1, k1, n1, one64);
-            a11 = _mm512_mask_add_pd(a11, k1, a11, d);
-            a12 = _mm512_mask_add_pd(a12, k1, a12, d2);
-            a13 = _mm512_mask_add_pd(a13, k1, a13, d3);
-            _mm256_storeu_si256((__m256i *)(list + nl),
-                                _mm256_maskz_compress_epi32(cold, _mm256_add_epi32(iota, _mm256_set1_epi32((int)j))));
-            nl += __builtin_popcount((unsigned)cold);
+        int64_t nb = n - b0 < BLOCK ? n - b0 : BLOCK, j = 0;
+        int nl = 0, nn = 0;
+        __m256i pos = iota;
+        for (; j + 8 <= nb; j += 8)
+            HOT_STEP((__mmask8)0xFF, _mm256_loadu_ps(w + j));
+        if (j < nb) {
+            __mmask8 valid = (__mmask8)((1u << (nb - j)) - 1u);
+            HOT_STEP(valid, _mm256_maskz_loadu_ps(valid, w + j));
         }
-        for (int e = 0; e < nl; e++) {          /* the other weights: step B of the scalar pass */
+        /* the other weights: step B of the scalar pass; those with a NaN gradient (off the
+         * grid, a leaf not built yet or EXACT) listed for fix_one, in order.  The window's
+         * leaves are EXPAND (hot_on): its weights get what fix_one would give them. */
+        for (int e = 0; e < nl; e++) {
             int s_ = list[e];
             size_t o_ = (size_t)map[fb[s_]] << 5;
             const double *r_ = (const double *)((const char *)rec + o_);
-            double d = xb[s_] - r_[3];
-            gb[s_] = r_[0] + d * (r_[1] + r_[2] * d);
+            double d = xb[s_] - r_[3], g = r_[0] + d * (r_[1] + r_[2] * d);
+            gb[s_] = g;
+            nan[nn] = s_;
+            nn += g != g;
             MOMENTS_AVX512((double *)((char *)mom + o_ * K) + 4 * (s_ & 7), d);
         }
-        FIX_AVX512(0, nb);
+        for (int e = 0; e < nn; e++) {
+            int s_ = nan[e];
+            gb[s_] = fix_one(ws, th, xb[s_], fb[s_]);
+        }
         if (mode != NO_GRAD) GRADS_AVX512(0, nb);
     }
+#undef HOT_STEP
     int64_t cnt0[8], cnt1[8];
     _mm512_storeu_si512(cnt0, n0);
     _mm512_storeu_si512(cnt1, n1);
