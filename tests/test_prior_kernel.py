@@ -192,6 +192,67 @@ def test_hot_path_gives_the_same_bits(threads):
     assert all(int(r[1]) == 0 for r in runs[1:])
 
 
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+_DIGEST_EDGES = """
+import hashlib, numpy as np, torch
+torch.set_num_threads({threads})
+from sws.prior import kernel as K
+g = torch.Generator().manual_seed(3)
+mu = torch.cat([torch.zeros(1), torch.linspace(-0.6, 0.6, 15)]).double()
+gamma = torch.cat([torch.tensor([10.5]), torch.full((15,), 7.8)]).double()
+log_pi = torch.log(torch.cat([torch.tensor([0.99]), torch.full((15,), 0.01 / 15)])).double()
+w = torch.randn(80001, generator=g) * 0.004
+far = torch.rand(80001, generator=g) < 0.12
+w[far] = (torch.randn(int(far.sum()), generator=g) * 0.3).float()
+wsp = K.Workspace()
+for _ in range(2):   # planned at call 0 (and next at call 8)
+    K._stats_c(mu, gamma, log_pi, [w], True, wsp)
+st = wsp.state_dict()
+hf = st["grid_h"] / float(1 << st["D"])
+flo = st["grid_lo"] - hf
+edges = []           # the float32 weights next to every leaf's first fine cell
+for s in st["ptr"][:st["L"] + 1].tolist():
+    x = np.float32(flo + s * hf)
+    for _ in range(4):
+        x = np.nextafter(x, np.float32(-1.0))
+    for _ in range(9):
+        edges.append(x)
+        x = np.nextafter(x, np.float32(1.0))
+b = torch.from_numpy(np.array(edges, dtype=np.float32))
+h, hot = hashlib.sha256(), []
+for _ in range(3):   # calls 2-4: the same geometry
+    logp, S0, S1, S2, grads = K._stats_c(mu, gamma, log_pi, [w, b], True, wsp)
+    hot.append(K._LIB.sws_hot(wsp.handle()))
+    for t in (logp, S0, S1, S2, *grads):
+        h.update(t.contiguous().numpy().tobytes())
+print(h.hexdigest(), sum(hot), b.numel())
+"""
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+def test_hot_path_takes_weights_on_the_leaves_edges_as_the_scalar_step(threads):
+    """Weights on every leaf's edge and a few floats either side (where the hot path tells the
+    window's leaves by comparing the weight with thresholds found once per call, the scalar
+    step by the weight's fine index): the same bits on every instruction set."""
+    if not hasattr(K._LIB, "sws_hot"):
+        pytest.skip("an older build of the kernel")
+    code = _DIGEST_EDGES.format(threads=threads)
+    runs = [_run_subprocess(code, env).split() for env in (
+        {}, {"SWS_KERNEL_NO_HOT": "1"}, {"SWS_KERNEL_NO_AVX512": "1"}, {"SWS_KERNEL_NO_SIMD": "1"})]
+    assert len({r[0] for r in runs}) == 1
+    if _cpu_has("avx512f"):
+        assert int(runs[0][1]) == 3          # the hot path took all three calls
+    assert all(int(r[1]) == 0 for r in runs[1:])
+    assert int(runs[0][2]) > 100
+
 _DIGEST_BUILDS = """
 import hashlib, torch
 torch.set_num_threads({threads})

@@ -971,6 +971,22 @@ pass_modes_avx512(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_
  * j mod 8 of the leaf's moments).  The other weights take the scalar step B, in order.
  * Every sum gets the same terms in the same order as in the scalar pass (copy j mod K of a
  * leaf's moments, K = 8), the gradients the same operations: the same bits. */
+/* The smallest float32 x (as a double) whose fine position (x - flo) inv_hf, computed as the
+ * pass computes it, reaches s >= 1: the position rises with x, so for every float32 x it is
+ * >= s exactly where x >= this.  By bisection over the floats in order. */
+static double threshold(double flo, double inv_hf, double s)
+{
+    int64_t lo = -(int64_t)0x7F800000, hi = 0x7F800000;     /* -inf fails, +inf holds */
+    while (hi - lo > 1) {
+        int64_t mid = lo + (hi - lo) / 2;
+        union { uint32_t b; float f; } v = { .b = mid >= 0 ? (uint32_t)mid : (uint32_t)(-mid) | 0x80000000u };
+        if (((double)v.f - flo) * inv_hf >= s) hi = mid;
+        else lo = mid;
+    }
+    union { uint32_t b; float f; } v = { .b = hi >= 0 ? (uint32_t)hi : (uint32_t)(-hi) | 0x80000000u };
+    return (double)v.f;
+}
+
 static int have_hot(void)
 {
     static int known = -1;
@@ -993,8 +1009,10 @@ pass_hot(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, co
     const __m512d A0 = _mm512_set1_pd(r0->A), B0 = _mm512_set1_pd(r0->B), C0 = _mm512_set1_pd(r0->C);
     const __m512d c0 = _mm512_set1_pd(r0->c), A1 = _mm512_set1_pd(r1->A), B1 = _mm512_set1_pd(r1->B);
     const __m512d C1 = _mm512_set1_pd(r1->C), c1 = _mm512_set1_pd(r1->c);
-    const __m512d E0 = _mm512_set1_pd((double)ws->start[h0]), E1 = _mm512_set1_pd((double)ws->start[h0 + 1]);
-    const __m512d E2 = _mm512_set1_pd((double)ws->start[h0 + 2]);
+    /* the window's leaves by the weight itself: x >= T(s) exactly where fine position >= s */
+    const __m512d E0 = _mm512_set1_pd(threshold(flo, inv_hf, ws->start[h0]));
+    const __m512d E1 = _mm512_set1_pd(threshold(flo, inv_hf, ws->start[h0 + 1]));
+    const __m512d E2 = _mm512_set1_pd(threshold(flo, inv_hf, ws->start[h0 + 2]));
     const __m512i one64 = _mm512_set1_epi64(1), lanes = _mm512_setr_epi64(0, 4, 8, 12, 16, 20, 24, 28);
     const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     double *const mom = th->mom;
@@ -1016,11 +1034,11 @@ pass_hot(const ws_t *ws, thr_t *th, const float *w_, float *grad_, int64_t n, co
         __m512d u = _mm512_mul_pd(_mm512_sub_pd(x, vflo), vinv);                                \
         u = _mm512_min_pd(_mm512_max_pd(u, vzero), vmax);   /* max(NaN, 0) is 0 */             \
         _mm256_storeu_si256((__m256i *)(fb + j), _mm512_cvttpd_epi32(u));                      \
-        /* f >= s for an integer s exactly where u >= s */                                      \
-        __mmask8 g0 = _mm512_mask_cmp_pd_mask((valid), u, E0, _CMP_GE_OQ);                      \
-        __mmask8 g1 = _mm512_mask_cmp_pd_mask(g0, u, E1, _CMP_GE_OQ);                           \
-        __mmask8 g2 = _mm512_mask_cmp_pd_mask(g1, u, E2, _CMP_GE_OQ);                           \
-        __mmask8 k0 = g0 & ~g1, k1 = g1 & ~g2, cold = (valid) & ~(k0 | k1);                     \
+        /* f >= s (s >= 1) exactly where u >= s, where x >= T(s); NaN: never */              \
+        __mmask8 g0 = _mm512_cmp_pd_mask(x, E0, _CMP_GE_OQ);                                     \
+        __mmask8 g1 = _mm512_cmp_pd_mask(x, E1, _CMP_GE_OQ);                                     \
+        __mmask8 g2 = _mm512_cmp_pd_mask(x, E2, _CMP_GE_OQ);                                     \
+        __mmask8 k0 = (valid) & g0 & ~g1, k1 = (valid) & g1 & ~g2, cold = (valid) & ~(k0 | k1); \
         __m512d d = _mm512_sub_pd(x, _mm512_mask_blend_pd(g1, c0, c1));                         \
         __m512d t = _mm512_mul_pd(_mm512_mask_blend_pd(g1, C0, C1), d);                         \
         t = _mm512_mul_pd(d, _mm512_add_pd(_mm512_mask_blend_pd(g1, B0, B1), t));               \
