@@ -1123,7 +1123,7 @@ typedef struct {
     int64_t start, stop;        /* this job's share of the concatenated weights */
     float scale;
     int claimed;                /* by a thread, to run it (run_two) */
-    int jobs;                   /* 1 or 2: this job builds every jobs-th leaf first (prebuild) */
+    int b0, b1;                 /* the leaves b0 .. b1 - 1: this job builds them first (prebuild) */
 } job_t;
 
 /* Clear what the last call left: the leaves built (by either thread), noted in ws->dirty for
@@ -1496,10 +1496,10 @@ refine_batched(ws_t *ws, plan_t *pl, int G, int D, double lo, double h, double c
  * through expansion8: the same numbers.  A claimed leaf is published before this thread
  * waits for anything (it never does). */
 __attribute__((target("avx2,avx512f,avx512vl"))) static void
-prebuild_avx512(const ws_t *ws, thr_t *th, int t, int jobs)
+prebuild_avx512(const ws_t *ws, thr_t *th, int b0, int b1)
 {
     int lv[8], n = 0, state;
-    for (int l = t; l < ws->L; l += jobs) {
+    for (int l = b0; l < b1; l++) {
         if (!(ws->cnt[l] > 0.0) || __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE) != UNBUILT
             || !claim_leaf(ws, th, l, &state))
             continue;
@@ -1555,21 +1555,33 @@ int64_t sws_check_builds(void *p, const double *mu, const double *lam, const dou
 #endif
 }
 
-/* Build, before the pass, the leaves that held weights at the last call (ws->cnt), every
- * jobs-th one from leaf t on (the other job takes the rest): one after another the builds
+/* The leaf before which half of the leaves that held weights at the last call lie. */
+static int half_of_builds(const ws_t *ws)
+{
+    int n = 0, m = 0;
+    if (!ws->cnt) return ws->L / 2;
+    for (int l = 0; l < ws->L; l++) n += ws->cnt[l] > 0.0;
+    for (int l = 0; l < ws->L; l++)
+        if ((m += ws->cnt[l] > 0.0) > n / 2) return l;
+    return ws->L / 2;
+}
+
+/* Build, before the pass, the leaves that held weights at the last call (ws->cnt), those of
+ * b0 .. b1 - 1 (the other job takes the rest, a range of its own: no cache line of the
+ * tables is written by both threads but at the border): one after another the builds
  * overlap in the CPU, where inside the pass each waits for the one before.  A leaf that the
  * other thread has claimed is left to it; one without weights this time is only wasted work;
  * the numbers are build_leaf's either way. */
-static void prebuild(const ws_t *ws, thr_t *th, int t, int jobs)
+static void prebuild(const ws_t *ws, thr_t *th, int b0, int b1)
 {
     if (!ws->cnt) return;
 #ifdef SWS_X86
     if (have_avx512()) {
-        prebuild_avx512(ws, th, t, jobs);
+        prebuild_avx512(ws, th, b0, b1);
         return;
     }
 #endif
-    for (int l = t; l < ws->L; l += jobs)
+    for (int l = b0; l < b1; l++)
         if (ws->cnt[l] > 0.0 && __atomic_load_n(&ws->coef[l].state, __ATOMIC_ACQUIRE) == UNBUILT)
             build_leaf(ws, th, l);
 }
@@ -1594,7 +1606,7 @@ static void run_job(job_t *j)
     thr_t *th = ws->th + j->t;
     clear_moments(ws, j->t);
     if (getenv("SWS_NO_WARM") == NULL) warm(ws, th);
-    prebuild(ws, th, j->t, j->jobs > 1 ? j->jobs : 1);
+    prebuild(ws, th, j->b0, j->b1);
     int64_t base = 0;
     for (int q = 0; q < j->nt; q++) {
         int64_t a = j->start > base ? j->start - base : 0;
@@ -1852,15 +1864,15 @@ int sws_eval(void *p, int J, const double *mu, const double *lam, const double *
 #endif
     int64_t total = 0;
     for (int q = 0; q < nt; q++) total += n[q];
-    job_t a = {ws, 0, nt, mode, w, mode == NO_GRAD ? NULL : grad, n, 0, total, scale};
+    job_t a = {ws, 0, nt, mode, w, mode == NO_GRAD ? NULL : grad, n, 0, total, scale, 0, 0, ws->L};
     int used = 1;
     if (threads > 1 && total >= min_parallel) {
         job_t b = a;
         b.t = 1;
-        a.jobs = b.jobs = 2;
         a.stop = b.start = total / 2;
+        a.b1 = b.b0 = half_of_builds(ws);
         if (run_two(&a, &b) == 0) used = 2;
-        else { a.stop = total; a.jobs = 1; run_job(&a); }
+        else { a.stop = total; a.b1 = ws->L; run_job(&a); }
     } else {
         run_job(&a);
     }
