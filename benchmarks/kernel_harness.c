@@ -2,12 +2,16 @@
  * calling thread's CPU time.  Several builds of the kernel alternate in one process.
  *
  *   python benchmarks/dump_prior_state.py RUN OUT      (OUT.start.bin, OUT.end.bin)
- *   gcc -O2 -fopenmp -rdynamic -o kernel_harness benchmarks/kernel_harness.c -Wl,--no-as-needed -lm -ldl
- *   ./kernel_harness KERNEL.so OUT.end.bin THREADS CALLS BLOCKS [OTHER_KERNEL.so ...]
+ *   PYLIB=$(python -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))")
+ *   gcc -O2 -fopenmp -rdynamic -o kernel_harness benchmarks/kernel_harness.c -Wl,--no-as-needed -L$PYLIB -lpython3.11 -lm -ldl
+ *   LD_LIBRARY_PATH=$PYLIB ./kernel_harness KERNEL.so OUT.end.bin THREADS CALLS BLOCKS [OTHER_KERNEL.so ...]
  *
- * A plan every 8 calls, as kernel.py does; WALL=1: wall time instead of CPU time; N0=n: only
- * the first n weights of the first tensor. */
-// usage: harness SO DATA threads calls reps [SO2 ...]: alternates reps blocks of `calls` calls over each SO
+ * (The kernel's shared object also holds its Python functions, train_step and bind: linked against
+ * libpython, never called here.)  A plan every 8 calls, as kernel.py does; only the calls are timed.
+ * WALL=1: wall time instead of CPU time; N0=n: only the first n weights of the first tensor.  Before
+ * each call, untimed: EVICT=MB streams a buffer of MB megabytes (TOUCH=1: then reads the weights and
+ * gradients back); SPIN=us spins that long (SPIN_ODD=1: only before the calls of the 2nd, 4th, ...
+ * build, so that one build named twice gives both cases in the same alternation); SLEEP=us sleeps. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <stdint.h>
@@ -22,7 +26,6 @@ typedef double (*step_fn)(void *, int, const float *, const float *, const float
 typedef double (*train_fn)(void *, int, const float *, const float *, const float *, const float *, int, double, double,
     const float *, const float *, int, const float *const *, const int64_t *, float *const *, float, int, int64_t, int,
     double, double, double, float *, float *, float *, float *, int, double *, double *, double *, double *, double);
-void *PyModule_Create2(void *a, int b) { (void)a; (void)b; return 0; }
 static double now(clockid_t c) { struct timespec ts; clock_gettime(c, &ts); return ts.tv_sec + 1e-9 * ts.tv_nsec; }
 static int cmp(const void *a, const void *b) { double x = *(double *)a, y = *(double *)b; return x < y ? -1 : x > y; }
 int main(int argc, char **argv)
@@ -59,10 +62,28 @@ int main(int argc, char **argv)
         ws[s] = nw(); lo[s] = -1; hi[s] = 1; ncall[s] = 0;
         res[s] = malloc(sizeof(double) * reps);
     }
+    int ev = getenv("EVICT") != NULL;
+    size_t evn = ev ? (size_t)atol(getenv("EVICT")) << 18 : 0;
+    float *evb = ev ? calloc(evn, 4) : NULL;
+    double spin = getenv("SPIN") ? 1e-6 * atof(getenv("SPIN")) : 0.0;
+    long sleep_us = getenv("SLEEP") ? atol(getenv("SLEEP")) : 0;
     for (int r = 0; r < reps + 1; r++)
         for (int s = 0; s < nso; s++) {
-            double t0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_THREAD_CPUTIME_ID);
+            double wsum = 0.0, csum = 0.0;
             for (int c = 0; c < calls; c++) {
+                if (spin > 0.0 && (s % 2 == 1 || !getenv("SPIN_ODD"))) {
+                    volatile long z = 0;
+                    for (double t = now(CLOCK_MONOTONIC) + spin; now(CLOCK_MONOTONIC) < t;) z++;
+                }
+                if (sleep_us) { struct timespec q = {sleep_us / 1000000, 1000L * (sleep_us % 1000000)}; nanosleep(&q, NULL); }
+                if (ev) {
+                    for (size_t q = 0; q < evn; q += 8) evb[q] += 1.0f;
+                    if (getenv("TOUCH")) {
+                        volatile float z = 0;
+                        for (int q2 = 0; q2 < nt; q2++) for (int64_t i = 0; i < n[q2]; i += 16) z += w[q2][i] + g[q2][i];
+                    }
+                }
+                double t0 = now(CLOCK_MONOTONIC), c0 = now(CLOCK_THREAD_CPUTIME_ID);
                 int plan = ncall[s] % 8 == 0; ncall[s]++;
                 if (train[s])
                     train[s](ws[s], J, means, gamma, rho, &pi0, 0, 1.0, 1.0, alpha, beta, nt, (const float *const *)w, n,
@@ -72,8 +93,10 @@ int main(int argc, char **argv)
                     step[s](ws[s], J, means, gamma, rho, &pi0, 0, 1.0, 1.0, alpha, beta, nt, (const float *const *)w, n,
                             g, 1e-8f, threads, 1 << 15, plan, lo[s], hi[s], 24.0, gm, gg, gr, NULL, mix, out, info);
                 if (isfinite(info[1]) && isfinite(info[2])) { lo[s] = info[1]; hi[s] = info[2]; }
+                wsum += now(CLOCK_MONOTONIC) - t0;
+                csum += now(CLOCK_THREAD_CPUTIME_ID) - c0;
             }
-            double wall = (now(CLOCK_MONOTONIC) - t0) / calls, cpu = (now(CLOCK_THREAD_CPUTIME_ID) - c0) / calls;
+            double wall = wsum / calls, cpu = csum / calls;
             if (r > 0) res[s][r - 1] = getenv("WALL") ? wall : cpu;
         }
     for (int s = 0; s < nso; s++) {

@@ -35,7 +35,8 @@
  * portable loop), then per weight, without a branch, the leaf, its gradient
  * and one 256-bit add of its moments (scalar loads: on this kind of CPU a
  * gather costs more per element than the whole lookup; a leaf not built yet
- * gives a NaN gradient), then the NaN gradients again on the slow path and
+ * gives a NaN gradient), then the NaN gradients again on the slow path (the hot path lists
+ * them as it goes) and
  * the gradients into .grad (vectors); the weights and gradients a few blocks
  * ahead are asked for meanwhile (prefetch hints).
  * Every instruction set gives the same bits.  Two threads split the weights
@@ -965,12 +966,17 @@ pass_modes_avx512(const ws_t *ws, thr_t *th, const float *w, float *grad, int64_
 /* The hot path (AVX-512): where one window of HOT consecutive leaves held most of the
  * weights at the last call (ws->hot0; at the end of retraining, the leaves around zero),
  * those leaves are built before the pass and step B takes eight weights at a time: a
- * weight's leaf within the window from four compares of its fine position, the leaf's
- * coefficients by a permute, its gradient, and its moments added to lane (j mod 8) of the
+ * weight's leaf within the window from three compares of the weight itself with thresholds
+ * found once per call (threshold: exactly where its fine index reaches the leaf; compares
+ * independent of each other, off the chain of the index's arithmetic), the leaf's
+ * coefficients by a blend, its gradient, and its moments added to lane (j mod 8) of the
  * window's accumulators, which live in registers for the pass (from and back to copy
- * j mod 8 of the leaf's moments).  The other weights take the scalar step B, in order.
+ * j mod 8 of the leaf's moments).  The other weights take the scalar step B, in order; those
+ * of them with a NaN gradient are listed for fix_one (the window's weights never need it).
  * Every sum gets the same terms in the same order as in the scalar pass (copy j mod K of a
- * leaf's moments, K = 8), the gradients the same operations: the same bits. */
+ * leaf's moments, K = 8), the gradients the same operations: the same bits.  (A window of
+ * four leaves, the coefficients by permutes, was no faster: RESULTS.md, eleventh session.) */
+
 /* The smallest float32 x (as a double) whose fine position (x - flo) inv_hf, computed as the
  * pass computes it, reaches s >= 1: the position rises with x, so for every float32 x it is
  * >= s exactly where x >= this.  By bisection over the floats in order. */
