@@ -372,3 +372,30 @@ def test_sws_run_writes_a_file_that_reproduces_the_post_processed_accuracy(tmp_p
     code, out, _ = _cli(["evaluate", run / "model.sws", "--data-dir", mnist_dir], capsys)
     q = json.loads((run / "metrics.json").read_text())["quantized"]
     assert f"accuracy {q['test_accuracy']:.4f}" in out
+
+
+def test_save_refuses_a_file_that_does_not_give_the_network_back(tmp_path, monkeypatch):
+    """What compress reports is the file's network: save decodes what it is about to write and
+    compares every tensor with the network's; a coder that loses a value writes nothing and
+    leaves an earlier file in place."""
+    from sws.format import container
+    model = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([0.0, 0.5, -0.25]).repeat(6, 1).T)
+        model.bias.copy_(torch.tensor([0.1, -0.0, 2.0]))
+    out = tmp_path / "m.sws"
+    out.write_bytes(b"the user's earlier file")
+    real = container.decode
+
+    def lossy(data, **kw):                       # a decoder bug: one weight comes back changed
+        d = real(data, **kw)
+        d.tensors["weight"].view(-1)[4] += 1.0
+        return d
+    monkeypatch.setattr(container, "decode", lossy)
+    with pytest.raises(ff.RoundTripError, match=r"weight.*index 4.*nothing was written"):
+        sws.save(out, model, quantized=["weight"])
+    assert out.read_bytes() == b"the user's earlier file"
+    monkeypatch.setattr(container, "decode", real)
+    sws.save(out, model, quantized=["weight"])   # -0.0 in the bias is stored raw: exactly
+    got = sws.load(out, torch.nn.Linear(6, 3))
+    assert torch.equal(got.weight, model.weight) and torch.equal(got.bias, model.bias)

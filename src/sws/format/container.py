@@ -28,14 +28,14 @@ from sws.errors import ConfigError
 from sws.format import binheader, huffman, jsonheader, livecode, rangecoder, sparsecode
 from sws.format.errors import (MAX_CODEBOOK, MAX_HEADER_BYTES, BadMagicError,
                                ChecksumError, ElementLimitError, FormatError, HeaderTooLargeError,
-                               InconsistentPayloadError, MalformedHeaderError, TrailingDataError,
-                               TruncatedFileError, UnsupportedVersionError)
+                               InconsistentPayloadError, MalformedHeaderError, RoundTripError,
+                               TrailingDataError, TruncatedFileError, UnsupportedVersionError)
 from sws.format.jsonheader import SPARSE_FIELDS
 
 __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_ELEMENTS", "MAX_ELEMENTS_ENV",
            "FormatError", "BadMagicError", "UnsupportedVersionError", "HeaderTooLargeError",
            "MalformedHeaderError", "TruncatedFileError", "TrailingDataError", "ChecksumError",
-           "InconsistentPayloadError", "ElementLimitError", "ConfigError", "Decoded", "encode",
+           "InconsistentPayloadError", "ElementLimitError", "RoundTripError", "ConfigError", "Decoded", "encode",
            "decode", "read", "read_header", "max_elements_limit", "SPARSE_FIELDS"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers

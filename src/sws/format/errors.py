@@ -7,7 +7,7 @@ from sws.errors import SwsError
 
 __all__ = ["FormatError", "BadMagicError", "UnsupportedVersionError", "HeaderTooLargeError",
            "MalformedHeaderError", "TruncatedFileError", "TrailingDataError", "ChecksumError",
-           "InconsistentPayloadError", "ElementLimitError", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
+           "InconsistentPayloadError", "ElementLimitError", "RoundTripError", "MAX_HEADER_BYTES", "MAX_ELEMENTS",
            "MAX_CODEBOOK", "MAX_DIMS"]
 
 MAX_HEADER_BYTES = 1 << 20     # 1 MiB, stored (and inflated, version 2)
@@ -55,3 +55,8 @@ class InconsistentPayloadError(FormatError):
 class ElementLimitError(FormatError):
     """The file declares more values than the reader's limit (a decompression bomb, or a
     really large model: raise the limit with ``max_elements=`` or ``SWS_MAX_ELEMENTS``)."""
+
+
+class RoundTripError(FormatError):
+    """Writing, not reading: the bytes about to be written do not decode to the network they
+    encode (a bug in the coder).  ``sws.save`` raises it and writes nothing."""

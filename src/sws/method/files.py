@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from sws.errors import SwsError
-from sws.format.container import FormatError, InconsistentPayloadError, MalformedHeaderError, encode, read
+from sws.format import container
+from sws.format.container import (FormatError, InconsistentPayloadError, MalformedHeaderError, RoundTripError,
+                                  encode, read)
 from sws.storage import atomic_write
 
 __all__ = ["USER_PREFIX", "save", "encode_module", "load"]
@@ -73,11 +75,43 @@ def save(path, model, *, codebook=None, quantized=None, name: str | None = None,
 
     The one writer of the project: ``sws.compress``, the CLI, the search, the accuracy
     budget (which counts the bytes it would write) and the baselines all write through it.
-    Arguments as ``encode_module``'s.
+    Arguments as ``encode_module``'s.  Before anything is written the bytes are decoded and every
+    tensor compared with the network's (a quantised one by value, the others bit for bit), so the
+    network scored before saving is the one the file gives back; a difference raises
+    ``RoundTripError`` and leaves ``path`` as it was.
     """
     blob = encode_module(model, codebook=codebook, quantized=quantized, name=name, **info)
+    _check_round_trip(path, blob, model)
     atomic_write(Path(path), blob)
     return len(blob)
+
+
+def _check_round_trip(path, blob: bytes, model) -> None:
+    """Raise ``RoundTripError`` unless ``blob`` decodes to every tensor of ``model``."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
+    d = container.decode(blob, max_elements=max(sum(t.numel() for t in state.values()), 1))
+    got = _expand_aliases(path, d.header["model"], d.tensors)
+    aliases = d.header["model"].get("aliases", {})
+    sparse = {h["name"] for h in d.header["tensors"] if h["coding"] != "raw"}
+    for name, want in state.items():
+        want, have = want.detach().cpu().reshape(-1), got[name].reshape(-1) if name in got else None
+        if have is None or have.numel() != want.numel():
+            where = "missing or of another size"
+        elif aliases.get(name, name) in sparse:         # codebook values: +0.0 for -0.0
+            where = _first_difference(want, have, want.double() != have.double())
+        elif have.dtype != want.dtype:
+            where = f"{want.dtype} written, {have.dtype} read back"
+        else:                                           # raw: bit for bit
+            differs = (want.contiguous().view(torch.uint8) != have.contiguous().view(torch.uint8))
+            where = _first_difference(want, have, differs.view(-1, want.element_size()).any(1))
+        if where:
+            raise RoundTripError(f"{path}: the encoded file would not give back tensor {name!r} ({where}); "
+                                 "nothing was written (a bug in sws's coder: please report it with the network)")
+
+
+def _first_difference(want, have, differs) -> str:
+    i = differs.nonzero()
+    return f"index {int(i[0])}: {want[int(i[0])].item()} written, {have[int(i[0])].item()} read back" if len(i) else ""
 
 
 def encode_module(model, *, codebook=None, quantized=None, name: str | None = None, **info) -> bytes:

@@ -2227,7 +2227,7 @@ static PyObject *py_train_step(PyObject *self, PyObject *const *a, Py_ssize_t na
         if (fail > 0) { Py_INCREF(Py_None); res = Py_None; }
         goto done;
     }
-    /* the workspace's counters, as the Python path keeps them */
+    /* the workspace's counters, as the Python path keeps them; the plan as Workspace.count_call decides */
     PyObject *calls = PyObject_GetAttr(b->ws, S_calls), *J = calls ? PyObject_GetAttr(b->ws, S_J) : NULL;
     PyObject *lo = J ? PyObject_GetAttr(b->ws, S_lo) : NULL, *hi = lo ? PyObject_GetAttr(b->ws, S_hi) : NULL;
     PyObject *nth = hi ? PyObject_CallNoArgs(b->nthreads) : NULL;

@@ -196,6 +196,14 @@ class Workspace:
             self.out = torch.zeros(1 + 3 * J, dtype=torch.float64)
         return self._bufs
 
+    def count_call(self, J: int) -> bool:
+        """Count a call of the kernel; whether it plans the geometry first (every ``SETS_EVERY``
+        calls, and when the number of components changed).  The training step's call from C
+        (``train_step`` in ``_kernel.c``) makes the same decision on these attributes."""
+        plan = self.calls % self.SETS_EVERY == 0 or self.J != J
+        self.calls += 1
+        return plan
+
     def plan(self, J: int, mu: torch.Tensor, lam: torch.Tensor, logc: torch.Tensor) -> None:
         """Plan the geometry for the mixture (float64 CPU tensors) over the weights' range."""
         rc = _LIB.sws_plan_range(self.handle(), J, mu.data_ptr(), lam.data_ptr(), logc.data_ptr(),
@@ -268,9 +276,8 @@ def _run_c(ws: Workspace, J: int, mix: torch.Tensor, weights, grads, mode: int, 
     addresses, when the caller has them.  Returns the (1 + 3J) float64 sums: log p, S0,
     S1, S2 (in ``out`` when given).
     """
-    if ws.calls % ws.SETS_EVERY == 0 or ws.J != J:
+    if ws.count_call(J):
         ws.plan(J, mix[0], mix[1], mix[2])
-    ws.calls += 1
     nt = len(weights)
     if ptrs is None:
         ptrs = ((_vp * nt)(*[w.data_ptr() for w in weights]), (ctypes.c_int64 * nt)(*[w.numel() for w in weights]),
@@ -626,8 +633,7 @@ def _prior_backward_c(prior, tensors, weights, scale, acc, factor):
             b.acc = acc
             b.acc_ptr = acc.data_ptr() if (acc.is_cpu and acc.dtype is torch.float64 and acc.numel() == 1) else None
         acc_ptr = b.acc_ptr
-    plan = ws.calls % ws.SETS_EVERY == 0 or ws.J != b.J
-    ws.calls += 1
+    plan = ws.count_call(b.J)
     cfg, info, ptrs = prior.config, ws.info, b.ptrs
     C = _LIB.sws_train_step(ws.handle(), b.J, ptrs[0], ptrs[1], ptrs[2], ptrs[3], b.learn_pi0,
                             float(cfg.pi0_a), float(cfg.pi0_b), ptrs[4], ptrs[5], b.nt, b.w_arr, b.n_arr,
