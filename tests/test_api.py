@@ -126,6 +126,38 @@ def test_save_module_refuses_off_codebook_values(tmp_path):
         sws.save(tmp_path / "x.sws", Tied(), codebook=[0.0, 0.5], quantized=["enc.weight"])
 
 
+def test_compress_a_float64_network_and_load_it_back(tmp_path):
+    """A float64 network is compressed and stored (its codebook values are float32 numbers) and
+    loads back into a float64 module exactly."""
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 12, generator=g, dtype=torch.float64)
+    ds = TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
+    out = tmp_path / "f64.sws"
+    model, report = sws.compress(Tied().double(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out)
+    restored = sws.load(out, model=Tied().double())
+    assert restored.enc.weight.dtype == torch.float64
+    for k, v in model.state_dict().items():
+        assert torch.equal(restored.state_dict()[k], v), k
+    assert torch.equal(restored(x), model(x))
+
+
+def test_compress_refuses_what_the_file_cannot_store_before_training(tmp_path):
+    """A covered tensor of another dtype, or a buffer the file cannot hold, is refused with a
+    ConfigError that names it and the fix, before the first step (not after training)."""
+    train, _ = loaders((12,))
+    epochs = []
+    with pytest.raises(ConfigError, match=r"enc\.weight is bfloat16, which a \.sws file cannot.*model\.float\(\)"):
+        sws.compress(Tied().to(torch.bfloat16), train, epochs=1, on_epoch=epochs.append)
+    with pytest.raises(ConfigError, match=r"enc\.weight, of dtype torch\.float16.*model\.float\(\)"):
+        sws.compress(Tied().half(), train, epochs=1, on_epoch=epochs.append)
+    net = Tied()
+    net.register_buffer("mask", torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ConfigError, match=r"mask is bool, which a \.sws file cannot store.*persistent=False"):
+        sws.compress(net, train, epochs=1, out=tmp_path / "m.sws", on_epoch=epochs.append)
+    assert epochs == [] and not (tmp_path / "m.sws").exists()
+
+
 def test_dense_path_matches_fused_kernel():
     """The path for tensors the C kernel cannot take (GPU, float64: dense, on the
     weights' device) gives the C kernel's gradients."""

@@ -161,6 +161,11 @@ from torch import nn
 def build():
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
 
+def with_a_mask():
+    net = build()
+    net.register_buffer("mask", torch.ones(3, dtype=torch.bool))
+    return net
+
 def not_a_module():
     return 42
 
@@ -251,6 +256,7 @@ def test_cli_end_to_end_with_a_user_module_and_data(tmp_path, capsys, user_packa
     ("{p}.nets:build", "{p}.data:wrong_shape", "cannot take the training inputs"),
     ("not a reference", None, "neither a reference net"),
     ("{p}.nets:build", "not-a-ref", "expected PKG.MODULE:FUNCTION"),
+    ("{p}.nets:with_a_mask", None, "mask is bool, which a .sws file cannot store"),
 ])
 def test_bad_references_get_one_line_and_exit_2(tmp_path, capsys, user_package, model, data, message):
     p = user_package
@@ -262,6 +268,7 @@ def test_bad_references_get_one_line_and_exit_2(tmp_path, capsys, user_package, 
         args += ["--data", f"{p}.data:splits"]
     code, _, err = call(capsys, *args)
     assert code == 2 and message in err and err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert not (tmp_path / "r" / "pretrained.safetensors").exists()    # refused before any training
 
 
 def test_force_on_retrain_never_leaves_a_stale_file(tmp_path, capsys, user_package):

@@ -36,7 +36,7 @@ __all__ = ["MAGIC", "VERSION", "MAX_HEADER_BYTES", "DEFAULT_MAX_ELEMENTS", "MAX_
            "FormatError", "BadMagicError", "UnsupportedVersionError", "HeaderTooLargeError",
            "MalformedHeaderError", "TruncatedFileError", "TrailingDataError", "ChecksumError",
            "InconsistentPayloadError", "ElementLimitError", "RoundTripError", "ConfigError", "Decoded", "encode",
-           "decode", "read", "read_header", "max_elements_limit", "SPARSE_FIELDS"]
+           "decode", "read", "read_header", "max_elements_limit", "SPARSE_FIELDS", "STORABLE_DTYPES"]
 
 MAGIC = b"\x89SWS\r\n\x1a\n"   # PNG-style: catches text-mode and 7-bit transfers
 VERSION = 3                    # what the writer writes: binary header, range-coded tensors
@@ -56,6 +56,7 @@ _RAW_DTYPES = {"float32": (torch.float32, "<f4"), "float64": (torch.float64, "<f
                "float16": (torch.float16, "<f2"), "int64": (torch.int64, "<i8"),
                "int32": (torch.int32, "<i4")}
 _DTYPE_NAMES = {t: name for name, (t, _) in _RAW_DTYPES.items()}
+STORABLE_DTYPES = frozenset(_DTYPE_NAMES)   # what a raw tensor may be (a quantised one: float32, float64)
 
 
 @dataclass
@@ -68,10 +69,19 @@ class Decoded:
 
 
 def _codebook_indices(name: str, t: torch.Tensor, codebook: np.ndarray) -> np.ndarray:
-    """Codebook index of every element, matched on the exact float32 bit pattern."""
-    if t.dtype != torch.float32:
-        raise ValueError(f"{name}: quantised tensors must be float32, not {t.dtype}")
-    bits = t.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint32)
+    """Codebook index of every element, matched on the exact float32 bit pattern.  A float64
+    tensor is stored so when every value is a float32 number (a codebook entry is); it loads
+    back exactly into a float64 module (``sws.load`` copies into the module's dtype)."""
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.float64:
+        t32 = t.float()
+        if not torch.equal(t32.double(), t):
+            v = t.reshape(-1)[int((t32.double() != t).reshape(-1).nonzero()[0])].item()
+            raise ValueError(f"{name}: value {v!r} is not a codebook entry (not even a float32 number)")
+        t = t32
+    elif t.dtype != torch.float32:
+        raise ValueError(f"{name}: quantised tensors must be float32 or float64, not {t.dtype}")
+    bits = t.numpy().reshape(-1).view(np.uint32)
     cb = codebook.view(np.uint32)
     order = np.argsort(cb, kind="stable")
     where = np.clip(np.searchsorted(cb[order], bits), 0, len(cb) - 1)

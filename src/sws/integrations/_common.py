@@ -119,6 +119,9 @@ class Driver:
         n = self.n_train or n_train
         if not n:
             raise ConfigError("cannot tell the training set's size (an iterable dataset?): pass n_train=N")
+        if self.out is not None:                 # the file is written at the end: fail now, not then
+            from sws.method.files import check_storable
+            check_storable(model)
         self.sws = SoftWeightSharing(model, self.config, n_train=int(n), **self.kwargs)
         self.optimizer = torch.optim.Adam(self.sws.param_groups())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]

@@ -26,6 +26,7 @@ from sws.errors import ConfigError
 from sws.method import distributed
 from sws.method.batches import as_source
 from sws.method.evaluate import evaluate
+from sws.method.files import check_storable
 from sws.method.loop import retrain
 from sws.method.surface import Pattern, SoftWeightSharing, resolve_config
 from sws.method.watch import Budget, kept_record
@@ -118,6 +119,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         model.to(device)
     device = next(model.parameters()).device
     distributed.broadcast_parameters(model)          # every replica starts from rank 0's weights
+    check_storable(model)                            # before any training, not at the end
     sws_ = SoftWeightSharing(model, cfg, n_train=n_train or len(train), include=include, exclude=exclude,
                              skip_norm=skip_norm, merge_threshold=merge_threshold, dead_units=drop_dead_units)
     t0 = time.perf_counter()

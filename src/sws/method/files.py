@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sws.errors import SwsError
+from sws.errors import ConfigError, SwsError
 from sws.format import container
 from sws.format.container import (FormatError, InconsistentPayloadError, MalformedHeaderError, RoundTripError,
                                   encode, read)
 from sws.storage import atomic_write
 
-__all__ = ["USER_PREFIX", "save", "encode_module", "load"]
+__all__ = ["USER_PREFIX", "save", "encode_module", "load", "check_storable"]
 
 USER_PREFIX = "user:"   # model names of user-defined modules (``sws.compress``); load needs the module
 
@@ -68,6 +68,20 @@ def load(path, model: torch.nn.Module | None = None) -> torch.nn.Module:
                                        f"(first differences: {diff})")
     model.load_state_dict(tensors, strict=True, assign=assign)
     return model.eval()
+
+
+def check_storable(model: torch.nn.Module) -> None:
+    """Raise ``ConfigError`` when a tensor of ``model``'s state dict has a dtype the file cannot
+    store, before any training: the budget encodes the network every epoch and the file is
+    written at the end."""
+    params = {n for n, _ in model.named_parameters()}
+    for name, t in model.state_dict().items():
+        if t.dtype not in container.STORABLE_DTYPES:
+            kinds = ", ".join(sorted(str(d).replace("torch.", "") for d in container.STORABLE_DTYPES))
+            fix = "convert the model (model.float())" if name in params else \
+                "convert the buffer or register it with persistent=False"
+            raise ConfigError(f"{name} is {str(t.dtype).replace('torch.', '')}, which a .sws file cannot store "
+                              f"({kinds}): {fix}")
 
 
 def save(path, model, *, codebook=None, quantized=None, name: str | None = None, **info) -> int:

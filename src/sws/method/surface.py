@@ -66,6 +66,8 @@ def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None
     (``"conv1.*"``, ``"*.bias"``) or a module class, which matches the
     parameters the layer holds itself (``nn.Conv2d``, ``nn.BatchNorm2d``).
     The tutorial covers every trainable tensor, biases included (SPEC section 1).
+    A covered tensor must be float32 or float64 (``ConfigError`` otherwise: the file stores
+    quantised tensors as float32 codebook entries).
     """
     if cover not in ("all", "weights"):
         raise ConfigError(f"unknown cover {cover!r}; choose 'all' or 'weights'")
@@ -89,6 +91,9 @@ def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None
                 continue
             if _matches(name, module, exclude):
                 continue
+            if p.dtype not in (torch.float32, torch.float64):   # what the file stores quantised
+                raise ConfigError(f"the prior would cover {name}, of dtype {p.dtype}: sws retrains and stores "
+                                  "float32 or float64 weights; convert the model first (model.float())")
             out[name] = p
     return out
 

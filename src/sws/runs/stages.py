@@ -22,7 +22,7 @@ from pathlib import Path
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, from_dict
 from sws.errors import CheckpointError, ConfigError, DivergenceError, SwsError, TrainingInterrupted
 from sws.method.evaluate import evaluate
-from sws.method.files import load, save
+from sws.method.files import check_storable, load, save
 from sws.method.loop import pretrain, retrain
 from sws.method.postprocess import layer_stats, postprocess_
 from sws.method.snap import Snap
@@ -98,6 +98,7 @@ def run_pretrain(run: RunDir, cfg: PretrainConfig | None, data_dir=None, quiet=F
     train, val, test = splits["train"], splits["val"], splits["test"]
     model = resolve_model(cfg.model, cfg.input_norm, seed=cfg.seed, init=cfg.weight_init)
     check_fits(model, train, cfg.model)
+    check_storable(model)                  # the file at the end must hold it: fail now, not then
     if state is None:
         run.invalidate_after(None)
     t0 = time.perf_counter()
@@ -168,6 +169,7 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     train, val, test = load_data(meta["data"], data_dir)
     if state is None:
         run.invalidate_after("pretrained")
+    check_storable(model)                  # the budget encodes it every epoch, compress writes it
     covered = covered_of(model, cfg.prior)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
     if state is not None and "watch" in state[1]:
