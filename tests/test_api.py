@@ -126,6 +126,28 @@ def test_save_module_refuses_off_codebook_values(tmp_path):
         sws.save(tmp_path / "x.sws", Tied(), codebook=[0.0, 0.5], quantized=["enc.weight"])
 
 
+def test_parametrizations_are_refused_with_the_call_that_removes_them():
+    """weight_norm and spectral_norm tensors are not the weights a layer uses (a snapped row of
+    zeros divides by zero: retraining through the snap diverged): refused by name, with a fix
+    that works and an exclude that works."""
+    import warnings
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)            # the older weight_norm's
+        nets = [nn.Sequential(weight_norm(nn.Linear(6, 16)), nn.ReLU(), nn.Linear(16, 3)),
+                spectral_norm(nn.Linear(6, 16)), nn.Sequential(torch.nn.utils.weight_norm(nn.Linear(6, 16)))]
+    for model, name in zip(nets, ["0.parametrizations.weight.original0", "parametrizations.weight.original",
+                                  "0.weight_g"]):
+        with pytest.raises(ConfigError, match="a tensor of a parametrization") as e:
+            select_parameters(model)
+        message = str(e.value)
+        assert f"exclude=[{name!r}]" in message
+        assert name not in select_parameters(model, exclude=["*original*", "*weight_g", "*weight_v"])
+        fix = message[message.index("first (") + len("first ("):message.index(") or leave")]
+        exec(fix, {"torch": torch, "model": model})
+        assert "weight" in {n.rpartition(".")[2] for n in select_parameters(model)}
+
+
 def test_compress_a_float64_network_and_load_it_back(tmp_path):
     """A float64 network is compressed and stored (its codebook values are float32 numbers) and
     loads back into a float64 module exactly."""
@@ -139,6 +161,27 @@ def test_compress_a_float64_network_and_load_it_back(tmp_path):
     assert restored.enc.weight.dtype == torch.float64
     for k, v in model.state_dict().items():
         assert torch.equal(restored.state_dict()[k], v), k
+    assert torch.equal(restored(x), model(x))
+
+
+def test_compress_a_network_with_sparse_gradients(tmp_path):
+    """nn.Embedding(sparse=True): retraining (the prior's gradient is dense), the codebook's
+    fine-tuning and the file all work, and the file loads back identical."""
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.Embedding(30, 8, sparse=True), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(self.emb(x).mean(1))
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 30, (96, 5), generator=g)
+    ds = TensorDataset(x, x[:, 0] % 3)
+    out = tmp_path / "bag.sws"
+    model, report = sws.compress(Bag(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out)
+    assert report.config["finetune_epochs"] > 0
+    restored = sws.load(out, model=Bag())
     assert torch.equal(restored(x), model(x))
 
 

@@ -162,3 +162,28 @@ def test_presets_keep_their_published_settings():
     assert (paper.prior.n_components, paper.prior.pi0, paper.lr_means, paper.lr_mixing) == (17, 0.999, 5e-4, 5e-4)
     for cfg in (tut, paper):
         assert cfg.tau_schedule == "constant" and not cfg.prior.learn_pi0
+
+
+def test_sparse_gradients_get_the_dense_prior_gradient():
+    """A sparse ``.grad`` (nn.Embedding(sparse=True)) is made dense and gets the prior's gradient,
+    the same bits as a dense one, on the first call (the Python path) and on the later ones
+    (the C call, which hands such a gradient back to the Python path)."""
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(50, 8, sparse=True)
+    dense = torch.nn.Embedding(50, 8)
+    dense.weight.data.copy_(emb.weight.data)
+    priors = [GaussianMixturePrior(PriorConfig(n_components=6, init_sigma=0.1), [m.weight]) for m in (emb, dense)]
+    priors[1].load_state_dict(priors[0].state_dict())
+    idx = torch.randint(0, 50, (20,))
+    for _ in range(3):
+        results = []
+        for m, prior in zip((emb, dense), priors):
+            m.weight.grad = None
+            for p in prior.parameters():
+                p.grad = None
+            m(idx).sum().backward()
+            assert m.weight.grad.is_sparse == (m is emb)
+            c = prior.backward_complexity([m.weight], 1e-3)
+            results.append((float(c), m.weight.grad.clone(), prior.means.grad.clone()))
+        (c0, g0, p0), (c1, g1, p1) = results
+        assert not g0.is_sparse and c0 == c1 and torch.equal(g0, g1) and torch.equal(p0, p1)

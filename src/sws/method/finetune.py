@@ -85,7 +85,10 @@ def finetune_codebook_(model: torch.nn.Module, covered: dict[str, torch.Tensor],
                 loss.backward()
                 grad = torch.zeros(len(codebook), dtype=values.dtype, device=device)
                 for name, p in covered.items():
-                    grad.index_add_(0, index[name].reshape(-1), p.grad.reshape(-1).to(values.dtype))
+                    g = p.grad                # None: a tensor the loss did not reach
+                    if g is not None:
+                        g = g.to_dense() if g.layout is not torch.strided else g   # nn.Embedding(sparse=True)
+                        grad.index_add_(0, index[name].reshape(-1), g.reshape(-1).to(values.dtype))
                     p.grad = None
                 values.grad = grad[1:]
                 opt.step()

@@ -67,7 +67,8 @@ def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None
     parameters the layer holds itself (``nn.Conv2d``, ``nn.BatchNorm2d``).
     The tutorial covers every trainable tensor, biases included (SPEC section 1).
     A covered tensor must be float32 or float64 (``ConfigError`` otherwise: the file stores
-    quantised tensors as float32 codebook entries).
+    quantised tensors as float32 codebook entries) and not a parametrization's (weight_norm,
+    spectral_norm: ``ConfigError``, with the fix).
     """
     if cover not in ("all", "weights"):
         raise ConfigError(f"unknown cover {cover!r}; choose 'all' or 'weights'")
@@ -91,11 +92,36 @@ def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None
                 continue
             if _matches(name, module, exclude):
                 continue
+            fix = _parametrization_of(mod_name, module, p_name)
+            if fix:
+                raise ConfigError(f"the prior would cover {name}, a tensor of a parametrization (weight_norm, "
+                                  "spectral_norm, ...): snapping it does not snap the weight the layer uses, and "
+                                  f"a row snapped to zeros divides by zero; remove the parametrization first ({fix}) "
+                                  f"or leave the tensor out (exclude=[{name!r}])")
             if p.dtype not in (torch.float32, torch.float64):   # what the file stores quantised
                 raise ConfigError(f"the prior would cover {name}, of dtype {p.dtype}: sws retrains and stores "
                                   "float32 or float64 weights; convert the model first (model.float())")
             out[name] = p
     return out
+
+
+def _parametrization_of(mod_name: str, module: nn.Module, p_name: str) -> str:
+    """The call that removes the parametrization whose tensor ``p_name`` of ``module`` is (not a
+    weight the layer uses), or "": the originals of ``torch.nn.utils.parametrize``
+    (``layer.parametrizations.weight.original0``, ...) and the ``_g`` / ``_v`` of the older
+    ``torch.nn.utils.weight_norm``."""
+    from torch.nn.utils import parametrize
+    if isinstance(module, parametrize.ParametrizationList):
+        layer, _, attr = ("." + mod_name).rpartition(".parametrizations.")
+        return f"torch.nn.utils.parametrize.remove_parametrizations({_module_ref(layer[1:])}, {attr!r})"
+    for h in getattr(module, "_forward_pre_hooks", {}).values():
+        if type(h).__name__ == "WeightNorm" and p_name in (h.name + "_g", h.name + "_v"):
+            return f"torch.nn.utils.remove_weight_norm({_module_ref(mod_name)}, {h.name!r})"
+    return ""
+
+
+def _module_ref(name: str) -> str:
+    return f"model.get_submodule({name!r})" if name else "model"
 
 
 def resolve_config(config: RetrainConfig | str, overrides: dict) -> RetrainConfig:

@@ -440,8 +440,7 @@ def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.
       (unscaled), for the caller to back-propagate into the mixture's parameters.
     """
     for w in weights:
-        if w.grad is None:
-            w.grad = torch.zeros_like(w)
+        _ensure_grad(w)
     path = _path(mu, weights, None)
     J = mu.numel()
     if path == "c" and _c_takes(weights) and _c_takes([w.grad for w in weights]):
@@ -463,9 +462,14 @@ def mixture_nll_accumulate(mu: torch.Tensor, gamma: torch.Tensor, log_pi: torch.
 
 
 def _ensure_grad(p: torch.Tensor) -> torch.Tensor:
-    if p.grad is None:
-        p.grad = torch.zeros_like(p)
-    return p.grad
+    """``p.grad``, created as zeros if missing, made dense if sparse (``nn.Embedding(sparse=True)``:
+    the prior's gradient reaches every weight)."""
+    g = p.grad
+    if g is None:
+        g = p.grad = torch.zeros_like(p)
+    elif g.layout is not torch.strided:
+        g = p.grad = g.to_dense()
+    return g
 
 
 def prior_backward(prior, weights: list[torch.Tensor], scale: float, acc: torch.Tensor | None = None,
@@ -609,10 +613,8 @@ def _prior_backward_c(prior, tensors, weights, scale, acc, factor):
             return None
     g_arr = b.g_arr
     for i, w in enumerate(weights):       # the weights' gradients: new tensors at every step
-        g = w.grad
-        if g is None:
-            g = w.grad = torch.zeros_like(w)
-        elif not g.is_contiguous():       # (torch keeps a gradient's dtype and device the weight's)
+        g = _ensure_grad(w)
+        if not g.is_contiguous():         # (torch keeps a gradient's dtype and device the weight's)
             return None
         g_arr[i] = g.data_ptr()
     pg, setting = [None, None, None, None], 0
