@@ -167,10 +167,10 @@ def run_retrain(run: RunDir, cfg: RetrainConfig | None, data_dir=None, quiet=Fal
     tensors, meta = run.load("pretrained")
     model = model_from_checkpoint(tensors, meta, str(run.path / "pretrained.safetensors"))
     train, val, test = load_data(meta["data"], data_dir)
+    check_storable(model)                  # the budget encodes it every epoch, compress writes it
+    covered = covered_of(model, cfg.prior)   # (refuses what it cannot cover) before anything is removed
     if state is None:
         run.invalidate_after("pretrained")
-    check_storable(model)                  # the budget encodes it every epoch, compress writes it
-    covered = covered_of(model, cfg.prior)
     prior = GaussianMixturePrior(cfg.prior, list(covered.values()))
     if state is not None and "watch" in state[1]:
         qcfg = from_dict(QuantizeConfig, state[1]["watch"])
