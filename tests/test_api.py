@@ -185,6 +185,23 @@ def test_compress_a_network_with_sparse_gradients(tmp_path):
     assert torch.equal(restored(x), model(x))
 
 
+def test_integer_labels_of_any_dtype_are_class_indices(tmp_path):
+    """int32 labels (numpy's default on some systems) give the same network as int64 ones;
+    labels shaped (n, 1) get a DataError naming both shapes instead of torch's message."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 12, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    nets = []
+    for labels in (y, y.int()):
+        torch.manual_seed(5)
+        nets.append(sws.compress(Tied(), TensorDataset(x, labels), TensorDataset(x, labels), epochs=1,
+                                 batch_size=32)[0])
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(sws.DataError, match=r"scores of shape \(32, 3\) with targets of shape \(32, 1\)"):
+        sws.compress(Tied(), TensorDataset(x, y[:, None]), epochs=1, batch_size=32)
+
+
 def test_compress_refuses_what_the_file_cannot_store_before_training(tmp_path):
     """A covered tensor of another dtype, or a buffer the file cannot hold, is refused with a
     ConfigError that names it and the fix, before the first step (not after training)."""

@@ -142,7 +142,19 @@ def distillation_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: 
 
 
 def default_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy; sequence outputs (n, ..., classes) are flattened, label -100 ignored."""
-    if scores.dim() > 2 and y.dim() == scores.dim() - 1:
-        return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1), ignore_index=-100)
-    return F.cross_entropy(scores, y)
+    """Mean cross-entropy; sequence outputs (n, ..., classes) are flattened, label -100 ignored.
+    Integer labels of any integer dtype (int32, bool, ...) are class indices; targets that do not
+    fit the scores raise ``DataError`` naming both shapes."""
+    if y.dtype != torch.long and not y.is_floating_point():
+        y = y.long()
+    try:
+        if scores.dim() > 2 and y.dim() == scores.dim() - 1:
+            return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(scores, y)
+    except (RuntimeError, ValueError):
+        if y.dim() == scores.dim() - 1 or (y.is_floating_point() and y.shape == scores.shape):
+            raise                        # shapes that fit: another problem, torch's message says which
+        raise DataError(f"the default loss (cross-entropy over class scores) cannot take scores of shape "
+                        f"{tuple(scores.shape)} with targets of shape {tuple(y.shape)}: targets must be class "
+                        "indices of shape (batch,) (or probabilities shaped like the scores): reshape them in "
+                        "your dataset, or pass loss_fn=") from None
