@@ -29,7 +29,8 @@ wall clock: at one thread (all of a step's work on that thread) a measure that t
 jobs of a loaded machine do not inflate; at two threads it leaves out the second thread.
 
 With --epoch-ratio it times nothing: it reads RUN_DIR/history.json and prints the
-median retraining epoch against the median pretraining epoch of that run.
+median retraining epoch against the median pretraining epoch of that run (and, where the
+run had a snap phase, the same without its epochs and for them alone).
 """
 
 import argparse
@@ -182,8 +183,14 @@ def epoch_ratio(run_dir):
     sec = {stage: [r["seconds"] for r in history if r.get("stage") == stage] for stage in ("pretrain", "retrain")}
     pre, re = statistics.median(sec["pretrain"]), statistics.median(sec["retrain"])
     mean = statistics.mean(sec["retrain"]) / statistics.mean(sec["pretrain"])
+    plain = [r["seconds"] for r in history if r.get("stage") == "retrain" and not r.get("snap")]
+    snap = [r["seconds"] for r in history if r.get("stage") == "retrain" and r.get("snap")]
     print(f"{run_dir}: {len(sec['pretrain'])} pretraining epochs, median {pre:.2f} s; {len(sec['retrain'])} "
           f"retraining epochs, median {re:.2f} s; epoch ratio {re / pre:.3f} (of the means {mean:.3f})")
+    if snap:   # the snap phase's epochs (sws.method.snap) are retraining epochs of another kind
+        print(f"  without the {len(snap)} snap-phase epochs: {len(plain)}, median {statistics.median(plain):.2f} s, "
+              f"ratio {statistics.median(plain) / pre:.3f}; snap-phase epochs median {statistics.median(snap):.2f} s, "
+              f"ratio {statistics.median(snap) / pre:.3f}")
 
 
 def main():

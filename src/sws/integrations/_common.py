@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from sws.config import lr_factor
 from sws.errors import ConfigError
 from sws.method.evaluate import evaluate
+from sws.method.files import check_storable
 from sws.method.surface import SoftWeightSharing
 
 __all__ = ["Driver", "pair_batches", "has_batchnorm"]
@@ -120,7 +121,6 @@ class Driver:
         if not n:
             raise ConfigError("cannot tell the training set's size (an iterable dataset?): pass n_train=N")
         if self.out is not None:                 # the file is written at the end: fail now, not then
-            from sws.method.files import check_storable
             check_storable(model)
         self.sws = SoftWeightSharing(model, self.config, n_train=int(n), **self.kwargs)
         self.optimizer = torch.optim.Adam(self.sws.param_groups())

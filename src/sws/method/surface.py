@@ -26,6 +26,8 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from sws.config import QuantizeConfig, RetrainConfig, retrain_config
 from sws.errors import ConfigError
@@ -110,12 +112,11 @@ def _parametrization_of(mod_name: str, module: nn.Module, p_name: str) -> str:
     weight the layer uses), or "": the originals of ``torch.nn.utils.parametrize``
     (``layer.parametrizations.weight.original0``, ...) and the ``_g`` / ``_v`` of the older
     ``torch.nn.utils.weight_norm``."""
-    from torch.nn.utils import parametrize
     if isinstance(module, parametrize.ParametrizationList):
         layer, _, attr = ("." + mod_name).rpartition(".parametrizations.")
         return f"torch.nn.utils.parametrize.remove_parametrizations({_module_ref(layer[1:])}, {attr!r})"
     for h in getattr(module, "_forward_pre_hooks", {}).values():
-        if type(h).__name__ == "WeightNorm" and p_name in (h.name + "_g", h.name + "_v"):
+        if isinstance(h, WeightNorm) and p_name in (h.name + "_g", h.name + "_v"):
             return f"torch.nn.utils.remove_weight_norm({_module_ref(mod_name)}, {h.name!r})"
     return ""
 
