@@ -19,11 +19,13 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import (BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler, Subset,
+                              SubsetRandomSampler, TensorDataset, default_collate)
 
 from sws.errors import ConfigError, DataError
 
-__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss", "distillation_loss"]
+__all__ = ["Source", "as_source", "to_device", "call_model", "logits_of", "default_loss", "distillation_loss",
+           "scalar_loss"]
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Source:
     dataset: object
     collate: Callable | None
     batch_size: int | None = None        # the DataLoader's, when one was given
+    drop_last: bool = False              # training leaves out a last batch smaller than the others
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -55,27 +58,44 @@ class Source:
             per = -(-n // world)
             order = torch.cat([order, order[:per * world - n]])[rank::world]
         for step, start in enumerate(range(0, len(order), batch_size)):
+            if self.drop_last and start + batch_size > len(order):
+                break
             if step >= skip:
                 yield step, self.batch(order[start:start + batch_size])
 
     def steps(self, batch_size: int, world: int = 1) -> int:
         """Batches per epoch for one process."""
         per = -(-len(self.dataset) // world)
-        return -(-per // batch_size)
+        return per // batch_size if self.drop_last else -(-per // batch_size)
 
 
 def as_source(data, what: str = "training data") -> Source | None:
-    """A ``Source`` for a Dataset, a DataLoader (its dataset and collate function are used;
-    the loop draws the order itself) or None."""
+    """A ``Source`` for a Dataset, a DataLoader or None.  Of a DataLoader the dataset, batch size,
+    ``drop_last`` and collate function are used, and a ``SubsetRandomSampler``'s indices (the
+    loop draws the order itself, and shards it under DDP, so a ``DistributedSampler`` is not
+    needed); another sampler or batch sampler raises ``ConfigError``: its order would be lost."""
     if data is None or isinstance(data, Source):
         return data
     batch_size = None
     collate = None
+    drop_last = False
     if isinstance(data, DataLoader):
-        batch_size = data.batch_size
+        batch_size, drop_last = data.batch_size, bool(data.drop_last)
         if data.collate_fn is not default_collate:
             collate = data.collate_fn
-        data = data.dataset
+        sampler = data.sampler
+        if type(data.batch_sampler) is not BatchSampler:
+            raise ConfigError(f"{what}: a DataLoader's batch sampler ({type(data.batch_sampler).__name__}) cannot "
+                              "be used: the loop draws its own seeded batches; pass the Dataset and batch_size=")
+        if isinstance(sampler, SubsetRandomSampler):
+            data = Subset(data.dataset, [int(i) for i in sampler.indices])
+        elif isinstance(sampler, RandomSampler) and (sampler.replacement or sampler._num_samples is not None) \
+                or not isinstance(sampler, (SequentialSampler, RandomSampler, DistributedSampler)):
+            raise ConfigError(f"{what}: a DataLoader's {type(sampler).__name__} cannot be used: the loop draws "
+                              "its own seeded order over every item; pass the Dataset (a "
+                              "torch.utils.data.Subset for a part of it)")
+        else:
+            data = data.dataset
     try:
         n = len(data)
     except TypeError:
@@ -88,12 +108,12 @@ def as_source(data, what: str = "training data") -> Source | None:
     if isinstance(data, TensorDataset) and collate is None:
         if len(data.tensors) != 2:
             raise DataError(f"{what}: a TensorDataset of (input, target) needs 2 tensors, has {len(data.tensors)}")
-        return Source(data, None, batch_size)
+        return Source(data, None, batch_size, drop_last)
     item = data[0]
     if not (isinstance(item, (tuple, list)) and len(item) == 2):
         raise DataError(f"{what}: items must be (input, target) pairs, the first is "
                         f"{type(item).__name__}" + (f" of length {len(item)}" if hasattr(item, "__len__") else ""))
-    return Source(data, collate or default_collate, batch_size)
+    return Source(data, collate or default_collate, batch_size, drop_last)
 
 
 def to_device(batch, device):
@@ -132,6 +152,16 @@ def logits_of(out):
                       "pass output=FUNCTION (output -> tensor) or loss_fn=FUNCTION")
 
 
+def scalar_loss(loss) -> torch.Tensor:
+    """``loss`` if it is one number (a 0-d tensor or one element), else ``ConfigError``: the loop
+    and the evaluation weight a batch's mean loss by the batch's size."""
+    if not torch.is_tensor(loss) or loss.numel() != 1:
+        shape = tuple(loss.shape) if torch.is_tensor(loss) else type(loss).__name__
+        raise ConfigError(f"loss_fn must return the batch's mean loss as one number, got {shape}: use "
+                          "reduction='mean' (the default of torch's losses) or average it")
+    return loss if loss.dim() == 0 else loss.reshape(())
+
+
 def distillation_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 KL(softmax(teacher / T) || softmax(scores / T)) over the last dimension, averaged over
     every other position (Hinton et al. 2015): the teacher's soft targets."""
@@ -147,6 +177,16 @@ def default_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     fit the scores raise ``DataError`` naming both shapes."""
     if y.dtype != torch.long and not y.is_floating_point():
         y = y.long()
+    if y.is_floating_point() and y.shape != scores.shape and y.dim() == scores.dim() - 1:
+        raise DataError(f"the default loss (cross-entropy) takes class labels as integers, got {y.dtype} "
+                        f"targets of shape {tuple(y.shape)}: convert them with .long() in your dataset, or "
+                        "pass loss_fn= (e.g. torch.nn.functional.mse_loss for regression)")
+    if not y.is_floating_point() and y.numel():
+        classes = scores.shape[-1] if scores.dim() > 1 else 0
+        bad = (y != -100) & ((y < 0) | (y >= classes))
+        if bool(bad.any()):
+            raise DataError(f"a class label is {int(y[bad][0])}, outside 0..{classes - 1} for scores with "
+                            f"{classes} classes: fix the labels, or give the model {classes}+ outputs")
     try:
         if scores.dim() > 2 and y.dim() == scores.dim() - 1:
             return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1), ignore_index=-100)

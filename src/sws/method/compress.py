@@ -13,6 +13,7 @@ architecture.  Runs in one process, or in several under ``torchrun``
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -22,11 +23,11 @@ from typing import Callable, Iterable
 from torch import nn
 
 from sws.config import QuantizeConfig, RetrainConfig
-from sws.errors import ConfigError
+from sws.errors import ConfigError, DataError
 from sws.method import distributed
 from sws.method.batches import as_source
 from sws.method.evaluate import evaluate
-from sws.method.files import check_storable
+from sws.method.files import check_storable, check_target
 from sws.method.loop import retrain
 from sws.method.surface import Pattern, SoftWeightSharing, resolve_config
 from sws.method.watch import Budget, kept_record
@@ -67,15 +68,16 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
              finetune_lr: float = QuantizeConfig.finetune_lr, device=None,
              quiet: bool = True, on_epoch: Callable[[dict], object] | None = None, guard: bool = True,
              resume: tuple[dict, dict] | None = None, on_state: Callable[[dict, dict], None] | None = None,
-             holdout=None, **overrides) -> tuple[nn.Module, CompressionReport]:
+             holdout=None, overwrite: bool = False, **overrides) -> tuple[nn.Module, CompressionReport]:
     """Retrain ``model`` with the mixture prior, post-process it, optionally write ``out``.
 
     Args:
       model: any module; its pretrained weights are the starting point.  Changed
         in place and returned in eval mode.
       train, val: Datasets of (input, target) pairs, or DataLoaders (their dataset, batch
-        size and collate function are used; the loop draws the seeded order itself and,
-        under ``torchrun``, gives each process its shard).
+        size, ``drop_last``, collate function and a ``SubsetRandomSampler``'s items are used;
+        the loop draws the seeded order itself and, under ``torchrun``, gives each process its
+        shard; another sampler raises ``ConfigError``).
       config: a ``RetrainConfig`` or a preset name ("tutorial", "paper", "resnet");
         ``overrides`` (e.g. ``epochs=3, tau=0.005, lr_schedule="cosine", batch_size=64``)
         apply to a preset.
@@ -86,7 +88,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         ``output`` picks the scores from the model's output (default: the tensor, the first
         item of a tuple, or ``.logits``).
       n_train: N in tau / N (default: the training set's size).
-      out: path of the ``.sws`` file to write (rank 0 only).
+      out: path of the ``.sws`` file to write (rank 0 only); checked before any training: its
+        folder must exist, and an existing file is replaced only with ``overwrite=True``.
       recalibrate_bn: after quantising, re-estimate batch-norm statistics on ``train``.
       drop_dead_units: after quantising, zero the weights that cannot change the output.
       finetune_epochs, finetune_lr: then train the codebook values on ``train``, assignments fixed
@@ -108,6 +111,10 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     Returns:
       (the post-processed model, a ``CompressionReport``).
     """
+    if not any(True for _ in model.parameters()):
+        raise ConfigError(f"the model ({type(model).__name__}) has no parameters: nothing to compress")
+    if out is not None and distributed.is_main():
+        check_target(out, overwrite)                 # before any training, not at the end
     train, val = as_source(train), as_source(val, "validation data")
     holdout = as_source(holdout, "holdout data")
     if train.batch_size and "batch_size" not in overrides and isinstance(config, str):
@@ -127,6 +134,9 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     kw = {"loss_fn": loss_fn, "output": output, "device": device}
     if val is not None:
         metrics.update({f"before_{k}": v for k, v in evaluate(model, val, **kw).items()})
+        if not math.isfinite(metrics["before_loss"]):
+            raise DataError(f"the validation loss of the network as handed in is {metrics['before_loss']}: the "
+                            "validation inputs or targets hold non-finite values; check them with torch.isfinite")
     if holdout is not None:
         metrics.update({f"before_holdout_{k}": v for k, v in evaluate(model, holdout, **kw).items()})
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -8,11 +8,12 @@ the split: ``val_error``, ``test_accuracy``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 
-from sws.method.batches import as_source, call_model, default_loss, logits_of, to_device
+from sws.method.batches import as_source, call_model, default_loss, logits_of, scalar_loss, to_device
 
 __all__ = ["evaluate", "evaluate_splits"]
 
@@ -27,7 +28,7 @@ def evaluate(model: torch.nn.Module, data, *, loss_fn: Callable | None = None,
       loss_fn: ``loss_fn(scores, target)``, mean over the batch (default cross-entropy).
       output: picks the scores from the model's output (default ``logits_of``).
     """
-    source = as_source(data, "evaluation data")
+    source = dataclasses.replace(as_source(data, "evaluation data"), drop_last=False)   # every item scored
     device = device or next(model.parameters()).device
     loss_fn = loss_fn or default_loss
     output = output or logits_of
@@ -40,7 +41,7 @@ def evaluate(model: torch.nn.Module, data, *, loss_fn: Callable | None = None,
         for _, (x, y) in source.epoch(batch_size):
             x, y = to_device(x, device), to_device(y, device)
             scores = output(call_model(model, x))
-            loss += loss_fn(scores, y).double() * len(y)
+            loss += scalar_loss(loss_fn(scores, y)).double() * len(y)
             classify = (classify and torch.is_tensor(y) and not y.is_floating_point()
                         and scores.dim() == y.dim() + 1)
             if classify:

@@ -84,6 +84,18 @@ def check_storable(model: torch.nn.Module) -> None:
                               f"({kinds}): {fix}")
 
 
+def check_target(path, overwrite: bool = False) -> None:
+    """Raise ``ConfigError`` before any training when ``path`` cannot take the file written at the
+    end: its folder does not exist, it is a folder, or it is a file and ``overwrite`` is false."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder: give the path of the .sws file to write")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: the folder {path.parent} does not exist; create it first")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} exists: pass overwrite=True to replace it, or choose another path")
+
+
 def save(path, model, *, codebook=None, quantized=None, name: str | None = None, **info) -> int:
     """Write a network as a ``.sws`` file, atomically; return its size in bytes.
 

@@ -33,12 +33,13 @@ import torch
 from tqdm.auto import tqdm
 
 from sws.config import PretrainConfig, QuantizeConfig, RetrainConfig, lr_factor
-from sws.errors import ConfigError, DivergenceError, TrainingInterrupted
+from sws.errors import ConfigError, DataError, DivergenceError, TrainingInterrupted
 from sws.method import distributed
 from sws.method.adam import adam
 from sws.method.augment import batch_generator
 from sws.method.augment import parse as parse_augment
-from sws.method.batches import as_source, call_model, default_loss, distillation_loss, logits_of, to_device
+from sws.method.batches import (as_source, call_model, default_loss, distillation_loss, logits_of, scalar_loss,
+                                 to_device)
 from sws.method.evaluate import evaluate_splits
 from sws.method.snap import Snap
 from sws.method.state import Position, capture, environment, restore
@@ -216,6 +217,14 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     if distill and teacher is None:
         raise ConfigError("distill > 0 needs the teacher network (teacher=)")
     steps = train.steps(cfg.batch_size, world)
+    if steps == 0:                       # drop_last with fewer items than a batch
+        raise DataError(f"{len(train)} training items make no full batch of {cfg.batch_size} (the DataLoader's "
+                        "drop_last=True): lower batch_size or keep the last batch")
+    if not train.drop_last and -(-len(train) // world) % cfg.batch_size == 1 and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise DataError(f"{len(train)} training items in batches of {cfg.batch_size} leave a last batch of one item, "
+                        "which batch-norm cannot train on: pass a DataLoader with drop_last=True, or another "
+                        "batch_size")
     check_every_step = guard and device.type == "cpu"
     every = getattr(cfg, "watch_every", 0) if hasattr(extra, "midway") else 0   # watches within epochs
     stop = bool(loop.history) and bool(loop.history[-1].get("stopped_early"))
@@ -247,12 +256,16 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
                     x, y = to_device(x, device), to_device(y, device)
                     with snapper.applied() if snapping else contextlib.nullcontext():
                         scores = output(call_model(net, x))
-                        loss = loss_fn(scores, y)
+                        loss = scalar_loss(loss_fn(scores, y))
                         if distill:
                             with torch.no_grad():
                                 soft = output(call_model(teacher, x))
                             loss = (1 - distill) * loss + distill * distillation_loss(scores, soft, temperature)
                         if check_every_step and not math.isfinite(loss.item()):
+                            if epoch == 1 and step == 0:     # before any update: the data, not training
+                                raise DataError(f"the loss of the first training batch is {loss.item()}, before "
+                                                "any update: the inputs or targets hold non-finite values (or the "
+                                                "network gives them on these inputs); check them with torch.isfinite")
                             loop.diverged(f"the loss is {loss.item()}", epoch, step + 1, _hint(cfg, prior))
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()              # under DDP: the data term's gradients are averaged

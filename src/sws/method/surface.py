@@ -26,7 +26,7 @@ from typing import Iterable
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+from torch.nn.utils import parametrize, prune
 from torch.nn.utils.weight_norm import WeightNorm
 
 from sws.config import QuantizeConfig, RetrainConfig, retrain_config
@@ -100,6 +100,17 @@ def select_parameters(model: nn.Module, include: Iterable[Pattern] | None = None
                                   "spectral_norm, ...): snapping it does not snap the weight the layer uses, and "
                                   f"a row snapped to zeros divides by zero; remove the parametrization first ({fix}) "
                                   f"or leave the tensor out (exclude=[{name!r}])")
+            if p_name.endswith("_orig") and any(isinstance(h, prune.BasePruningMethod) and h._tensor_name == p_name[:-5]
+                                                for h in module._forward_pre_hooks.values()):
+                raise ConfigError(f"the prior would cover {name}, of a layer pruned with torch.nn.utils.prune: the "
+                                  "file would store its mask uncompressed (32 bits a weight); make the pruning "
+                                  f"permanent first (torch.nn.utils.prune.remove({_module_ref(mod_name)}, "
+                                  f"{p_name[:-5]!r})) or leave the tensor out (exclude=[{name!r}])")
+            if getattr(module, "max_norm", None) is not None and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+                raise ConfigError(f"the prior would cover {name}, an embedding with max_norm={module.max_norm:g}: "
+                                  "its forward pass rescales rows in place, moving snapped weights off the "
+                                  f"codebook; set {_module_ref(mod_name)}.max_norm = None or leave the tensor out "
+                                  f"(exclude=[{name!r}])")
             if p.dtype not in (torch.float32, torch.float64):   # what the file stores quantised
                 raise ConfigError(f"the prior would cover {name}, of dtype {p.dtype}: sws retrains and stores "
                                   "float32 or float64 weights; convert the model first (model.float())")
@@ -163,6 +174,10 @@ class SoftWeightSharing:
         self.covered = select_parameters(model, include, exclude, self.config.prior.cover, skip_norm)
         if not self.covered:
             raise ConfigError("the prior covers no parameter: check include / exclude")
+        for name, p in self.covered.items():
+            if not bool(torch.isfinite(p.detach()).all()):
+                raise ConfigError(f"{name} holds non-finite values (NaN or inf): start from a network whose "
+                                  "weights are finite")
         device = next(iter(self.covered.values())).device
         self.prior = GaussianMixturePrior(self.config.prior, list(self.covered.values())).to(device)
         self.weights = list(self.covered.values())

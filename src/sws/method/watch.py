@@ -88,7 +88,8 @@ class Budget:
             return {}
         with torch.random.fork_rng(devices=[]):
             net = copy.deepcopy(self.model)
-            covered = {name: net.get_parameter(name) for name in self.covered}
+            named = dict(net.named_parameters())   # a ScriptModule has no get_parameter
+            covered = {name: named[name] for name in self.covered}
             q = postprocess_(net, self.prior, covered, self.threshold, dead_units=self.dead_units,
                              recalibrate=None, probe=self.val)
             if self.recalibrate is not None:
