@@ -223,7 +223,7 @@ def test_a_file_that_post_processing_wrecked_is_not_written(tmp_path):
     train, val = Blobs(256, 0), Blobs(128, 1)
     out = tmp_path / "mlp.sws"
     out.write_bytes(b"the user's earlier file")
-    cb = SoftWeightSharingCallback("tutorial", out=out, merge_threshold=1e9)
+    cb = SoftWeightSharingCallback("tutorial", out=out, merge_threshold=1e9, overwrite=True)
     trainer = SoftWeightSharingTrainer(model=model, args=args(tmp_path, 4, eval_strategy="no"),
                                        train_dataset=train, eval_dataset=val, compute_metrics=accuracy, sws=cb)
     with pytest.warns(UserWarning, match="post-processing raised the validation error .* no file written"):

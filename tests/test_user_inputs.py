@@ -101,8 +101,9 @@ def test_non_finite_data_or_weights_are_named_as_such():
 def test_the_output_path_is_checked_before_training_and_never_replaced_unasked(tmp_path):
     train = data()
     seen = []
-    with pytest.raises(ConfigError, match="does not exist; create it first"):
-        sws.compress(mlp(), train, epochs=1, out=tmp_path / "no" / "m.sws", on_epoch=seen.append)
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(ConfigError, match="f is a file, not a folder"):
+        sws.compress(mlp(), train, epochs=1, out=tmp_path / "f" / "m.sws", on_epoch=seen.append)
     with pytest.raises(ConfigError, match="is a folder"):
         sws.compress(mlp(), train, epochs=1, out=tmp_path, on_epoch=seen.append)
     path = tmp_path / "m.sws"
@@ -112,6 +113,18 @@ def test_the_output_path_is_checked_before_training_and_never_replaced_unasked(t
     assert seen == [] and path.read_bytes() == b"the user's file"
     _, report = sws.compress(mlp(), train, epochs=1, batch_size=32, budget=False, out=path, overwrite=True)
     assert path.stat().st_size == report.file["bytes"]
+    sws.compress(mlp(), train, epochs=1, batch_size=32, budget=False, out=tmp_path / "new" / "m.sws")
+    assert (tmp_path / "new" / "m.sws").is_file()                 # a missing folder is made
+
+
+def test_the_integrations_refuse_to_replace_a_file_when_training_begins(tmp_path):
+    from sws.integrations._common import Driver
+    path = tmp_path / "m.sws"
+    path.write_bytes(b"the user's file")
+    with pytest.raises(ConfigError, match="exists: pass overwrite=True"):
+        Driver("tutorial", out=path).attach(mlp(), 96)
+    assert path.read_bytes() == b"the user's file"
+    Driver("tutorial", out=path, overwrite=True).attach(mlp(), 96)
 
 
 def test_a_pruned_layer_is_refused_with_the_call_that_makes_it_permanent():

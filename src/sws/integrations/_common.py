@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from sws.config import lr_factor
 from sws.errors import ConfigError
 from sws.method.evaluate import evaluate
-from sws.method.files import check_storable
+from sws.method.files import check_storable, check_target
 from sws.method.surface import SoftWeightSharing
 
 __all__ = ["Driver", "pair_batches", "has_batchnorm"]
@@ -87,8 +87,9 @@ class Driver:
 
     def __init__(self, config="tutorial", out=None, *, n_train: int | None = None, include=None, exclude=None,
                  merge_threshold: float | None = None, dead_units: bool | None = None, recalibrate=True,
-                 val=True, **overrides):
+                 val=True, overwrite: bool = False, **overrides):
         self.config_arg, self.overrides = config, overrides
+        self.overwrite = overwrite
         self.val = None if val is False else val   # the guard's data: True the framework's loader, None off
         self.out = Path(out) if out is not None else None
         self.n_train = n_train
@@ -122,6 +123,7 @@ class Driver:
             raise ConfigError("cannot tell the training set's size (an iterable dataset?): pass n_train=N")
         if self.out is not None:                 # the file is written at the end: fail now, not then
             check_storable(model)
+            check_target(self.out, self.overwrite)
         self.sws = SoftWeightSharing(model, self.config, n_train=int(n), **self.kwargs)
         self.optimizer = torch.optim.Adam(self.sws.param_groups())
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]

@@ -68,7 +68,8 @@ class SoftWeightSharingCallback(TrainerCallback):
       config: a preset name (``"tutorial"``, ``"paper"``, ``"resnet"``) or a ``RetrainConfig``;
         ``overrides`` (``tau=``, ``init="range"``, ``n_components=``, ...) apply to a preset.
         The mixture's learning rates come from it; the network's from ``TrainingArguments``.
-      out: the ``.sws`` file written at the end of training (None: quantise only).
+      out: the ``.sws`` file written at the end of training (None: quantise only); an existing
+        file is refused when training begins unless ``overwrite=True`` is passed.
       n_train: N in tau / N [the training set's size].
       include, exclude: which parameters the prior covers (``sws.select_parameters``).
       merge_threshold, dead_units: post-processing settings [the defaults of ``sws quantize``].

@@ -55,7 +55,8 @@ class SoftWeightSharingCallback(Callback):
       config: a preset name (``"tutorial"``, ``"paper"``, ``"resnet"``) or a ``RetrainConfig``;
         ``overrides`` (``tau=``, ``init="range"``, ...) apply to a preset.  The mixture's
         learning rates come from it; the network's from ``configure_optimizers``.
-      out: the ``.sws`` file written at the end of training (None: quantise only).
+      out: the ``.sws`` file written at the end of training (None: quantise only); an existing
+        file is refused when training begins unless ``overwrite=True`` is passed.
       module: the attribute path of the submodule to compress (``"net"``); None: the whole
         LightningModule.  ``sws.load(out, model=...)`` takes an instance of that module.
       n_train: N in tau / N [the training set's size].

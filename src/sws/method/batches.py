@@ -174,24 +174,24 @@ def distillation_loss(scores: torch.Tensor, teacher: torch.Tensor, temperature: 
 def default_loss(scores: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy; sequence outputs (n, ..., classes) are flattened, label -100 ignored.
     Integer labels of any integer dtype (int32, bool, ...) are class indices; targets that do not
-    fit the scores raise ``DataError`` naming both shapes."""
+    fit the scores, float class labels and labels outside the classes raise ``DataError``."""
     if y.dtype != torch.long and not y.is_floating_point():
         y = y.long()
     if y.is_floating_point() and y.shape != scores.shape and y.dim() == scores.dim() - 1:
         raise DataError(f"the default loss (cross-entropy) takes class labels as integers, got {y.dtype} "
                         f"targets of shape {tuple(y.shape)}: convert them with .long() in your dataset, or "
                         "pass loss_fn= (e.g. torch.nn.functional.mse_loss for regression)")
-    if not y.is_floating_point() and y.numel():
-        classes = scores.shape[-1] if scores.dim() > 1 else 0
-        bad = (y != -100) & ((y < 0) | (y >= classes))
-        if bool(bad.any()):
-            raise DataError(f"a class label is {int(y[bad][0])}, outside 0..{classes - 1} for scores with "
-                            f"{classes} classes: fix the labels, or give the model {classes}+ outputs")
     try:
         if scores.dim() > 2 and y.dim() == scores.dim() - 1:
             return F.cross_entropy(scores.reshape(-1, scores.shape[-1]), y.reshape(-1), ignore_index=-100)
         return F.cross_entropy(scores, y)
-    except (RuntimeError, ValueError):
+    except (RuntimeError, ValueError, IndexError):
+        if not y.is_floating_point() and y.numel() and scores.dim() > 1:   # found only on failing: no cost
+            classes = scores.shape[-1]
+            bad = (y != -100) & ((y < 0) | (y >= classes))
+            if bool(bad.any()):
+                raise DataError(f"a class label is {int(y[bad][0])}, outside 0..{classes - 1} for scores with "
+                                f"{classes} classes: fix the labels, or give the model {classes}+ outputs") from None
         if y.dim() == scores.dim() - 1 or (y.is_floating_point() and y.shape == scores.shape):
             raise                        # shapes that fit: another problem, torch's message says which
         raise DataError(f"the default loss (cross-entropy over class scores) cannot take scores of shape "

@@ -88,8 +88,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         ``output`` picks the scores from the model's output (default: the tensor, the first
         item of a tuple, or ``.logits``).
       n_train: N in tau / N (default: the training set's size).
-      out: path of the ``.sws`` file to write (rank 0 only); checked before any training: its
-        folder must exist, and an existing file is replaced only with ``overwrite=True``.
+      out: path of the ``.sws`` file to write (rank 0 only; its folder is made if missing);
+        checked before any training: an existing file is replaced only with ``overwrite=True``.
       recalibrate_bn: after quantising, re-estimate batch-norm statistics on ``train``.
       drop_dead_units: after quantising, zero the weights that cannot change the output.
       finetune_epochs, finetune_lr: then train the codebook values on ``train``, assignments fixed
@@ -174,6 +174,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         budget=decision)
     if out is not None and distributed.is_main():
         from sws.format.stats import file_stats
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         size = sws_.save(out)
         total = file_stats(Path(out).read_bytes())["total"]
         report.file = {"path": str(out), "bytes": size, "cr_file": total["cr_file"],

@@ -86,12 +86,14 @@ def check_storable(model: torch.nn.Module) -> None:
 
 def check_target(path, overwrite: bool = False) -> None:
     """Raise ``ConfigError`` before any training when ``path`` cannot take the file written at the
-    end: its folder does not exist, it is a folder, or it is a file and ``overwrite`` is false."""
+    end: it is a folder, a file where its folder should be, or a file and ``overwrite`` is false
+    (a missing folder is made when the file is written)."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: give the path of the .sws file to write")
-    if not path.parent.is_dir():
-        raise ConfigError(f"{path}: the folder {path.parent} does not exist; create it first")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{path}: {blocker} is a file, not a folder; choose another path")
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists: pass overwrite=True to replace it, or choose another path")
 
