@@ -62,6 +62,8 @@ def main(argv=None):
     ap.add_argument("--tau", type=float, default=0.003)
     ap.add_argument("--distributed", action="store_true", help="run under torchrun (gloo on CPU)")
     ap.add_argument("--report", default=None, help="write the report as JSON here")
+    ap.add_argument("--write-over-budget", action="store_true",
+                    help="write the file even when no state met the accuracy budget")
     args = ap.parse_args(argv)
     if args.distributed:
         distributed.init()
@@ -85,9 +87,12 @@ def main(argv=None):
     model, report = sws.compress(
         model, train, val, "tutorial", epochs=args.epochs, tau=args.tau, batch_size=args.batch_size,
         init="range", init_sigma=0.02, pi0=0.9, lr_means=1e-3, lr_log_precisions=1e-2,
-        lr_mixing=1e-2, exclude=["features.0.*"], out=args.out, quiet=not distributed.is_main())
+        lr_mixing=1e-2, exclude=["features.0.*"], out=args.out, quiet=not distributed.is_main(),
+        write_over_budget=args.write_over_budget)
 
-    if distributed.is_main():
+    if distributed.is_main() and report.file is None:     # over the accuracy budget: no file
+        print(f"{report.budget['message']}; {args.out} not written (--write-over-budget writes it)")
+    elif distributed.is_main():
         m = report.metrics
         print(f"accuracy: pretrained {m['before_accuracy']:.3f}, retrained "
               f"{m['retrained_accuracy']:.3f}, quantised {m['quantized_accuracy']:.3f}")

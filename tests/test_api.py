@@ -156,7 +156,8 @@ def test_compress_a_float64_network_and_load_it_back(tmp_path):
     x = torch.randn(96, 12, generator=g, dtype=torch.float64)
     ds = TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long())
     out = tmp_path / "f64.sws"
-    model, report = sws.compress(Tied().double(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out)
+    model, report = sws.compress(Tied().double(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out,
+                                 write_over_budget=True)                 # a tiny run: about storage
     restored = sws.load(out, model=Tied().double())
     assert restored.enc.weight.dtype == torch.float64
     for k, v in model.state_dict().items():
@@ -179,7 +180,8 @@ def test_compress_a_network_with_sparse_gradients(tmp_path):
     x = torch.randint(0, 30, (96, 5), generator=g)
     ds = TensorDataset(x, x[:, 0] % 3)
     out = tmp_path / "bag.sws"
-    model, report = sws.compress(Bag(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out)
+    model, report = sws.compress(Bag(), ds, ds, "tutorial", epochs=2, batch_size=32, out=out,
+                                 write_over_budget=True)
     assert report.config["finetune_epochs"] > 0
     restored = sws.load(out, model=Bag())
     assert torch.equal(restored(x), model(x))
@@ -255,7 +257,7 @@ def test_example_script_runs(tmp_path, capsys):
     spec.loader.exec_module(example)
     out = tmp_path / "custom.sws"
     report = example.main(["--out", str(out), "--n-train", "600", "--pretrain-epochs", "1",
-                           "--epochs", "2"])
+                           "--epochs", "2", "--write-over-budget"])
     text = capsys.readouterr().out
     assert "outputs identical" in text and out.is_file()
     assert report.covered[0] == "features.0.bias" or "features.0.weight" not in report.covered

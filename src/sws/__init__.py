@@ -17,7 +17,7 @@ from sws.errors import TrainingInterrupted
 from sws.export.onnx import export_onnx
 from sws.format.container import FormatError
 from sws.method import distributed
-from sws.method.compress import CompressionReport
+from sws.method.compress import BudgetWarning, CompressionReport
 from sws.method.compress import compress
 from sws.method.evaluate import evaluate
 from sws.method.files import load
@@ -57,6 +57,7 @@ __all__ = [
     "distributed",
     "CompressionReport",
     "compress",
+    "BudgetWarning",
     "evaluate",
     "load",
     "save",

@@ -97,6 +97,24 @@ class PriorConfig:
                   "pi0_a", "pi0_b")
 
 
+MIN_RETRAIN_STEPS = 6000   # the presets' rates move the mixture far enough in about this many Adam steps
+                           # (the tutorial: 30 epochs of MNIST's 55,000 training images at 256: 6,450)
+
+
+def passes_per_epoch(epochs: int, steps_per_pass: int, min_steps: int | None = None) -> int:
+    """How many passes over a small training set one epoch of retraining takes (1 for MNIST).
+
+    The presets' learning rates were set for MNIST's number of steps: in far fewer, the mixture
+    does not sharpen, post-processing merges its components, and every weight snaps to zero.
+    Where ``epochs * steps_per_pass`` falls short of ``min_steps`` (default
+    ``MIN_RETRAIN_STEPS``), an epoch becomes the k passes that reach it, so every setting counted
+    in epochs (the schedules, patience, the snap phase, the budget's watches and tau controller)
+    keeps its meaning in steps.  ``sws.compress`` applies it when ``epochs`` is the preset's."""
+    min_steps = MIN_RETRAIN_STEPS if min_steps is None else min_steps
+    total = max(int(epochs), 1) * max(int(steps_per_pass), 1)
+    return 1 if total >= min_steps else -(-min_steps // total)
+
+
 @dataclass
 class RetrainConfig:
     epochs: int = 30                 # tutorial

@@ -36,6 +36,7 @@ class Source:
     collate: Callable | None
     batch_size: int | None = None        # the DataLoader's, when one was given
     drop_last: bool = False              # training leaves out a last batch smaller than the others
+    passes: int = 1                      # passes over the dataset per epoch (sws.config.passes_per_epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -54,6 +55,10 @@ class Source:
         of steps), cut into batches; the first ``skip`` batches are left out (a resume)."""
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        if self.passes > 1:      # several passes, each its own permutation, as one epoch
+            order = torch.cat([order] + [torch.randperm(n, generator=generator) if generator is not None
+                                         else torch.arange(n) for _ in range(self.passes - 1)])
+            n = len(order)
         if world > 1:
             per = -(-n // world)
             order = torch.cat([order, order[:per * world - n]])[rank::world]
@@ -65,7 +70,7 @@ class Source:
 
     def steps(self, batch_size: int, world: int = 1) -> int:
         """Batches per epoch for one process."""
-        per = -(-len(self.dataset) // world)
+        per = -(-len(self.dataset) * self.passes // world)
         return per // batch_size if self.drop_last else -(-per // batch_size)
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from torch import nn
 
-from sws.config import QuantizeConfig, RetrainConfig
+from sws.config import QuantizeConfig, RetrainConfig, passes_per_epoch
 from sws.errors import ConfigError, DataError
 from sws.method import distributed
 from sws.method.batches import as_source
@@ -68,7 +68,8 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
              finetune_lr: float = QuantizeConfig.finetune_lr, device=None,
              quiet: bool = True, on_epoch: Callable[[dict], object] | None = None, guard: bool = True,
              resume: tuple[dict, dict] | None = None, on_state: Callable[[dict, dict], None] | None = None,
-             holdout=None, overwrite: bool = False, **overrides) -> tuple[nn.Module, CompressionReport]:
+             holdout=None, overwrite: bool = False, write_over_budget: bool = False,
+             **overrides) -> tuple[nn.Module, CompressionReport]:
     """Retrain ``model`` with the mixture prior, post-process it, optionally write ``out``.
 
     Args:
@@ -105,9 +106,11 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     network's validation error, ``patience``; needs ``val``): every epoch the post-processed
     network is evaluated on ``val`` and the state kept is the one with the highest compression
     rate within budget; when none is, the lowest-error state is kept, ``report.budget["status"]``
-    is "over" and a ``BudgetWarning`` says so.  Then (``snap_epochs``, 5; with the budget on) the
-    kept state trains through the snap (``sws.method.snap``); without ``val`` the phase runs from
-    the last state and its last state is kept.
+    is "over", a ``BudgetWarning`` says so and ``out`` is not written (a network the budget
+    rejects is not a file to hand on) unless ``write_over_budget=True``.  Then
+    (``snap_epochs``, 5; with the budget on) the kept state trains through the snap
+    (``sws.method.snap``); without ``val`` the phase runs from the last state and its last
+    state is kept.
     Returns:
       (the post-processed model, a ``CompressionReport``).
     """
@@ -120,6 +123,9 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     if train.batch_size and "batch_size" not in overrides and isinstance(config, str):
         overrides["batch_size"] = train.batch_size          # a DataLoader's batch size is kept
     cfg = resolve_config(config, overrides)
+    passes = 1
+    if isinstance(config, str) and "epochs" not in overrides:   # a small training set: as many steps
+        passes = passes_per_epoch(cfg.epochs, train.steps(cfg.batch_size, distributed.world_size()))
     if not merge_threshold >= 0:
         raise ConfigError(f"merge_threshold must be >= 0, got {merge_threshold}")
     if device is not None:
@@ -145,8 +151,9 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
                     patience=cfg.patience if cfg.budget else 0,
                     recalibrate=train if recalibrate_bn and has_bn else None, eval_kw=kw,
                     tau_control=cfg.tau_control)
-    history = retrain(model, sws_.prior, train, cfg, val, None, quiet, on_epoch, covered=sws_.weights,
-                      watch=budget, n_train=sws_.n_train, guard=guard, resume=resume, on_state=on_state, **kw)
+    history = retrain(model, sws_.prior, dataclasses.replace(train, passes=passes), cfg, val, None, quiet, on_epoch,
+                      covered=sws_.weights, watch=budget, n_train=sws_.n_train, guard=guard, resume=resume,
+                      on_state=on_state, **kw)
     decision = budget.decide()
     if finetune_epochs is None:
         finetune_epochs = QuantizeConfig.finetune_epochs if budget.active else 0
@@ -160,19 +167,22 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
         decision = Budget.final(decision, metrics.get("quantized_error"), finetune_epochs)
     if holdout is not None:      # after every choice: reported only
         metrics.update({f"quantized_holdout_{k}": v for k, v in evaluate(model, holdout, **kw).items()})
+    withheld = out is not None and decision.get("status") == "over" and not write_over_budget
     if decision.get("status") == "over" and distributed.is_main():
-        warnings.warn(decision["message"], BudgetWarning, stacklevel=2)
+        warnings.warn(decision["message"] + (f"; {out} not written (write_over_budget=True writes it)"
+                                             if withheld else ""), BudgetWarning, stacklevel=2)
     stats = sws_.stats()
     report = CompressionReport(
         config=dataclasses.asdict(cfg) | {"merge_threshold": merge_threshold, "n_train": sws_.n_train,
-                                          "recalibrate_bn": recalibrate_bn, "drop_dead_units": drop_dead_units,
+                                          "passes_per_epoch": passes, "recalibrate_bn": recalibrate_bn,
+                                          "drop_dead_units": drop_dead_units,
                                           "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr,
                                           "dead_unit_weights_dropped": q.dropped},
         covered=list(sws_.covered), history=history, codebook=q.codebook.tolist(), layers=stats["layers"],
         nonzero_share=stats["total"]["nonzero_share"], distinct_values=stats["total"]["distinct"],
         seconds=time.perf_counter() - t0, world_size=distributed.world_size(), metrics=metrics,
         budget=decision)
-    if out is not None and distributed.is_main():
+    if out is not None and distributed.is_main() and not withheld:
         from sws.format.stats import file_stats
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         size = sws_.save(out)

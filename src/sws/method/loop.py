@@ -220,7 +220,7 @@ def fit(model: torch.nn.Module, train, cfg: PretrainConfig | RetrainConfig, opti
     if steps == 0:                       # drop_last with fewer items than a batch
         raise DataError(f"{len(train)} training items make no full batch of {cfg.batch_size} (the DataLoader's "
                         "drop_last=True): lower batch_size or keep the last batch")
-    if not train.drop_last and -(-len(train) // world) % cfg.batch_size == 1 and any(
+    if not train.drop_last and -(-len(train) * train.passes // world) % cfg.batch_size == 1 and any(
             isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise DataError(f"{len(train)} training items in batches of {cfg.batch_size} leave a last batch of one item, "
                         "which batch-norm cannot train on: pass a DataLoader with drop_last=True, or another "
