@@ -53,12 +53,12 @@ class Source:
         """One epoch's batches: a permutation drawn from ``generator`` (in order when None),
         this process's shard of it (padded by wrapping so every process takes the same number
         of steps), cut into batches; the first ``skip`` batches are left out (a resume)."""
-        n = len(self.dataset)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        if self.passes > 1:      # several passes, each its own permutation, as one epoch
-            order = torch.cat([order] + [torch.randperm(n, generator=generator) if generator is not None
-                                         else torch.arange(n) for _ in range(self.passes - 1)])
-            n = len(order)
+        def one_pass():
+            m = len(self.dataset)
+            return torch.randperm(m, generator=generator) if generator is not None else torch.arange(m)
+        # several passes (a small training set, sws.config.passes_per_epoch): each its own permutation
+        order = one_pass() if self.passes == 1 else torch.cat([one_pass() for _ in range(self.passes)])
+        n = len(order)
         if world > 1:
             per = -(-n // world)
             order = torch.cat([order, order[:per * world - n]])[rank::world]
@@ -92,10 +92,11 @@ def as_source(data, what: str = "training data") -> Source | None:
         if type(data.batch_sampler) is not BatchSampler:
             raise ConfigError(f"{what}: a DataLoader's batch sampler ({type(data.batch_sampler).__name__}) cannot "
                               "be used: the loop draws its own seeded batches; pass the Dataset and batch_size=")
+        every_item_once = isinstance(sampler, (SequentialSampler, DistributedSampler)) or (
+            isinstance(sampler, RandomSampler) and not sampler.replacement and sampler._num_samples is None)
         if isinstance(sampler, SubsetRandomSampler):
             data = Subset(data.dataset, [int(i) for i in sampler.indices])
-        elif isinstance(sampler, RandomSampler) and (sampler.replacement or sampler._num_samples is not None) \
-                or not isinstance(sampler, (SequentialSampler, RandomSampler, DistributedSampler)):
+        elif not every_item_once:
             raise ConfigError(f"{what}: a DataLoader's {type(sampler).__name__} cannot be used: the loop draws "
                               "its own seeded order over every item; pass the Dataset (a "
                               "torch.utils.data.Subset for a part of it)")

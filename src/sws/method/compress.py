@@ -114,7 +114,7 @@ def compress(model: nn.Module, train, val=None, config: RetrainConfig | str = "t
     Returns:
       (the post-processed model, a ``CompressionReport``).
     """
-    if not any(True for _ in model.parameters()):
+    if next(model.parameters(), None) is None:
         raise ConfigError(f"the model ({type(model).__name__}) has no parameters: nothing to compress")
     if out is not None and distributed.is_main():
         check_target(out, overwrite)                 # before any training, not at the end

@@ -28,7 +28,7 @@ def evaluate(model: torch.nn.Module, data, *, loss_fn: Callable | None = None,
       loss_fn: ``loss_fn(scores, target)``, mean over the batch (default cross-entropy).
       output: picks the scores from the model's output (default ``logits_of``).
     """
-    source = dataclasses.replace(as_source(data, "evaluation data"), drop_last=False)   # every item scored
+    source = dataclasses.replace(as_source(data, "evaluation data"), drop_last=False, passes=1)   # each item once
     device = device or next(model.parameters()).device
     loss_fn = loss_fn or default_loss
     output = output or logits_of
